@@ -1,0 +1,1 @@
+"""Attention backends: one interface, a torch reference and a Triton GPU implementation."""

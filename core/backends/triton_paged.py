@@ -1,0 +1,18 @@
+"""Triton attention over the paged KV cache: store the new K/V, then attend."""
+import torch
+
+from corral.backends.base import AttentionMetadata
+from corral.kernels.decode_attention import paged_attention_decode
+from corral.kernels.kv_cache import store_kv_cache
+from corral.kernels.paged_attention import paged_attention_prefill
+
+
+class TritonAttentionBackend:
+    name = "triton"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        store_kv_cache(k, v, kv_cache, metadata.slot_mapping)
+        if metadata.is_decode_only:
+            return paged_attention_decode(q, kv_cache, metadata, scale)
+        return paged_attention_prefill(q, kv_cache, metadata, scale)

@@ -1,0 +1,1 @@
+"""CLI subcommands: each module here exposes add_commands(subparsers)."""

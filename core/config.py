@@ -1,0 +1,74 @@
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+          "float": torch.float32}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything one engine needs. `model` is a local directory of HF files."""
+
+    model: str
+    dtype: str = "auto"
+    device: str | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    num_kv_blocks: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    enable_prefix_caching: bool = True
+    attention_backend: str | None = None
+    enforce_eager: bool = False
+    seed: int = 0
+    hf_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        path = Path(self.model)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{self.model} is not a model directory (no config.json)")
+        self.hf_config = json.loads((path / "config.json").read_text())
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.torch_dtype  # validates
+        limit = self.hf_config.get("max_position_embeddings") or 2048
+        if self.max_model_len is None:
+            self.max_model_len = limit
+        checks = [
+            (self.max_model_len >= 1, f"max_model_len must be >= 1, got {self.max_model_len}"),
+            (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
+            (self.max_num_batched_tokens >= 1,
+             f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
+            (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
+             f"block_size must be a power of two, got {self.block_size}"),
+            (0 < self.gpu_memory_utilization <= 1,
+             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        name = self.dtype
+        if name == "auto":
+            name = self.hf_config.get("torch_dtype") or self.hf_config.get("dtype") or "float32"
+            if name == "float32" and torch.device(self.device or "cpu").type == "cuda":
+                name = "bfloat16"
+        if name not in DTYPES:
+            raise ConfigError(f"dtype must be one of auto, {', '.join(sorted(DTYPES))}; got {name!r}")
+        return DTYPES[name]
+
+    @property
+    def architectures(self) -> list[str]:
+        return self.hf_config.get("architectures") or []

@@ -1,0 +1,70 @@
+from collections import OrderedDict
+from dataclasses import dataclass
+
+# A full block's identity: (parent block's hash, its token ids). Equal keys mean equal prefixes.
+BlockKey = tuple[int | None, tuple[int, ...]]
+
+
+@dataclass(slots=True, eq=False)
+class KVBlock:
+    block_id: int
+    ref_cnt: int = 0
+    key: BlockKey | None = None
+
+
+class BlockPool:
+    """Every KV block, the free queue in eviction order (least recently freed first), and the
+    prefix cache: full blocks by key. A free block keeps its key until it is reused."""
+
+    def __init__(self, num_blocks: int, enable_prefix_caching: bool = True):
+        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self.cached: dict[BlockKey, KVBlock] = {}
+        self.enable_prefix_caching = enable_prefix_caching
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    def lookup(self, key: BlockKey) -> KVBlock | None:
+        return self.cached.get(key) if self.enable_prefix_caching else None
+
+    def take(self, n: int) -> list[KVBlock]:
+        """n blocks from the front of the free queue, evicting their cached keys."""
+        taken = []
+        for _ in range(n):
+            _, block = self.free_queue.popitem(last=False)
+            if block.key is not None:
+                if self.cached.get(block.key) is block:
+                    del self.cached[block.key]
+                block.key = None
+            block.ref_cnt = 1
+            taken.append(block)
+        return taken
+
+    def touch(self, blocks: list[KVBlock]):
+        """Share cached blocks with one more request."""
+        for block in blocks:
+            if block.ref_cnt == 0:
+                del self.free_queue[block.block_id]
+            block.ref_cnt += 1
+
+    def release(self, blocks: list[KVBlock]):
+        """Drop one reference; blocks reaching zero join the free queue's tail in the given order."""
+        for block in blocks:
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                self.free_queue[block.block_id] = block
+
+    def cache(self, block: KVBlock, key: BlockKey):
+        if self.enable_prefix_caching and block.key is None:
+            block.key = key
+            self.cached.setdefault(key, block)
+
+    def reset_prefix_cache(self) -> bool:
+        if any(b.ref_cnt for b in self.blocks):
+            return False
+        for block in self.blocks:
+            block.key = None
+        self.cached.clear()
+        return True

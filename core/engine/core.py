@@ -1,0 +1,127 @@
+import logging
+import time
+
+import torch
+
+from corral.backends.base import get_backend
+from corral.config import ConfigError, EngineConfig
+from corral.engine.kv_cache_manager import KVCacheManager
+from corral.engine.model_runner import ModelRunner
+from corral.engine.request import Request, RequestStatus
+from corral.engine.scheduler import Scheduler
+from corral.model_config import ModelConfig
+from corral.model_loader import load_weights
+from corral.outputs import EngineCoreOutput, TokenLogprob
+from corral.registry.plugins import PluginManager
+
+logger = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+class EngineCore:
+    """The model, its KV cache, the scheduler and the runner: token ids in, token ids out."""
+
+    def __init__(self, config: EngineConfig, plugin_manager: PluginManager | None = None):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model_config = ModelConfig.from_hf(config.hf_config)
+        plugin_manager = plugin_manager or PluginManager()
+        model_cls = plugin_manager.architectures().resolve(config.architectures)
+        start = time.perf_counter()
+        torch.manual_seed(config.seed)
+        with torch.device(self.device):
+            model = model_cls(self.model_config).to(config.torch_dtype)
+        load_weights(model, config.model, config.torch_dtype, self.device)
+        model.eval()
+        logger.info("loaded %s (%s) in %.1f s", config.model, model_cls.__name__, time.perf_counter() - start)
+        self.num_blocks = self._num_kv_blocks()
+        kv_caches = self._allocate_kv_caches(self.num_blocks)
+        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.max_model_len)
+        backend = get_backend(config.attention_backend, self.device)
+        self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
+                                  self.model_config.vocab_size)
+
+    def _kv_bytes_per_token(self) -> int:
+        mc = self.model_config
+        itemsize = torch.empty(0, dtype=self.config.torch_dtype).element_size()
+        return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * itemsize
+
+    def _num_kv_blocks(self) -> int:
+        config = self.config
+        block_bytes = self._kv_bytes_per_token() * config.block_size
+        if config.num_kv_blocks is not None:
+            num_blocks = config.num_kv_blocks
+        else:
+            budget = config.kv_cache_memory_bytes
+            if budget is None:
+                budget = self._free_device_memory() if self.device.type == "cuda" else CPU_KV_CACHE_BYTES
+            num_blocks = budget // block_bytes
+        capacity = num_blocks * config.block_size
+        if capacity < config.max_model_len:
+            raise ConfigError(
+                f"the KV cache holds {capacity} tokens ({num_blocks} blocks of {config.block_size}), less than "
+                f"max_model_len {config.max_model_len}; lower max_model_len or give the model more memory "
+                f"({block_bytes * -(-config.max_model_len // config.block_size) / 2**30:.2f} GiB needed)")
+        return num_blocks
+
+    def _free_device_memory(self) -> int:
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_by_others = total - free
+        return max(0, int(total * self.config.gpu_memory_utilization) - used_by_others)
+
+    def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
+        mc = self.model_config
+        shape = (2, num_blocks, self.config.block_size, mc.num_key_value_heads, mc.head_dim)
+        return [torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
+                for _ in range(mc.num_hidden_layers)]
+
+    def validate_request(self, request: Request):
+        n = request.num_prompt_tokens
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        if n >= self.config.max_model_len:
+            raise ValueError(f"the prompt has {n} tokens, but max_model_len is {self.config.max_model_len} "
+                             "(prompt plus at least one generated token must fit)")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids must be in [0, {vocab}); got {bad[:5]}")
+
+    def add_request(self, request: Request):
+        self.validate_request(request)
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]):
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[EngineCoreOutput]:
+        scheduler_output = self.scheduler.schedule()
+        if not scheduler_output.scheduled:
+            return []
+        runner_output = self.runner.execute(scheduler_output)
+        updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
+        logprobs = runner_output.logprobs
+        by_request = {}
+        if logprobs is not None:
+            samplers = [s.request for s in scheduler_output.scheduled if s.samples]
+            by_request = {r.request_id: lp for r, lp in zip(samplers, logprobs)}
+        outputs = []
+        for request in updated:
+            entries = by_request.get(request.request_id)
+            new_logprobs = None
+            if entries is not None:
+                (token, logprob, rank), top = entries[0], entries[1:]
+                new_logprobs = [TokenLogprob(token, logprob, rank, {t: lp for t, lp, _ in top})]
+            outputs.append(EngineCoreOutput(request.request_id, [request.output_token_ids[-1]], new_logprobs,
+                                            request.finish_reason, request.stop_reason))
+        return outputs
+
+    def stats(self) -> dict:
+        return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
+                "kv_cache_usage": self.kv_cache_manager.usage, "num_kv_blocks": self.num_blocks}

@@ -1,0 +1,79 @@
+from corral.engine.block_pool import BlockKey, BlockPool, KVBlock
+from corral.engine.request import Request
+
+
+class KVCacheManager:
+    """Which KV blocks each request holds. The scheduler asks for room and gets block ids or
+    None; it never sees blocks, ref counts or the prefix cache."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.pool = BlockPool(num_blocks, enable_prefix_caching)
+        self.req_blocks: dict[str, list[KVBlock]] = {}
+        self.req_keys: dict[str, list[BlockKey]] = {}
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.pool.num_free_blocks / self.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    def block_ids(self, request_id: str) -> list[int]:
+        return [b.block_id for b in self.req_blocks.get(request_id, ())]
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """The longest cached prefix of the request's full blocks. At least one token is always
+        left to compute, since its logits are needed."""
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits = []
+        for key in self._keys(request, max_blocks):
+            block = self.pool.lookup(key)
+            if block is None:
+                break
+            hits.append(block)
+        return hits, len(hits) * self.block_size
+
+    def allocate(self, request: Request, num_new_tokens: int,
+                 computed_blocks: list[KVBlock] | None = None) -> list[int] | None:
+        """Room for num_new_tokens more tokens, or None if the pool cannot hold them.
+
+        | computed (in cache) | new (this step) | unallocated |
+        ^ num_computed_tokens ^ + num_new_tokens
+        Full blocks among computed + new join the prefix cache, since their KV is written
+        by the end of this step.
+        """
+        computed_blocks = computed_blocks or []
+        blocks = self.req_blocks.get(request.request_id, [])
+        num_computed = request.num_computed_tokens if blocks else len(computed_blocks) * self.block_size
+        total = num_computed + num_new_tokens
+        num_required = -(-total // self.block_size) - len(blocks) - len(computed_blocks)
+        evictable_hits = sum(1 for b in computed_blocks if b.ref_cnt == 0)
+        if num_required > self.pool.num_free_blocks - evictable_hits:
+            return None
+        self.pool.touch(computed_blocks)
+        blocks = self.req_blocks.setdefault(request.request_id, [])
+        blocks.extend(computed_blocks)
+        if num_required > 0:
+            blocks.extend(self.pool.take(num_required))
+        num_full = min(total, request.num_tokens) // self.block_size
+        for block, key in zip(blocks[:num_full], self._keys(request, num_full)):
+            self.pool.cache(block, key)
+        return [b.block_id for b in blocks]
+
+    def free(self, request: Request):
+        """Release a request's blocks, tail first, so its last blocks are evicted first."""
+        blocks = self.req_blocks.pop(request.request_id, [])
+        self.req_keys.pop(request.request_id, None)
+        self.pool.release(list(reversed(blocks)))
+
+    def _keys(self, request: Request, num_blocks: int) -> list[BlockKey]:
+        keys = self.req_keys.setdefault(request.request_id, [])
+        tokens, size = request.all_token_ids, self.block_size
+        while len(keys) < num_blocks:
+            i = len(keys)
+            parent = hash(keys[-1]) if keys else None
+            keys.append((parent, tuple(tokens[i * size:(i + 1) * size])))
+        return keys[:num_blocks]

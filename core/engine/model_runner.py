@@ -1,0 +1,94 @@
+from dataclasses import dataclass
+
+import torch
+
+from corral.backends.base import AttentionBackend, AttentionMetadata
+from corral.engine.sampler import Sampler, SamplingMetadata
+from corral.engine.scheduler import SchedulerOutput
+from corral.layers.attention import Attention, ForwardContext
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    """One entry per request that sampled, in scheduled order."""
+
+    sampled_token_ids: list[int]
+    logprobs: list[list[tuple[int, float, int]] | None] | None = None  # per request: (token, logprob, rank)
+
+
+class ModelRunner:
+    """Turns a SchedulerOutput into one flat batch, runs the model and samples on the device."""
+
+    def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
+                 block_size: int, device: torch.device, vocab_size: int):
+        self.model = model
+        self.backend = backend
+        self.block_size = block_size
+        self.device = device
+        self.vocab_size = vocab_size
+        self.sampler = Sampler()
+        attention_layers = [m for m in model.modules() if isinstance(m, Attention)]
+        for layer, cache in zip(attention_layers, kv_caches, strict=True):
+            layer.kv_cache = cache
+
+    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        input_ids, positions, query_start_loc, seq_lens, sample_rows = [], [], [0], [], []
+        for s in out.scheduled:
+            start, end = s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens
+            input_ids.extend(s.request.all_token_ids[start:end])
+            positions.append((start, end))
+            query_start_loc.append(query_start_loc[-1] + s.num_new_tokens)
+            seq_lens.append(end)
+            if s.samples:
+                sample_rows.append(query_start_loc[-1] - 1)
+        max_blocks = max(len(s.block_ids) for s in out.scheduled)
+        block_tables = torch.tensor([s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in out.scheduled],
+                                    dtype=torch.int32)
+        pos = torch.cat([torch.arange(a, b) for a, b in positions])
+        seq_index = torch.repeat_interleave(torch.arange(len(seq_lens)),
+                                            torch.tensor([b - a for a, b in positions]))
+        slot_mapping = block_tables[seq_index, pos // self.block_size].long() * self.block_size + pos % self.block_size
+        query_start = torch.tensor(query_start_loc, dtype=torch.int32)
+        metadata = AttentionMetadata(
+            slot_mapping=self._to_device(slot_mapping),
+            query_start_loc=self._to_device(query_start),
+            seq_lens=self._to_device(torch.tensor(seq_lens, dtype=torch.int32)),
+            block_tables=self._to_device(block_tables),
+            max_query_len=max(b - a for a, b in positions),
+            max_seq_len=max(seq_lens),
+        )
+        return (self._to_device(torch.tensor(input_ids, dtype=torch.long)), self._to_device(pos), metadata,
+                self._to_device(torch.tensor(sample_rows, dtype=torch.long)))
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        input_ids, positions, metadata, sample_rows = self.prepare(out)
+        hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
+        requests = [s.request for s in out.scheduled if s.samples]
+        if not requests:
+            return RunnerOutput([])
+        logits = self.model.compute_logits(hidden_states[sample_rows])
+        sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
+        result = self.sampler(logits, sampling)
+        return RunnerOutput(result.sampled_token_ids.tolist(), self._logprobs(requests, result))
+
+    @staticmethod
+    def _logprobs(requests, result) -> list | None:
+        if result.logprobs is None:
+            return None
+        ids, values, ranks = result.logprob_token_ids.tolist(), result.logprobs.tolist(), result.sampled_ranks.tolist()
+        per_request = []
+        for i, request in enumerate(requests):
+            k = request.sampling_params.logprobs
+            if k is None:
+                per_request.append(None)
+                continue
+            entries = [(ids[i][0], values[i][0], ranks[i])]
+            entries += [(ids[i][j], values[i][j], j) for j in range(1, k + 1)]
+            per_request.append(entries)
+        return per_request

@@ -1,0 +1,134 @@
+from dataclasses import dataclass, field
+
+from corral.engine.detokenizer import IncrementalDetokenizer
+from corral.outputs import CompletionOutput, EngineCoreOutput, RequestOutput, TokenLogprob
+from corral.sampling_params import SamplingParams
+
+
+@dataclass(slots=True, eq=False)
+class SequenceState:
+    """One of a request's n sequences, as the client sees it: text, tokens, logprobs."""
+
+    index: int
+    detokenizer: IncrementalDetokenizer
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    cumulative_logprob: float | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    sent_tokens: int = 0
+    sent_logprobs: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    delta: bool
+    sequences: list[SequenceState]
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.sequences)
+
+
+def child_request_id(request_id: str, index: int, n: int) -> str:
+    return request_id if n == 1 else f"{index}_{request_id}"
+
+
+class OutputProcessor:
+    """Turns engine token ids into client outputs: incremental text, stop strings, logprobs,
+    and the n sequences of one request gathered under its id."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.requests: dict[str, RequestState] = {}
+        self.children: dict[str, tuple[RequestState, SequenceState]] = {}
+
+    def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                    params: SamplingParams, delta: bool = False) -> list[str]:
+        """Registers the request; returns the engine request ids of its n sequences."""
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        sequences = [SequenceState(i, IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params),
+                                   logprobs=[] if params.logprobs is not None else None,
+                                   cumulative_logprob=0.0 if params.logprobs is not None else None)
+                     for i in range(params.n)]
+        state = RequestState(request_id, prompt, prompt_token_ids, params, delta, sequences)
+        self.requests[request_id] = state
+        child_ids = self.child_ids_for(request_id, params)
+        for child_id, seq in zip(child_ids, sequences):
+            self.children[child_id] = (state, seq)
+        return child_ids
+
+    @staticmethod
+    def child_ids_for(request_id: str, params: SamplingParams) -> list[str]:
+        return [child_request_id(request_id, i, params.n) for i in range(params.n)]
+
+    def child_ids(self, request_id: str) -> list[str]:
+        state = self.requests.get(request_id)
+        return [child_request_id(request_id, s.index, state.params.n) for s in state.sequences] if state else []
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Forget the request; returns its final output with finish_reason 'abort' if it was live."""
+        state = self.requests.get(request_id)
+        if state is None:
+            return None
+        for seq in state.sequences:
+            if seq.finish_reason is None:
+                seq.finish_reason = "abort"
+        self._drop(state)
+        return self._make_output(state, state.sequences)
+
+    def process(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
+        """Returns the updated request outputs and the engine ids to abort (a stop string hit)."""
+        touched: dict[str, tuple[RequestState, list[SequenceState]]] = {}
+        to_abort = []
+        for out in outputs:
+            entry = self.children.get(out.request_id)
+            if entry is None:
+                continue
+            state, seq = entry
+            if seq.finish_reason is not None:
+                continue
+            seq.token_ids.extend(out.new_token_ids)
+            if out.new_logprobs and seq.logprobs is not None:
+                seq.logprobs.extend(out.new_logprobs)
+                seq.cumulative_logprob += sum(lp.logprob for lp in out.new_logprobs)
+            stop = seq.detokenizer.update(out.new_token_ids)
+            if stop is not None:
+                seq.finish_reason, seq.stop_reason = "stop", stop
+                if out.finish_reason is None:
+                    to_abort.append(out.request_id)
+            elif out.finish_reason is not None:
+                seq.finish_reason, seq.stop_reason = out.finish_reason, out.stop_reason
+            touched.setdefault(state.request_id, (state, []))[1].append(seq)
+        results = []
+        for state, seqs in touched.values():
+            results.append(self._make_output(state, seqs if state.delta else state.sequences))
+            if state.finished:
+                self._drop(state)
+        return results, to_abort
+
+    def _drop(self, state: RequestState):
+        self.requests.pop(state.request_id, None)
+        for seq in state.sequences:
+            self.children.pop(child_request_id(state.request_id, seq.index, state.params.n), None)
+
+    def _make_output(self, state: RequestState, sequences: list[SequenceState]) -> RequestOutput:
+        completions = []
+        for seq in sequences:
+            finished = seq.finish_reason is not None
+            if state.delta:
+                text = seq.detokenizer.get_delta(finished)
+                token_ids = seq.token_ids[seq.sent_tokens:]
+                logprobs = seq.logprobs[seq.sent_logprobs:] if seq.logprobs is not None else None
+                seq.sent_tokens = len(seq.token_ids)
+                seq.sent_logprobs = len(seq.logprobs) if seq.logprobs is not None else 0
+            else:
+                text, token_ids, logprobs = seq.detokenizer.output_text, list(seq.token_ids), seq.logprobs
+            completions.append(CompletionOutput(seq.index, text, token_ids, seq.cumulative_logprob, logprobs,
+                                                seq.finish_reason, seq.stop_reason))
+        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions, state.finished)

@@ -1,0 +1,152 @@
+from dataclasses import dataclass, field
+
+from corral.engine.kv_cache_manager import KVCacheManager
+from corral.engine.request import Request, RequestStatus
+from corral.engine.request_queue import FCFSQueue
+
+
+@dataclass(slots=True)
+class ScheduledRequest:
+    request: Request
+    num_computed_tokens: int    # before this step
+    num_new_tokens: int
+    block_ids: list[int]
+
+    @property
+    def samples(self) -> bool:
+        """The step brings the request to its last known token, so its next token is sampled."""
+        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+@dataclass(slots=True)
+class FinishedEvent:
+    request: Request
+    new_token_ids: list[int]
+
+
+class Scheduler:
+    """There are no prefill and decode phases. Each step spends a token budget bringing every
+    request's computed tokens up to its total (prompt + output so far): running requests first,
+    then waiting ones. Long prompts are chunked by the budget, prefix-cache hits skip computed
+    blocks, and when blocks run out the newest running request is preempted and recomputed later.
+    """
+
+    def __init__(self, kv_cache_manager: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int):
+        self.kv = kv_cache_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting = FCFSQueue()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+
+    def add_request(self, request: Request):
+        self.requests[request.request_id] = request
+        self.waiting.add(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            block_ids = self.kv.allocate(request, num_new)
+            while block_ids is None:
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is request:
+                    break
+                block_ids = self.kv.allocate(request, num_new)
+            if block_ids is None:
+                break
+            out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, block_ids))
+            budget -= num_new
+            i += 1
+
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+            request = self.waiting.peek()
+            computed_blocks, num_computed = self.kv.get_computed_blocks(request)
+            num_new = min(request.num_tokens - num_computed, budget)
+            block_ids = self.kv.allocate(request, num_new, computed_blocks)
+            if block_ids is None:
+                break
+            self.waiting.pop_request()
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_computed
+            self.running.append(request)
+            out.scheduled.append(ScheduledRequest(request, num_computed, num_new, block_ids))
+            budget -= num_new
+
+        for s in out.scheduled:
+            s.request.num_computed_tokens += s.num_new_tokens
+        return out
+
+    def _preempt(self, request: Request):
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.prepend(request)
+
+    def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Request]:
+        """Append one sampled token to each request that sampled (in scheduled order) and finish
+        those that stop. Returns the requests that got a token."""
+        updated = []
+        samplers = [s.request for s in scheduler_output.scheduled if s.samples]
+        for request, token_id in zip(samplers, sampled_token_ids, strict=True):
+            if request.status != RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            request.append_output_token(token_id)
+            status = self._stop_status(request, token_id)
+            if status is not None:
+                self.finish(request, status)
+            updated.append(request)
+        return updated
+
+    def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if not params.ignore_eos and token_id in request.eos_token_ids:
+                return RequestStatus.FINISHED_STOPPED
+            if token_id in params.stop_token_ids:
+                request.stop_reason = token_id
+                return RequestStatus.FINISHED_STOPPED
+        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def finish(self, request: Request, status: RequestStatus):
+        """Finish (stop string, abort, ...) a request wherever it is, freeing its blocks."""
+        if request.status.finished:
+            return
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+        else:
+            self.waiting.remove(request)
+        request.status = status
+        self.kv.free(request)
+        self.requests.pop(request.request_id, None)
+
+    def finish_requests(self, request_ids, status: RequestStatus = RequestStatus.FINISHED_ABORTED):
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is not None:
+                self.finish(request, status)

@@ -1,0 +1,84 @@
+import itertools
+from pathlib import Path
+
+from corral.config import EngineConfig
+from corral.engine.llm_engine import LLMEngine
+from corral.engine.tokenizer import render_chat
+from corral.outputs import RequestOutput
+from corral.registry.plugins import PluginManager
+from corral.sampling_params import SamplingParams
+
+
+class LLM:
+    """One engine in this process. `model` is a local directory, or any reference the installed
+    source plugins resolve (a manifest name such as qwen3-4b, hf:Org/Name, ms:Org/Name).
+
+        llm = LLM("path/to/model")
+        llm.generate(["Hello"], SamplingParams(max_tokens=32))
+    """
+
+    def __init__(self, model: str, plugin_manager: PluginManager | None = None, **engine_args):
+        self.plugin_manager = plugin_manager or PluginManager()
+        self.engine = LLMEngine(EngineConfig(model=str(resolve(model, self.plugin_manager)), **engine_args),
+                                self.plugin_manager)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = False, add_special_tokens: bool = True) -> list[RequestOutput]:
+        """Prompts are strings or token-id lists; one SamplingParams for all or one each."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = sampling_params or SamplingParams()
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
+        return self._run(prompts, params, use_tqdm, add_special_tokens)
+
+    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
+             chat_template_kwargs: dict | None = None, add_generation_prompt: bool = True,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        """One conversation (a list of {"role", "content"} dicts) or a list of them."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [render_chat(self.engine.tokenizer, c, add_generation_prompt, chat_template_kwargs)
+                   for c in conversations]
+        params = [sampling_params or SamplingParams()] * len(prompts)
+        return self._run(prompts, params, use_tqdm, add_special_tokens=False)
+
+    def _run(self, prompts, params, use_tqdm, add_special_tokens) -> list[RequestOutput]:
+        ids = [str(next(self._ids)) for _ in prompts]
+        for request_id, prompt, p in zip(ids, prompts, params):
+            self.engine.add_request(request_id, prompt, p, add_special_tokens=add_special_tokens)
+        finished: dict[str, RequestOutput] = {}
+        progress = _progress(len(ids), use_tqdm)
+        try:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        progress.update(1)
+        except BaseException:
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+            raise
+        finally:
+            progress.close()
+        return [finished[i] for i in ids]
+
+
+def resolve(model: str, plugin_manager: PluginManager) -> Path:
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        from corral.registry.sources import resolve_model
+    except ImportError:
+        raise FileNotFoundError(f"model directory not found: {model}") from None
+    return resolve_model(model, plugin_manager=plugin_manager)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="generating", disable=not enabled)

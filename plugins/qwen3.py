@@ -1,0 +1,30 @@
+"""Qwen3 dense models: Llama's layout plus RMSNorm on each head's q and k before rotary."""
+import torch
+
+from corral.layers.norm import RMSNorm
+from corral.model_config import ModelConfig
+from corral.plugins.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
+from corral.registry.hookspecs import hookimpl
+
+
+@hookimpl
+def register_architectures(register):
+    register("Qwen3ForCausalLM", "corral.plugins.qwen3:Qwen3ForCausalLM")
+
+
+class Qwen3Attention(LlamaAttention):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor):
+        return self.q_norm(q), self.k_norm(k)
+
+
+class Qwen3DecoderLayer(LlamaDecoderLayer):
+    attention_cls = Qwen3Attention
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    layer_cls = Qwen3DecoderLayer
