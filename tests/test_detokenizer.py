@@ -113,7 +113,8 @@ def test_metaspace_byte_fallback_streams_like_the_full_decode(metaspace):
     tok = metaspace
     prompt, out = [tok.bos_token_id] + encode(tok, PROMPT), encode(tok, TEXT)
     _, deltas, _ = stream(tok, prompt, out)
-    assert "".join(deltas) == tok.decode(prompt + out, skip_special_tokens=True)[len(tok.decode(prompt, skip_special_tokens=True)):]
+    prompt_text = tok.decode(prompt, skip_special_tokens=True)
+    assert "".join(deltas) == tok.decode(prompt + out, skip_special_tokens=True)[len(prompt_text):]
 
 
 def test_stop_string_spanning_tokens_truncates_output_and_is_reported(bytelevel):

@@ -123,5 +123,8 @@ class EngineCore:
         return outputs
 
     def stats(self) -> dict:
+        kv = self.kv_cache_manager
         return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
-                "kv_cache_usage": self.kv_cache_manager.usage, "num_kv_blocks": self.num_blocks}
+                "kv_cache_usage": kv.usage, "num_kv_blocks": self.num_blocks,
+                "num_free_kv_blocks": kv.num_free_blocks, "prefix_cache_hit_tokens": kv.num_hit_tokens,
+                "prefix_cache_query_tokens": kv.num_query_tokens, "num_preemptions": self.scheduler.num_preemptions}

@@ -12,6 +12,8 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_keys: dict[str, list[BlockKey]] = {}
+        self.num_query_tokens = 0
+        self.num_hit_tokens = 0
 
     @property
     def usage(self) -> float:
@@ -34,6 +36,8 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
+        self.num_query_tokens += request.num_tokens
+        self.num_hit_tokens += len(hits) * self.block_size
         return hits, len(hits) * self.block_size
 
     def allocate(self, request: Request, num_new_tokens: int,

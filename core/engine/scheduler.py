@@ -11,11 +11,10 @@ class ScheduledRequest:
     num_computed_tokens: int    # before this step
     num_new_tokens: int
     block_ids: list[int]
+    samples: bool = False  # the step reaches the request's last known token: sample the next one
 
-    @property
-    def samples(self) -> bool:
-        """The step brings the request to its last known token, so its next token is sampled."""
-        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+    def __post_init__(self):
+        self.samples = self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
 
 
 @dataclass(slots=True)
@@ -50,6 +49,7 @@ class Scheduler:
         self.waiting = FCFSQueue()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
 
     def add_request(self, request: Request):
         self.requests[request.request_id] = request
@@ -102,6 +102,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.prepend(request)
 
     def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Request]:

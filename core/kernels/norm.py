@@ -18,7 +18,8 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, new_res_ptr, num_rows, rows
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + (tok * stride_rt + head * stride_rh)[:, None] + cols[None, :],
                     mask=mask, other=0.0)
-        x = (x + r).to(x_ptr.dtype.element_ty)  # the residual stream stays in the model dtype
+        # the residual stream stays in the model dtype
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
         tl.store(new_res_ptr + rows.to(tl.int64)[:, None] * n + cols[None, :], x, mask=mask)
     h = x.to(tl.float32)
     h = h * tl.rsqrt(tl.sum(h * h, 1) / n + eps)[:, None]
@@ -39,12 +40,20 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).unsqueeze(1)
 
 
-def _launch(x, residual, weight, eps):
+def _output(x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    if given is None:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if given.shape != x.shape or given.dtype != x.dtype or not given.is_contiguous():
+        raise ValueError("an output buffer must be contiguous, with the shape and dtype of x")
+    return given
+
+
+def _launch(x, residual, weight, eps, out, residual_out):
     rows = _as_rows(x)
     num_tok, rows_per_tok, n = rows.shape
     num_rows = num_tok * rows_per_tok
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    new_res = torch.empty_like(out) if residual is not None else out
+    out = _output(x, out)
+    new_res = _output(x, residual_out) if residual is not None else out
     res = _as_rows(residual) if residual is not None else rows
     block_n = triton.next_power_of_2(n)
     block_r = max(1, min(16, 2048 // block_n))
@@ -58,19 +67,23 @@ def _launch(x, residual, weight, eps):
     return out, new_res
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """RMSNorm over the last dim of x [..., n]. x may be a strided view, e.g. q [T, Hq, D] from a
-    fused qkv output (per-head q/k norm). Returns a new contiguous tensor in x.dtype."""
-    return _launch(x, None, weight, eps)[0]
+    fused qkv output (per-head q/k norm). Returns a contiguous tensor in x.dtype: `out` if given
+    (it may be x itself when x is contiguous), else a new one."""
+    return _launch(x, None, weight, eps, out, None)[0]
 
 
-def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       out: torch.Tensor | None = None,
+                       residual_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """new_residual = x + residual (in x.dtype); returns (rms_norm(new_residual), new_residual).
-    Both outputs are new tensors; the inputs are left untouched."""
+    New tensors unless out / residual_out are given; out=x, residual_out=residual updates both in
+    place (each element is read before it is written)."""
     if residual.shape != x.shape:
         raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(x.shape)}")
-    return _launch(x, residual, weight, eps)
+    return _launch(x, residual, weight, eps, out, residual_out)
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

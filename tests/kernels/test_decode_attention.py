@@ -1,0 +1,100 @@
+"""Split-KV paged decode attention against the torch reference."""
+import pytest
+import torch
+
+from corral.kernels.decode_attention import paged_attention_decode
+from corral.kernels.paged_attention import paged_attention_ref
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+NUM_KV_HEADS = 2
+# around block (16) and tile (64) edges, a single token, and a context of several splits
+SEQ_LENS = [1, 15, 16, 17, 64, 65, 200]
+
+
+def _inputs(make_batch, seq_lens, group, head_dim, dtype, block_size=16, seed=0):
+    cache, metadata = make_batch([1] * len(seq_lens), seq_lens, block_size=block_size,
+                                 num_kv_heads=NUM_KV_HEADS, head_dim=head_dim, dtype=dtype,
+                                 seed=seed)
+    q = torch.randn(len(seq_lens), NUM_KV_HEADS * group, head_dim,
+                    generator=torch.Generator().manual_seed(seed + 1)).to(cache.device, dtype)
+    return q, cache, metadata
+
+
+def _run(make_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16):
+    q, cache, metadata = _inputs(make_batch, seq_lens, group, head_dim, dtype, block_size)
+    scale = head_dim ** -0.5
+    out = torch.full_like(q, float("nan"))
+    paged_attention_decode(q, cache, metadata, scale, out=out, num_splits=num_splits)
+    expected = paged_attention_ref(q, cache, metadata, scale)
+    torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", [1, 2, 4, 8])
+def test_decode_matches_reference(group, head_dim, dtype, make_batch):
+    _run(make_batch, SEQ_LENS, group=group, head_dim=head_dim, dtype=dtype, num_splits=4)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 16])
+def test_split_counts_give_the_same_answer(num_splits, make_batch):
+    # 16 splits of a short context leave most of them empty
+    _run(make_batch, SEQ_LENS, group=4, head_dim=64, dtype=torch.float32, num_splits=num_splits)
+
+
+def test_default_split_count(make_batch):
+    _run(make_batch, [300, 7], group=2, head_dim=64, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("block_size", [32, 64, 128])
+def test_block_sizes(block_size, make_batch):
+    _run(make_batch, [5, 130, 33], group=2, head_dim=64, dtype=torch.float32, num_splits=2,
+         block_size=block_size)
+
+
+@pytest.mark.parametrize("group", [3, 6])
+def test_group_sizes_that_are_not_powers_of_two(group, make_batch):
+    _run(make_batch, [9, 70], group=group, head_dim=64, dtype=torch.float32, num_splits=2)
+
+
+@pytest.mark.parametrize("head_dim", [32, 256])
+def test_other_power_of_two_head_dims(head_dim, make_batch):
+    _run(make_batch, [9, 70], group=2, head_dim=head_dim, dtype=torch.float32, num_splits=2)
+
+
+def test_rejects_split_counts_that_are_not_powers_of_two(make_batch):
+    q, cache, metadata = _inputs(make_batch, [4], 1, 64, torch.float32)
+    with pytest.raises(ValueError, match="power of two"):
+        paged_attention_decode(q, cache, metadata, 1.0, num_splits=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("block_size", [16, 256])
+@pytest.mark.parametrize("group,head_dim", [(1, 128), (2, 64), (4, 128), (8, 128), (4, 256)])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_large_batches(batch, group, head_dim, block_size, dtype, make_batch):
+    gen = torch.Generator().manual_seed(batch + group)
+    seq_lens = torch.randint(1, 5000, (batch,), generator=gen).tolist()
+    _run(make_batch, seq_lens, group=group, head_dim=head_dim, dtype=dtype, block_size=block_size)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_with_new_seq_lens(make_batch):
+    """Captured once, replayed after seq_lens and block tables change: lengths live on the device."""
+    q, cache, metadata = _inputs(make_batch, [4000, 3000, 2000, 1000], 4, 128, torch.bfloat16)
+    scale = 128 ** -0.5
+    out = torch.empty_like(q)
+    paged_attention_decode(q, cache, metadata, scale, out=out)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        paged_attention_decode(q, cache, metadata, scale, out=out)
+    for seq_lens in ([1, 17, 4000, 3999], [2500, 1, 64, 65]):
+        metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
+        metadata.block_tables.copy_(metadata.block_tables.flip(0))
+        q.normal_()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.testing.assert_close(out, paged_attention_ref(q, cache, metadata, scale),
+                                   rtol=2e-2, atol=2e-2)

@@ -1,0 +1,30 @@
+"""TritonAttentionBackend: store the new K/V, then attend, as the torch reference does."""
+import pytest
+import torch
+
+from corral.backends.base import get_backend
+from corral.kernels.kv_cache import store_kv_cache_ref
+from corral.kernels.paged_attention import paged_attention_ref
+
+
+@pytest.mark.parametrize("query_lens,seq_lens", [
+    ([1, 1, 1], [1, 30, 77]),           # decode only
+    ([12, 1, 40], [12, 50, 70]),        # prefill, decode and a chunk after a cached prefix
+])
+def test_forward_stores_then_attends(query_lens, seq_lens, make_batch):
+    num_kv_heads, group, head_dim = 2, 4, 64
+    cache, metadata = make_batch(query_lens, seq_lens, block_size=16, num_kv_heads=num_kv_heads,
+                                 head_dim=head_dim, dtype=torch.bfloat16)
+    tokens = sum(query_lens)
+    qkv = torch.randn(tokens, (group + 2) * num_kv_heads, head_dim).to(cache.device, cache.dtype)
+    q, k, v = qkv.split([group * num_kv_heads, num_kv_heads, num_kv_heads], dim=1)
+    expected_cache = cache.clone()
+    store_kv_cache_ref(k, v, expected_cache, metadata.slot_mapping)
+    expected = paged_attention_ref(q, expected_cache, metadata, 0.125)
+
+    backend = get_backend("triton", cache.device)
+    out = backend.forward(q, k, v, cache, metadata, 0.125)
+
+    assert backend.name == "triton"
+    torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0)
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
