@@ -62,10 +62,11 @@ class DownloadProgress:
             self._bar = None
         self._changed(force_log=state != "downloading")
 
-    def begin(self, source: str, files_total: int, total_bytes: int, done_bytes: int = 0) -> None:
+    def begin(self, source: str, files_total: int, total_bytes: int, done_bytes: int = 0,
+              files_done: int = 0) -> None:
         with self._lock:
             self.source, self.files_total, self.total_bytes = source, files_total, total_bytes
-            self.files_done, self.done_bytes, self.state = 0, done_bytes, "downloading"
+            self.files_done, self.done_bytes, self.state = files_done, done_bytes, "downloading"
             if self.bars:
                 self._bar = tqdm(total=total_bytes, initial=done_bytes, unit="B", unit_scale=True,
                                  unit_divisor=1024, desc=f"{self.name} ({files_total} files)", position=0)

@@ -50,6 +50,7 @@ class FileRecord:
     size: int
     sha256: str | None = None
     mtime_ns: int | None = None
+    remote_id: str | None = None  # the hub's sha256 or git blob id, to tell whether a file changed
 
 
 @dataclass(slots=True)
@@ -150,19 +151,19 @@ class ModelStore:
         st = path.stat()
         return FileRecord(size=st.st_size, sha256=sha256 or sha256_file(path), mtime_ns=st.st_mtime_ns)
 
+    @staticmethod
+    def file_ok(path: Path, rec: FileRecord, full: bool = False) -> bool:
+        """Size always; sha256 when `full`, or when the modification time changed since recording."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        if st.st_size != rec.size:
+            return False
+        if rec.sha256 and (full or st.st_mtime_ns != rec.mtime_ns):
+            return sha256_file(path) == rec.sha256
+        return True
+
     def verify(self, model: StoredModel, full: bool = False) -> list[str]:
-        """Names of files that are missing or differ from the metadata. Sizes are always checked;
-        sha256 when `full`, or when a file's modification time changed since it was recorded."""
-        bad = []
-        for name, rec in model.files.items():
-            path = model.path / name
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                bad.append(name)
-                continue
-            if st.st_size != rec.size:
-                bad.append(name)
-            elif rec.sha256 and (full or st.st_mtime_ns != rec.mtime_ns) and sha256_file(path) != rec.sha256:
-                bad.append(name)
-        return bad
+        """Names of the files that are missing or differ from the metadata."""
+        return [name for name, rec in model.files.items() if not self.file_ok(model.path / name, rec, full)]

@@ -46,11 +46,15 @@ class IncrementalDetokenizer:
             return None
         return self._append(self._advance(text))
 
+    def flush(self):
+        """The output ended: take even an incomplete character, as the full decode shows it."""
+        if not self._stopped and self._read < len(self._ids):
+            self._append(self._advance(self._decode(self._ids)))
+
     def get_delta(self, finished: bool) -> str:
         """Text not returned before; while not finished, holds back what may begin a stop string."""
-        if finished and not self._stopped and self._read < len(self._ids):
-            # the output ends inside a character: flush it as the full decode would show it
-            self._append(self._advance(self._decode(self._ids)))
+        if finished:
+            self.flush()
         end = len(self._text)
         if not finished and not self._include_stop:
             end -= self._partial_stop_len()

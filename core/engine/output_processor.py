@@ -104,6 +104,7 @@ class OutputProcessor:
                     to_abort.append(out.request_id)
             elif out.finish_reason is not None:
                 seq.finish_reason, seq.stop_reason = out.finish_reason, out.stop_reason
+                seq.detokenizer.flush()
             touched.setdefault(state.request_id, (state, []))[1].append(seq)
         results = []
         for state, seqs in touched.values():

@@ -1,0 +1,312 @@
+"""What `corral serve` serves: flags, environment and a config file (TOML or YAML) say the same things.
+
+Server settings: flag > environment > the file's [server] table > default. Model settings: a model's
+own table > flag > environment > the file's [defaults] table > default.
+
+    [server]
+    port = 8000
+    [models.qwen]                     # the table's name is the served name
+    model = "qwen3-4b"                # any reference: manifest name, hf:Org/Name, ms:Org/Name, path
+    aliases = ["gpt-4o-mini"]
+    max_model_len = 8192
+    gpu_memory_utilization = 0.45
+    keep_alive = "10m"
+    sampling = { temperature = 0.6, top_p = 0.95 }
+"""
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from corral.config import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+ENV_SERVER = {"CORRAL_API_KEY": "api_key", "CORRAL_HOST": "host", "CORRAL_PORT": "port"}
+ENV_MODEL = {"MAX_MODEL_LEN": "max_model_len", "GPU_MEMORY_UTILIZATION": "gpu_memory_utilization",
+             "TENSOR_PARALLEL_SIZE": "tensor_parallel_size", "MAX_NUM_SEQS": "max_num_seqs",
+             "MAX_NUM_BATCHED_TOKENS": "max_num_batched_tokens", "DTYPE": "dtype"}
+ALIASES = {"reference": "model", "served_model_name": "name", "default_sampling": "sampling",
+           "memory_share": "gpu_memory_utilization"}
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    """One served model: how to find it, what it is called, and how its engine runs."""
+
+    model: str
+    name: str = ""
+    aliases: list[str] = field(default_factory=list)
+    source: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 4096
+    gpu_memory_utilization: float | None = None
+    kv_cache_memory_bytes: int | None = None
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    num_threads: int | None = None
+    max_queue_len: int = 256
+    keep_alive: float | None = None      # seconds idle before unloading; None: never
+    preload: bool = True
+    reasoning_parser: str = "auto"        # auto (Qwen3 models), qwen3 or none
+    sampling: dict = field(default_factory=dict)
+    startup_timeout: float = 900.0
+
+    def engine_args(self) -> dict:
+        """Keyword arguments of EngineConfig, less `model` (the resolved directory)."""
+        return {"dtype": self.dtype, "device": self.device, "max_model_len": self.max_model_len,
+                "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
+                "block_size": self.block_size, "enable_prefix_caching": self.enable_prefix_caching,
+                "enforce_eager": self.enforce_eager, "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
+                "gpu_memory_utilization": self.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION}
+
+    @property
+    def max_pending(self) -> int:
+        """Requests admitted at once: a full batch plus the queue."""
+        return self.max_num_seqs + self.max_queue_len
+
+
+MODEL_KEYS = {f.name for f in fields(ModelSpec)}
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    models: list[ModelSpec]
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_key: str | None = None
+    shutdown_timeout: float = 30.0
+    request_load_timeout: float = 600.0   # how long a request waits for its model to finish loading
+    log_requests: bool = False
+
+
+SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            import tomllib
+            data = tomllib.loads(text)
+    except Exception as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table of sections")
+    unknown = set(data) - {"server", "defaults", "models"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; allowed: server, defaults, models")
+    return data
+
+
+def build_config(models: list[str] | None = None, file: str | Path | None = None, server: dict | None = None,
+                 model_defaults: dict | None = None, served_names: list[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> ServerConfig:
+    """`server` and `model_defaults` hold the flags that were given (None values are ignored)."""
+    env = env if env is not None else {}
+    data = load_file(file) if file else {}
+    server_values = _checked(data.get("server") or {}, SERVER_KEYS, "[server]")
+    server_values.update({key: env[var] for var, key in ENV_SERVER.items() if env.get(var)})
+    server_values.update({k: v for k, v in (server or {}).items() if v is not None})
+
+    defaults = _checked(data.get("defaults") or {}, MODEL_KEYS - {"model", "name", "aliases"}, "[defaults]")
+    defaults.update({key: env[var] for var, key in ENV_MODEL.items() if env.get(var)})
+    defaults.update({k: v for k, v in (model_defaults or {}).items() if v is not None})
+
+    sections = _model_sections(data.get("models"))
+    if models:
+        sections += [{"model": m} for m in models]
+    if not sections and env.get("MODEL_NAME"):
+        sections = [{"model": m.strip()} for m in env["MODEL_NAME"].split(",") if m.strip()]
+    if not sections:
+        sections = [{"model": DEFAULT_MODEL}]
+    _apply_served_names(sections, served_names or (env["SERVED_MODEL_NAME"].split(",")
+                                                   if env.get("SERVED_MODEL_NAME") else None))
+    total_memory = _coerce(ModelSpec, "gpu_memory_utilization",
+                           defaults.pop("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION))
+    specs = [_model_spec({**defaults, **section}) for section in sections]
+    _split_memory(specs, total_memory)
+    _check_names(specs)
+    config = ServerConfig(models=specs, **{k: _coerce(ServerConfig, k, v) for k, v in server_values.items()})
+    if not 0 < config.port < 65536 and config.port != 0:
+        raise ConfigError(f"port must be in [1, 65535], got {config.port}")
+    return config
+
+
+def _model_sections(raw) -> list[dict]:
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        items = []
+        for name, section in raw.items():
+            if not isinstance(section, dict):
+                raise ConfigError(f"[models.{name}] must be a table")
+            items.append({"name": name, **section})
+    elif isinstance(raw, list):
+        items = [dict(s) for s in raw if isinstance(s, dict)]
+        if len(items) != len(raw):
+            raise ConfigError("every entry of models must be a table")
+    else:
+        raise ConfigError("models must be a table of tables or a list of tables")
+    sections = []
+    for section in items:
+        section = {ALIASES.get(k, k): v for k, v in section.items()}
+        label = f"[models.{section.get('name') or section.get('model')}]"
+        section = _checked(section, MODEL_KEYS, label)
+        if not section.get("model"):
+            raise ConfigError(f"{label} needs `model`, the reference to serve")
+        sections.append(section)
+    return sections
+
+
+def _apply_served_names(sections: list[dict], names: list[str] | None):
+    if not names:
+        return
+    if len(sections) == 1:
+        sections[0]["name"], sections[0]["aliases"] = names[0], list(names[1:]) + sections[0].get("aliases", [])
+    elif len(names) == len(sections):
+        for section, name in zip(sections, names):
+            section["name"] = name
+    else:
+        raise ConfigError(f"--served-model-name gave {len(names)} names for {len(sections)} models; "
+                          "give one per model, in order (or name them in a config file)")
+
+
+def _model_spec(values: dict) -> ModelSpec:
+    values = {k: _coerce(ModelSpec, k, v) for k, v in values.items()}
+    spec = ModelSpec(**values)
+    if not spec.name:
+        spec.name = default_served_name(spec.model)
+        if spec.name != spec.model:
+            spec.aliases.append(spec.model)
+    if spec.reasoning_parser not in ("auto", "qwen3", "none"):
+        raise ConfigError(f"{spec.name}: reasoning_parser must be auto, qwen3 or none, got {spec.reasoning_parser!r}")
+    for key in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "block_size"):
+        if getattr(spec, key) < 1:
+            raise ConfigError(f"{spec.name}: {key} must be >= 1, got {getattr(spec, key)}")
+    if spec.max_queue_len < 0:
+        raise ConfigError(f"{spec.name}: max_queue_len must be >= 0, got {spec.max_queue_len}")
+    if spec.gpu_memory_utilization is not None and not 0 < spec.gpu_memory_utilization <= 1:
+        raise ConfigError(f"{spec.name}: gpu_memory_utilization must be in (0, 1], got {spec.gpu_memory_utilization}")
+    return spec
+
+
+def default_served_name(reference: str) -> str:
+    """qwen3-4b -> qwen3-4b; hf:Qwen/Qwen3-4B@main -> Qwen/Qwen3-4B; /models/my-llama/ -> my-llama."""
+    scheme, sep, rest = reference.partition(":")
+    if sep and scheme in ("hf", "ms", "modelscope", "huggingface") and rest:
+        return rest.split("@")[0]
+    if "/" in reference or reference.startswith("."):
+        return Path(reference).name or reference
+    return reference
+
+
+def _split_memory(specs: list[ModelSpec], total: float):
+    """The global gpu_memory_utilization is the total; models without their own share split what the
+    others leave, evenly."""
+    if not 0 < total <= 1:
+        raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {total}")
+    explicit = [s for s in specs if s.gpu_memory_utilization is not None]
+    rest = [s for s in specs if s.gpu_memory_utilization is None]
+    left = total - sum(s.gpu_memory_utilization for s in explicit)
+    if len(specs) > 1 and sum(s.gpu_memory_utilization for s in explicit) > 1:
+        raise ConfigError("the models' gpu_memory_utilization shares add up to more than 1")
+    if rest and left <= 0:
+        raise ConfigError(f"the models' own gpu_memory_utilization shares use all of the total {total}; "
+                          "none is left for the others")
+    for s in rest:
+        s.gpu_memory_utilization = left / len(rest)
+
+
+def _check_names(specs: list[ModelSpec]):
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for name in [spec.name, *spec.aliases]:
+            if name in seen and seen[name] != spec.name:
+                raise ConfigError(f"the name {name!r} is used by both {seen[name]} and {spec.name}")
+            seen[name] = spec.name
+    spec_names = [s.name for s in specs]
+    if len(set(spec_names)) != len(spec_names):
+        raise ConfigError(f"two models are served under one name: {spec_names}")
+
+
+def _checked(values: dict, allowed: set[str], label: str) -> dict:
+    values = {ALIASES.get(k, k).replace("-", "_"): v for k, v in values.items()}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ConfigError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    return values
+
+
+def _coerce(cls, key: str, value):
+    """Strings from the environment or a file into the field's type, with an error naming the key."""
+    if key == "keep_alive":
+        return parse_duration(value)
+    if key == "kv_cache_memory_bytes":
+        return parse_size(value)
+    kind = {f.name: f.type for f in fields(cls)}[key]
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if value is None:
+            return None
+        if "list" in kind:
+            return [str(v) for v in value] if isinstance(value, list) else [s.strip() for s in str(value).split(",")]
+        if "dict" in kind:
+            if not isinstance(value, dict):
+                raise ValueError("expected a table")
+            return dict(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: invalid value {value!r} ({e})") from None
+
+
+def parse_duration(value) -> float | None:
+    """Ollama's keep_alive: "5m", "1h30m", "45s", seconds as a number; negative means never unload."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value < 0 else float(value)
+    text = str(value).strip().lower()
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return parse_duration(float(text))
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise ConfigError(f"keep_alive: cannot read {value!r}; use seconds or a duration such as 30s, 5m, 1h")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(a) * scale[b] for a, b in parts)
+
+
+def parse_size(value) -> int | None:
+    """Bytes as a number or with a unit: 512MiB, 2GiB, 1.5GB."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", str(value).lower())
+    if not match:
+        raise ConfigError(f"kv_cache_memory_bytes: cannot read {value!r}; use bytes or a size such as 512MiB")
+    number, unit = float(match[1]), (match[2] or "b").rstrip("b") or "b"
+    powers = {"b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    return int(number * powers[unit])

@@ -1,0 +1,95 @@
+"""OpenAI-style errors: {"error": {"message", "type", "param", "code"}} with the right HTTP status."""
+from http import HTTPStatus
+
+
+class APIError(Exception):
+    """An error the API returns as it is; anything else becomes a 500 without details."""
+
+    status_code = HTTPStatus.INTERNAL_SERVER_ERROR
+    type = "internal_server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class BadRequestError(APIError):
+    status_code = HTTPStatus.BAD_REQUEST
+    type = "invalid_request_error"
+
+
+class AuthenticationError(APIError):
+    status_code = HTTPStatus.UNAUTHORIZED
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFoundError(APIError):
+    status_code = HTTPStatus.NOT_FOUND
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class QueueFullError(APIError):
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class ModelUnavailableError(APIError):
+    """The model is loading, restarting, unloaded or broken; or its engine died under the request."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    type = "service_unavailable_error"
+    code = "model_unavailable"
+
+
+class EngineDeadError(ModelUnavailableError):
+    code = "engine_dead"
+
+
+class InternalServerError(APIError):
+    pass
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | int | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def validation_error(errors: list[dict]) -> BadRequestError:
+    """A pydantic / FastAPI validation error list as one 400 naming the first bad parameter."""
+    if not errors:
+        return BadRequestError("invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return BadRequestError(f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
+                               code="invalid_json")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+    if not loc:
+        return BadRequestError(f"the request body must be a JSON object: {first.get('msg')}", code="invalid_json")
+    param = ".".join(loc)
+    missing = first.get("type") == "missing"
+    message = f"{param}: {first.get('msg')}"
+    if "input" in first and not missing:
+        message += f" (got {_short(first['input'])})"
+    if len(errors) > 1:
+        message += f"; and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}"
+    return BadRequestError(message, param=param, code="missing_required_parameter" if missing else "invalid_type")
+
+
+def _is_type_tag(part) -> bool:
+    # pydantic names union branches in `loc`: 'str', 'list[str]', 'function-after[...]', 'TextPart'
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "list", "dict", "none")
+                                      or "[" in part or "-" in part or part[:1].isupper())
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

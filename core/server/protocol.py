@@ -1,0 +1,181 @@
+"""Request bodies of the OpenAI API (and vLLM's common extras), validated strictly at the boundary.
+
+Fields left unset (None) fall back to the model's defaults: its generation_config.json, then the
+server config's `sampling` section, then SamplingParams' own. Unknown fields are ignored, as vLLM does.
+"""
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.sampling_params import SamplingParams
+from corral.server.errors import BadRequestError
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                   "frequency_penalty", "seed", "min_tokens", "ignore_eos", "skip_special_tokens",
+                   "include_stop_str_in_output")
+
+
+class OpenAIBase(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(OpenAIBase):
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+
+class SamplingFields(OpenAIBase):
+    """What chat and completions requests share."""
+
+    model: str | None = None
+    n: int | None = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # vLLM extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = None
+    min_tokens: int | None = None
+    skip_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+
+    def sampling_params(self, defaults: dict, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        """SamplingParams from this request over the model's defaults; SamplingParamsError names a bad one."""
+        values = dict(defaults)
+        values.update({k: getattr(self, k) for k in SAMPLING_FIELDS if getattr(self, k) is not None})
+        return SamplingParams(n=self.n if self.n is not None else 1, max_tokens=max_tokens, logprobs=logprobs,
+                              stop=self.stop or [], stop_token_ids=self.stop_token_ids or [],
+                              logit_bias=self.parsed_logit_bias(), **values)
+
+    def parsed_logit_bias(self) -> dict[int, float]:
+        bias = {}
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                bias[int(key)] = value
+            except ValueError:
+                raise BadRequestError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+        return bias
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check_stream_options(self):
+        if self.stream_options is not None and not self.stream:
+            raise BadRequestError("stream_options is only allowed when stream is true", param="stream_options")
+
+
+class ContentPart(OpenAIBase):
+    model_config = ConfigDict(strict=True, extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(OpenAIBase):
+    model_config = ConfigDict(strict=True, extra="allow")  # tool_calls, name, ... reach the template
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    reasoning_content: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    # vLLM extras
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool | None = True
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise BadRequestError("top_logprobs needs logprobs set to true", param="top_logprobs")
+        if not self.logprobs:
+            return None
+        top = self.top_logprobs or 0
+        if not 0 <= top <= SamplingParams.MAX_LOGPROBS:
+            raise BadRequestError(f"top_logprobs must be in [0, {SamplingParams.MAX_LOGPROBS}], got {top}",
+                                  param="top_logprobs")
+        return top
+
+    def message_dicts(self) -> list[dict]:
+        """Messages as the chat template expects them: text parts joined into one string."""
+        out = []
+        for i, message in enumerate(self.messages):
+            m = message.model_dump(exclude_none=True)
+            if isinstance(message.content, list):
+                texts = []
+                for part in message.content:
+                    if part.type != "text" or part.text is None:
+                        raise BadRequestError(f"messages[{i}].content: only text parts are supported, got a "
+                                              f"{part.type!r} part", param=f"messages.{i}.content")
+                    texts.append(part.text)
+                m["content"] = "\n".join(texts)
+            elif message.content is None:
+                m["content"] = ""
+            out.append(m)
+        return out
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        if not p:
+            raise BadRequestError("prompt must not be empty", param="prompt")
+        return list(p)
+
+    def check(self):
+        if self.suffix:
+            raise BadRequestError("suffix is not supported", param="suffix")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise BadRequestError("best_of must equal n (beam search and best-of are not supported)", param="best_of")
+        if self.logprobs is not None and not 0 <= self.logprobs <= SamplingParams.MAX_LOGPROBS:
+            raise BadRequestError(f"logprobs must be in [0, {SamplingParams.MAX_LOGPROBS}], got {self.logprobs}",
+                                  param="logprobs")
+
+
+class TokenizeRequest(OpenAIBase):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    return_token_strs: bool | None = False
+
+    def chat(self) -> ChatCompletionRequest | None:
+        if (self.prompt is None) == (self.messages is None):
+            raise BadRequestError("give exactly one of prompt and messages", param="prompt")
+        if self.messages is None:
+            return None
+        return ChatCompletionRequest(model=self.model, messages=self.messages,
+                                     chat_template_kwargs=self.chat_template_kwargs,
+                                     add_generation_prompt=self.add_generation_prompt)
+
+
+class DetokenizeRequest(OpenAIBase):
+    model: str | None = None
+    tokens: list[int]

@@ -1,0 +1,91 @@
+"""The offline API beyond greedy parity: seeds, n, stop conditions, logprobs, text."""
+import pytest
+
+from corral import LLM, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model_dirs):
+    return LLM(str(tiny_model_dirs["qwen3"]), max_model_len=256)
+
+
+def tokens(output, i=0):
+    return output.outputs[i].token_ids
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(llm):
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=16, ignore_eos=True)
+    alone = llm.generate([[5, 6, 7]], params)[0]
+    others = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
+    batched = llm.generate([[9, 9], [5, 6, 7], [11] * 30], [others, params, others])[1]
+    assert tokens(alone) == tokens(batched)
+
+
+def test_different_seeds_give_different_samples(llm):
+    a, b = (llm.generate([[5, 6, 7]], SamplingParams(temperature=1.0, seed=s, max_tokens=16, ignore_eos=True))[0]
+            for s in (1, 2))
+    assert tokens(a) != tokens(b)
+
+
+def test_n_returns_n_distinct_sequences(llm):
+    output = llm.generate([[5, 6, 7]], SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=12, ignore_eos=True))[0]
+    assert [c.index for c in output.outputs] == [0, 1, 2]
+    assert len({tuple(c.token_ids) for c in output.outputs}) == 3
+
+
+def test_max_tokens_stops_with_length(llm):
+    output = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))[0]
+    assert len(tokens(output)) == 5 and output.outputs[0].finish_reason == "length"
+
+
+def test_stop_token_ids_stop_with_the_token_as_stop_reason(llm):
+    greedy = tokens(llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0])
+    output = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True,
+                                                      stop_token_ids=[greedy[3]]))[0]
+    first = greedy.index(greedy[3])
+    assert tokens(output) == greedy[:first + 1]
+    assert output.outputs[0].finish_reason == "stop" and output.outputs[0].stop_reason == greedy[3]
+
+
+def test_stop_strings_cut_the_text_and_finish_the_request(llm):
+    greedy = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[0].outputs[0]
+    stop = greedy.text[8:11]
+    assert stop.strip(), "the tiny model's text should be long enough to pick a stop string from"
+    output = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True,
+                                                      stop=[stop]))[0].outputs[0]
+    assert output.text == greedy.text[:greedy.text.index(stop)]
+    assert output.finish_reason == "stop" and output.stop_reason == stop
+    assert llm.engine.core.stats()["num_running"] == 0
+
+
+def test_top_logprobs_are_sorted_and_include_the_sampled_token_rank(llm):
+    output = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=4, logprobs=3))[0].outputs[0]
+    for entry in output.logprobs:
+        values = list(entry.top.values())
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert entry.rank == 1 and entry.logprob == pytest.approx(values[0])
+    assert output.cumulative_logprob == pytest.approx(sum(e.logprob for e in output.logprobs))
+
+
+def test_string_prompts_are_tokenized_and_text_is_returned(llm):
+    output = llm.generate("Hello world", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0]
+    tokenizer = llm.get_tokenizer()
+    assert output.prompt_token_ids == tokenizer.encode("Hello world")
+    assert output.outputs[0].text == tokenizer.decode(output.outputs[0].token_ids)
+
+
+def test_chinese_text_streams_without_broken_characters(llm):
+    from corral.engine.output_processor import OutputProcessor
+    from corral.outputs import EngineCoreOutput
+    tokenizer = llm.get_tokenizer()
+    text = "上海有很多高楼，我们喜欢吃饺子。"
+    ids = tokenizer.encode(text)
+    assert len(ids) > len(text) / 2, "characters should span several byte-level tokens"
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("zh", None, [5], SamplingParams(max_tokens=len(ids)), delta=True)
+    deltas = []
+    for i, token in enumerate(ids):
+        finish = "length" if i == len(ids) - 1 else None
+        outputs, _ = processor.process([EngineCoreOutput("zh", [token], finish_reason=finish)])
+        deltas.append(outputs[0].outputs[0].text)
+    assert "".join(deltas) == text and all("\ufffd" not in d for d in deltas)
