@@ -71,4 +71,9 @@ class EngineConfig:
 
     @property
     def architectures(self) -> list[str]:
-        return self.hf_config.get("architectures") or []
+        """config.architectures, else the causal-LM class named after model_type (llama -> LlamaForCausalLM)."""
+        names = self.hf_config.get("architectures") or []
+        model_type = self.hf_config.get("model_type")
+        if not names and model_type:
+            names = [model_type.replace("_", " ").title().replace(" ", "") + "ForCausalLM"]
+        return names

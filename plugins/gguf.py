@@ -1,14 +1,21 @@
-"""GGUF files (llama.cpp's and Ollama's format) turned into ordinary HF directories."""
+"""GGUF files (llama.cpp's and Ollama's format) turned into ordinary HF directories in the store:
+dequantized by transformers (with the `gguf` package), tokenizer and chat template included."""
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from corral.registry.errors import ModelNotFoundError, SourceError
+from corral.registry.hookspecs import hookimpl
+from corral.store import ModelStore, StoredModel
 
 logger = logging.getLogger(__name__)
 
 
-class GGUFConversionError(RuntimeError):
+class GGUFConversionError(SourceError):
     pass
 
 
@@ -41,9 +48,61 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype
         state.pop("lm_head.weight", None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    model.generation_config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
+    try:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for p in tmp.iterdir():
+            p.chmod(0o644)
+        tmp.chmod(0o755)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def convert_into_store(store: ModelStore, gguf_path: Path, *, source: str, repo: str, revision: str | None,
+                       progress, manifest: str | None = None) -> Path:
+    """The store directory converted from `gguf_path`, converting only when it is missing or fails
+    verification."""
+    model_dir = store.dir_for(source, repo, revision)
+    with store.lock(model_dir):
+        current = store.read(model_dir)
+        if current and current.complete:
+            bad = store.verify(current)
+            if not bad:
+                progress.set_state("ready")
+                return model_dir
+            logger.warning("%s: %s failed verification; converting %s again", current.name, ", ".join(bad),
+                           gguf_path)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        progress.set_state("converting")
+        convert_gguf(gguf_path, model_dir)
+        record = StoredModel(path=model_dir, source=source, repo=repo, revision=revision, manifest=manifest,
+                             origin=str(gguf_path), complete=True)
+        record.files = {p.name: store.record(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+        store.write(record)
+    return model_dir
+
+
+class GGUFSource:
+    scheme = "gguf"
+    label = "a GGUF file"
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    def fetch(self, ref, progress, update: bool = False) -> Path:
+        path = Path(ref.id).expanduser().resolve()
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
+        st = path.stat()
+        key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+        return convert_into_store(self.store, path, source="gguf", repo=path.stem, revision=key, progress=progress,
+                                  manifest=ref.manifest.name if ref.manifest else None)
+
+
+@hookimpl
+def register_sources(register):
+    register("gguf", GGUFSource)

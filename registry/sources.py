@@ -1,0 +1,244 @@
+"""Model references and the sources that turn them into local HF directories.
+
+A reference is one of
+    qwen3-4b                     a manifest name (corral.registry.manifests)
+    hf:Org/Name[@revision]       the Hugging Face Hub, or the mirror HF_ENDPOINT names
+    ms:Org/Name[@revision]       ModelScope
+    Org/Name[@revision]          a hub id; --source (or CORRAL_SOURCE) picks the hub
+    ./dir, /abs/file.gguf, ~/m   a local directory of HF files, or a GGUF file
+    pypi:package                 a GGUF shipped inside an installed Python package
+
+`source` is auto (default), hf or modelscope. auto serves a complete copy from the store when there
+is one, else a local path or an installed package the manifest names, else the Hugging Face Hub
+when its endpoint answers a quick probe, else ModelScope. One model's files always come from one
+source.
+
+Sources are plugins (hook `register_sources`): a class built with the ModelStore whose
+`fetch(ref, progress, update=False) -> Path` returns the directory.
+"""
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from corral.progress import DownloadProgress
+from corral.registry.errors import HubUnreachableError, SourceError, UnknownModelError
+from corral.registry.manifests import Manifest, ManifestRegistry
+from corral.store import ModelStore, StoredModel
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = {"hf": "hf", "huggingface": "hf", "ms": "ms", "modelscope": "ms", "local": "local", "file": "local",
+           "gguf": "gguf", "pypi": "pypi"}
+SOURCE_CHOICES = ("auto", "hf", "huggingface", "ms", "modelscope", "pypi", "local")
+
+
+@dataclass(slots=True, frozen=True)
+class ModelRef:
+    scheme: str  # hf, ms, local, gguf, pypi; "" for a hub id whose hub the source option picks
+    id: str  # repository id, path or package name
+    revision: str | None = None
+    manifest: Manifest | None = None
+    text: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme in ("local", "gguf"):
+            return self.id
+        return (f"{self.scheme}:" if self.scheme else "") + self.id + (f"@{self.revision}" if self.revision else "")
+
+
+def _split_revision(text: str) -> tuple[str, str | None]:
+    repo, sep, revision = text.partition("@")
+    return repo, (revision or None) if sep else None
+
+
+def _local_ref(text: str, manifest: Manifest | None = None) -> ModelRef:
+    scheme = "gguf" if text.lower().endswith(".gguf") else "local"
+    return ModelRef(scheme, text, manifest=manifest, text=text)
+
+
+def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
+    """Classify a reference; raises UnknownModelError (with suggestions) for an unknown name."""
+    text = text.strip()
+    if not text:
+        raise UnknownModelError("empty model reference")
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() in SCHEMES and rest:
+        scheme = SCHEMES[scheme.lower()]
+        if scheme in ("local", "gguf"):
+            return _local_ref(rest)
+        repo, revision = _split_revision(rest) if scheme != "pypi" else (rest, None)
+        return ModelRef(scheme, repo, revision, text=text)
+    if text.startswith(("/", "./", "../", "~", ".\\")) or text.lower().endswith(".gguf") or Path(text).exists():
+        return _local_ref(text)
+    manifests = manifests if manifests is not None else ManifestRegistry.load()
+    manifest = manifests.find(text)
+    if manifest is not None:
+        return ModelRef("", manifest.name, manifest=manifest, text=text)
+    repo, revision = _split_revision(text)
+    if repo.count("/") == 1 and all(repo.split("/")):
+        return ModelRef("", repo, revision, text=text)
+    manifests.get(text)  # raises with suggestions
+    raise AssertionError("unreachable")
+
+
+def normalize_source(source: str | None) -> str:
+    """auto, hf, ms, pypi or local, from the option, else CORRAL_SOURCE, else auto."""
+    value = (source or os.environ.get("CORRAL_SOURCE") or "auto").strip().lower()
+    if value == "auto":
+        return value
+    if value not in SOURCE_CHOICES:
+        raise SourceError(f"unknown source {value!r}: use one of auto, hf, modelscope, pypi, local")
+    return SCHEMES[value]
+
+
+class SourceRegistry:
+    """Scheme -> source class, from every plugin's `register_sources`."""
+
+    def __init__(self, classes: dict[str, type], owners: dict[str, str] | None = None,
+                 conflicts: list[str] | None = None):
+        self.classes = dict(classes)
+        self.owners = owners or {}
+        self.conflicts = conflicts or []
+
+    @classmethod
+    def from_plugins(cls, plugin_manager=None) -> "SourceRegistry":
+        if plugin_manager is None:
+            from corral.registry.plugins import PluginManager
+            plugin_manager = PluginManager()
+        winners, conflicts = plugin_manager.registrations("register_sources")
+        return cls({k: r.value for k, r in winners.items()}, {k: r.plugin for k, r in winners.items()}, conflicts)
+
+    def schemes(self) -> list[str]:
+        return sorted(self.classes)
+
+    def create(self, scheme: str, store: ModelStore):
+        if scheme not in self.classes:
+            raise SourceError(f"no source is registered for {scheme!r} (registered: "
+                              f"{', '.join(self.schemes()) or 'none'}); is its plugin installed and allowed "
+                              "by CORRAL_PLUGINS?")
+        return self.classes[scheme](store)
+
+
+class Resolver:
+    """Picks the source for a reference and fetches it; one per resolve (it holds the store)."""
+
+    def __init__(self, store: ModelStore | None = None, plugin_manager=None,
+                 manifests: ManifestRegistry | None = None):
+        self.store = store or ModelStore()
+        self.sources = SourceRegistry.from_plugins(plugin_manager)
+        self.manifests = manifests if manifests is not None else ManifestRegistry.load(self.store.root)
+
+    def candidates(self, ref: ModelRef, source: str) -> list[ModelRef]:
+        """Concrete references to try, in order (more than one only for auto)."""
+        if ref.scheme:
+            if source not in ("auto", ref.scheme):
+                logger.info("%s names its source; ignoring --source %s", ref.text, source)
+            return [ref]
+        if ref.manifest is None:  # a bare hub id
+            hubs = ["hf", "ms"] if source == "auto" else [source]
+            if any(h not in ("hf", "ms") for h in hubs):
+                raise SourceError(f"{ref.id} is a hub id; --source {source} cannot fetch it (use hf or modelscope)")
+            return [ModelRef(h, ref.id, ref.revision, text=ref.text) for h in hubs]
+        ids = ref.manifest.source_ids()
+        wanted = list(ids) if source == "auto" else [source]
+        missing = [s for s in wanted if s not in ids]
+        if missing:
+            have = ", ".join(ids) or "none"
+            raise SourceError(f"manifest {ref.manifest.name} has no {missing[0]} id (it has: {have})")
+        refs = []
+        for scheme in wanted:
+            if scheme == "local":
+                refs.append(_local_ref(ids[scheme], ref.manifest))
+            elif scheme == "pypi":
+                refs.append(ModelRef("pypi", ids[scheme], manifest=ref.manifest, text=ref.text))
+            else:
+                repo, revision = _split_revision(ids[scheme])
+                refs.append(ModelRef(scheme, repo, revision, manifest=ref.manifest, text=ref.text))
+        return refs
+
+    def stored(self, ref: ModelRef) -> StoredModel | None:
+        """A complete store copy of `ref` (any of its candidate sources), if one passes verification."""
+        for model in find_stored(self.store, ref, self.manifests):
+            if not self.store.verify(model):
+                return model
+        return None
+
+    def resolve(self, ref: ModelRef, source: str, progress: DownloadProgress, update: bool = False) -> Path:
+        candidates = self.candidates(ref, source)
+        if source == "auto" and not update and len(candidates) > 1:
+            stored = self.stored(ref)
+            if stored is not None:
+                progress.set_state("ready")
+                return stored.path
+            candidates = [c for c in candidates if c.scheme != "pypi" or _installed(c.id)] or candidates
+        last_error: HubUnreachableError | None = None
+        for i, cand in enumerate(candidates):
+            src = self.sources.create(cand.scheme, self.store)
+            if len(candidates) > 1 and i < len(candidates) - 1 and hasattr(src, "probe"):
+                try:
+                    src.probe()
+                except HubUnreachableError as e:
+                    logger.warning("%s; trying the next source", e)
+                    last_error = e
+                    continue
+            progress.source = cand.scheme
+            path = src.fetch(cand, progress, update=update)
+            progress.set_state("ready")
+            return Path(path)
+        raise last_error or SourceError(f"no source could provide {ref.text}")
+
+
+def _installed(package: str) -> bool:
+    import importlib.metadata
+    try:
+        importlib.metadata.distribution(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def find_stored(store: ModelStore, ref: ModelRef, manifests: ManifestRegistry | None = None) -> list[StoredModel]:
+    """Complete store copies that `ref` names: by manifest name or ids, hub id, or store path."""
+    models = store.models()
+    if ref.scheme in ("local", "gguf"):
+        path = Path(ref.id).expanduser().resolve()
+        return [m for m in models if m.path == path or m.origin == str(path)]
+    if ref.manifest is not None:
+        ids = {(s, *_split_revision(i)) for s, i in ref.manifest.source_ids().items() if s in ("hf", "ms")}
+        return [m for m in models if m.manifest == ref.manifest.name or (m.source, m.repo, m.revision) in ids
+                or (m.source == "pypi" and m.repo == ref.manifest.pypi)]
+    return [m for m in models if m.repo == ref.id and (ref.scheme in ("", m.source))
+            and (ref.revision is None or m.revision == ref.revision) and m.source != "pypi" or
+            (ref.scheme == "pypi" and m.source == "pypi" and m.repo == ref.id)]
+
+
+def _as_progress(progress, name: str) -> DownloadProgress:
+    if isinstance(progress, DownloadProgress):
+        if not progress.name:
+            progress.name = name
+        return progress
+    return DownloadProgress(name=name, callback=progress, bars=sys.stderr.isatty())
+
+
+def resolve_model(ref: str, *, source: str | None = None, plugin_manager=None,
+                  progress: DownloadProgress | Callable[[DownloadProgress], None] | None = None,
+                  update: bool = False, store: ModelStore | None = None) -> Path:
+    """The local HF directory (config.json, tokenizer, weights) of model reference `ref`,
+    downloading or converting it first when needed.
+
+    `source`: auto (default; env CORRAL_SOURCE), hf, modelscope, pypi or local. `progress`: a
+    DownloadProgress the caller reads (the server shows it in /v1/models) or a callback that
+    receives one on every change. `update`: ask the hub for the revision's current files even when
+    a complete copy is stored (`corral pull`). Raises the SourceError subclasses of
+    corral.registry.errors, each with a one-line message.
+    """
+    resolver = Resolver(store, plugin_manager)
+    prog = _as_progress(progress, ref)
+    try:
+        return resolver.resolve(parse_ref(ref, resolver.manifests), normalize_source(source), prog, update)
+    except BaseException as e:
+        prog.set_state("error", str(e) or type(e).__name__)
+        raise
