@@ -30,7 +30,16 @@ def batch(query_lens, seq_lens, hkv, d, block_size=16, dtype=torch.bfloat16):
     return cache, md
 
 
-def bench(fn):
+def layer_caches(cache):
+    """Copies of the cache, like a model's layers, so that together they overflow the 50 MB L2."""
+    n = max(1, min(36, math.ceil(200e6 / (cache.numel() * cache.element_size()))))
+    return [cache] + [torch.randn_like(cache) for _ in range(n - 1)]
+
+
+def bench(fn, graph=False):
+    if graph:
+        fn()
+        return triton.testing.do_bench_cudagraph(fn, rep=50)
     return do_bench(fn, warmup=25, rep=100)
 
 
@@ -62,7 +71,12 @@ if MODES & {"all", "decode"}:
                          (64, 1024, 16), (256, 1024, 16), (256, 512, 16), (64, 1024, 256), (1, 8192, 256)]:
             cache, md = batch([1] * B, [S] * B, hkv, d, bs)
             q = torch.randn(B, hq, d, device=dev, dtype=torch.bfloat16)
-            ms = bench(lambda: da.paged_attention_decode(q, cache, md, d ** -0.5))
+            caches = layer_caches(cache)
+            def step():
+                for c in caches:
+                    da.paged_attention_decode(q, c, md, d ** -0.5)
+            ms = bench(step, graph=True) / len(caches)
+            del caches
             gb = B * S * hkv * d * 2 * 2 / 1e9
             print(f"{name:11s} B={B:4d} S={S:6d} bs={bs:3d} splits={da.default_num_splits(B, hkv, dev):2d} "
                   f"{ms * 1e3:8.1f} us {gb / ms:6.2f} TB/s")
@@ -70,27 +84,29 @@ if MODES & {"all", "decode"}:
 
 if MODES & {"all", "decode_sweep"}:
     print("\n== decode sweep: block_n, warps, stages, splits -> us")
-    for name, B, S in [("qwen3-4b", 1, 8192), ("qwen3-4b", 64, 1024), ("llama2-7b", 32, 2048), ("qwen3-4b", 256, 512)]:
+    for name, B, S in [("qwen3-4b", 1, 1024), ("qwen3-4b", 1, 8192), ("qwen3-4b", 8, 4096), ("qwen3-4b", 64, 1024), ("llama2-7b", 32, 2048), ("qwen3-4b", 256, 512)]:
         hq, hkv, d = MODELS[name]
         cache, md = batch([1] * B, [S] * B, hkv, d, 16)
         q = torch.randn(B, hq, d, device=dev, dtype=torch.bfloat16)
         out = torch.empty_like(q)
         gb = B * S * hkv * d * 4 / 1e9
         default = da.default_num_splits(B, hkv, dev)
+        caches = layer_caches(cache)
         res = []
-        for bn, w, st, sp in itertools.product([32, 64, 128], [4, 8], [1, 2, 3], sorted({1, default, 2 * default, 8, 16})):
-            if sp > 32: continue
+        for bn, w, st, sp in itertools.product([32, 64, 128], [4, 8], [2, 3], [1, 4, 16, 32, 64]):
+            if B * hkv * sp > 132 * 16 or (sp > 1 and S // sp < 32): continue
             try:
-                ms = bench(decode_launch(q, cache, md, d ** -0.5, out, bn, w, st, sp))
+                runs = [decode_launch(q, c, md, d ** -0.5, out, bn, w, st, sp) for c in caches]
+                ms = bench(lambda: [r() for r in runs], graph=True) / len(runs)
             except Exception as e:
                 print("fail", bn, w, st, sp, type(e).__name__); continue
             res.append((ms, bn, w, st, sp))
         res.sort()
         print(f"{name} B={B} S={S} default splits={default}: best " +
               "; ".join(f"{ms*1e3:.1f}us {gb/ms:.2f}TB/s bn={bn} w={w} st={st} sp={sp}" for ms, bn, w, st, sp in res[:5]))
-        cur = [r for r in res if r[1:4] == (64, 4, 2) and r[4] == default]
-        print("   current config:", cur)
-        del cache
+        cur = [f"{r[0]*1e3:.1f}us sp={r[4]}" for r in res if r[1:4] == (64, 4, 2)]
+        print("   current bn/w/st by splits:", cur)
+        del cache, caches
 
 
 def prefill_launch(q, cache, md, scale, out, block_m, block_n, warps, stages):
@@ -160,17 +176,17 @@ if MODES & {"all", "small"}:
         for H in (2560, 4096):
             x = torch.randn(T, H, device=dev, dtype=torch.bfloat16); r = torch.randn_like(x)
             w = torch.randn(H, device=dev, dtype=torch.bfloat16)
-            ms = bench(lambda: rms_norm(x, w, 1e-6)); ms2 = bench(lambda: fused_add_rms_norm(x, r, w, 1e-6))
+            ms = bench(lambda: rms_norm(x, w, 1e-6), True); ms2 = bench(lambda: fused_add_rms_norm(x, r, w, 1e-6), True)
             print(f"rms_norm T={T} H={H}: {ms*1e3:.1f} us {T*H*4/ms/1e9:.2f} TB/s | fused_add {ms2*1e3:.1f} us {T*H*8/ms2/1e9:.2f} TB/s")
         qkv = torch.randn(T, 48 * 128, device=dev, dtype=torch.bfloat16)
         q = qkv[:, :32 * 128].view(T, 32, 128); k = qkv[:, 32 * 128:40 * 128].view(T, 8, 128)
         w = torch.randn(128, device=dev, dtype=torch.bfloat16)
-        ms = bench(lambda: rms_norm(q, w, 1e-6))
+        ms = bench(lambda: rms_norm(q, w, 1e-6), True)
         print(f"qk-norm q view T={T}: {ms*1e3:.1f} us {T*32*128*4/ms/1e9:.2f} TB/s")
         cs = build_cos_sin_cache(128, 40960, 1e6, dev); pos = torch.randint(0, 40960, (T,), device=dev)
-        ms = bench(lambda: apply_rotary(q, k, pos, cs))
+        ms = bench(lambda: apply_rotary(q, k, pos, cs), True)
         print(f"rotary T={T} (32+8 heads): {ms*1e3:.1f} us {T*40*128*4/ms/1e9:.2f} TB/s")
         for I in (9728, 11008):
             x = torch.randn(T, 2 * I, device=dev, dtype=torch.bfloat16)
-            ms = bench(lambda: silu_and_mul(x))
+            ms = bench(lambda: silu_and_mul(x), True)
             print(f"silu_and_mul T={T} I={I}: {ms*1e3:.1f} us {T*I*6/ms/1e9:.2f} TB/s")

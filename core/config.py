@@ -31,6 +31,7 @@ class EngineConfig:
     attention_backend: str | None = None
     enforce_eager: bool = False
     seed: int = 0
+    load_format: str = "auto"  # "dummy": random weights, for benchmarks
     hf_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -51,6 +52,7 @@ class EngineConfig:
              f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
             (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
              f"block_size must be a power of two, got {self.block_size}"),
+            (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),
             (0 < self.gpu_memory_utilization <= 1,
              f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
         ]

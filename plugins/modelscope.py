@@ -34,6 +34,10 @@ class ModelScopeSource(HubSource):
     default_revision = "master"
     unreachable_hint = "try --source hf, or set MODELSCOPE_ENDPOINT to an endpoint that you can reach"
 
+    def __init__(self, store):
+        super().__init__(store)
+        self._hub_api = None
+
     def endpoint(self) -> str:
         if os.environ.get("MODELSCOPE_ENDPOINT"):
             return os.environ["MODELSCOPE_ENDPOINT"].rstrip("/")
@@ -43,9 +47,11 @@ class ModelScopeSource(HubSource):
         return DEFAULT_ENDPOINT
 
     def _api(self):
-        hub = _client()
-        return hub.HubApi(endpoint=self.endpoint(), token=os.environ.get("MODELSCOPE_API_TOKEN") or None,
-                          user_agent={"corral": "1"})
+        """One client per fetch, so that its download manager probes the region once."""
+        if self._hub_api is None:
+            self._hub_api = _client().HubApi(endpoint=self.endpoint(), user_agent={"corral": "1"},
+                                             token=os.environ.get("MODELSCOPE_API_TOKEN") or None)
+        return self._hub_api
 
     def snapshot(self, repo: str, revision: str) -> RemoteSnapshot:
         try:

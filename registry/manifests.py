@@ -135,7 +135,7 @@ class ManifestRegistry:
         key = normalize_name(name)
         close = difflib.get_close_matches(key, self.names(), n=n, cutoff=0.6)
         prefixed = [m for m in self.names() if key and (m.startswith(key) or key.startswith(m))]
-        return list(dict.fromkeys(close + prefixed))[:n]
+        return list(dict.fromkeys(prefixed + close))[:n]
 
     def get(self, name: str) -> Manifest:
         manifest = self.find(name)

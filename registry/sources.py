@@ -161,7 +161,7 @@ class Resolver:
 
     def stored(self, ref: ModelRef) -> StoredModel | None:
         """A complete store copy of `ref` (any of its candidate sources), if one passes verification."""
-        for model in find_stored(self.store, ref, self.manifests):
+        for model in find_stored(self.store, ref, self.manifests, exact=True):
             if not self.store.verify(model):
                 return model
         return None
@@ -174,21 +174,24 @@ class Resolver:
                 progress.set_state("ready")
                 return stored.path
             candidates = [c for c in candidates if c.scheme != "pypi" or _installed(c.id)] or candidates
-        last_error: HubUnreachableError | None = None
+        unreachable: list[HubUnreachableError] = []
         for i, cand in enumerate(candidates):
             src = self.sources.create(cand.scheme, self.store)
-            if len(candidates) > 1 and i < len(candidates) - 1 and hasattr(src, "probe"):
-                try:
-                    src.probe()
-                except HubUnreachableError as e:
-                    logger.warning("%s; trying the next source", e)
-                    last_error = e
-                    continue
             progress.source = cand.scheme
-            path = src.fetch(cand, progress, update=update)
+            try:
+                if i < len(candidates) - 1 and hasattr(src, "probe"):
+                    src.probe()  # auto: an unreachable hub falls through to the next source
+                path = src.fetch(cand, progress, update=update)
+            except HubUnreachableError as e:
+                unreachable.append(e)
+                if i == len(candidates) - 1:
+                    raise (e if len(unreachable) == 1 else HubUnreachableError(
+                        "; ".join(str(u) for u in unreachable), endpoint=unreachable[0].endpoint)) from None
+                logger.warning("%s; trying the next source", e)
+                continue
             progress.set_state("ready")
             return Path(path)
-        raise last_error or SourceError(f"no source could provide {ref.text}")
+        raise SourceError(f"no source could provide {ref.text}")
 
 
 def _installed(package: str) -> bool:
@@ -200,19 +203,23 @@ def _installed(package: str) -> bool:
         return False
 
 
-def find_stored(store: ModelStore, ref: ModelRef, manifests: ManifestRegistry | None = None) -> list[StoredModel]:
-    """Complete store copies that `ref` names: by manifest name or ids, hub id, or store path."""
-    models = store.models()
+def find_stored(store: ModelStore, ref: ModelRef, manifests: ManifestRegistry | None = None,
+                exact: bool = False, include_partial: bool = False) -> list[StoredModel]:
+    """Store copies that `ref` names: by manifest name or ids, hub id, package, or path. A hub id
+    without a revision names every stored revision unless `exact`."""
+    models = store.models(include_partial=include_partial)
     if ref.scheme in ("local", "gguf"):
         path = Path(ref.id).expanduser().resolve()
         return [m for m in models if m.path == path or m.origin == str(path)]
+    if ref.scheme == "pypi":
+        return [m for m in models if m.source == "pypi" and m.repo == ref.id]
     if ref.manifest is not None:
         ids = {(s, *_split_revision(i)) for s, i in ref.manifest.source_ids().items() if s in ("hf", "ms")}
         return [m for m in models if m.manifest == ref.manifest.name or (m.source, m.repo, m.revision) in ids
                 or (m.source == "pypi" and m.repo == ref.manifest.pypi)]
-    return [m for m in models if m.repo == ref.id and (ref.scheme in ("", m.source))
-            and (ref.revision is None or m.revision == ref.revision) and m.source != "pypi" or
-            (ref.scheme == "pypi" and m.source == "pypi" and m.repo == ref.id)]
+    hubs = (ref.scheme,) if ref.scheme else ("hf", "ms")
+    return [m for m in models if m.source in hubs and m.repo == ref.id
+            and (m.revision == ref.revision or (ref.revision is None and not exact))]
 
 
 def _as_progress(progress, name: str) -> DownloadProgress:

@@ -7,6 +7,7 @@ from corral.backends.base import get_backend
 from corral.config import ConfigError, EngineConfig
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.model_runner import ModelRunner
+from corral.engine.profiling import profile_peak_memory
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler
 from corral.model_config import ModelConfig
@@ -30,26 +31,46 @@ class EngineCore:
         model_cls = plugin_manager.architectures().resolve(config.architectures)
         start = time.perf_counter()
         torch.manual_seed(config.seed)
-        with torch.device(self.device):
-            model = model_cls(self.model_config).to(config.torch_dtype)
-        load_weights(model, config.model, config.torch_dtype, self.device)
+        try:
+            with torch.device(self.device):
+                model = model_cls(self.model_config).to(config.torch_dtype)
+            if config.load_format == "dummy":
+                for param in model.parameters():
+                    param.data.uniform_(-1e-3, 1e-3)
+            else:
+                load_weights(model, config.model, config.torch_dtype, self.device)
+        except torch.OutOfMemoryError:
+            raise ConfigError(self._does_not_fit(model_cls)) from None
         model.eval()
         logger.info("loaded %s (%s) in %.1f s", config.model, model_cls.__name__, time.perf_counter() - start)
-        self.num_blocks = self._num_kv_blocks()
+        backend = get_backend(config.attention_backend, self.device)
+        peak = profile_peak_memory(model, backend, config, self.model_config) if self.device.type == "cuda" else 0
+        self.num_blocks = self._num_kv_blocks(peak)
         kv_caches = self._allocate_kv_caches(self.num_blocks)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len)
-        backend = get_backend(config.attention_backend, self.device)
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size)
+        if self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
+            self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len, self.model_config.hidden_size)
 
     def _kv_bytes_per_token(self) -> int:
         mc = self.model_config
         itemsize = torch.empty(0, dtype=self.config.torch_dtype).element_size()
         return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * itemsize
 
-    def _num_kv_blocks(self) -> int:
+    def _does_not_fit(self, model_cls) -> str:
+        mc = self.model_config
+        params = mc.num_hidden_layers * (4 * mc.hidden_size ** 2 + 3 * mc.hidden_size * mc.intermediate_size) \
+            + 2 * mc.vocab_size * mc.hidden_size
+        itemsize = torch.empty(0, dtype=self.config.torch_dtype).element_size()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return (f"{model_cls.__name__} does not fit: its weights need about {params * itemsize / 2**30:.1f} GiB, "
+                f"its share is {total * self.config.gpu_memory_utilization / 2**30:.1f} GiB "
+                f"(gpu_memory_utilization {self.config.gpu_memory_utilization} of {total / 2**30:.1f} GiB)")
+
+    def _num_kv_blocks(self, peak_bytes: int) -> int:
         config = self.config
         block_bytes = self._kv_bytes_per_token() * config.block_size
         if config.num_kv_blocks is not None:
@@ -57,7 +78,7 @@ class EngineCore:
         else:
             budget = config.kv_cache_memory_bytes
             if budget is None:
-                budget = self._free_device_memory() if self.device.type == "cuda" else CPU_KV_CACHE_BYTES
+                budget = self._kv_budget(peak_bytes) if self.device.type == "cuda" else CPU_KV_CACHE_BYTES
             num_blocks = budget // block_bytes
         capacity = num_blocks * config.block_size
         if capacity < config.max_model_len:
@@ -67,10 +88,16 @@ class EngineCore:
                 f"({block_bytes * -(-config.max_model_len // config.block_size) / 2**30:.2f} GiB needed)")
         return num_blocks
 
-    def _free_device_memory(self) -> int:
+    def _kv_budget(self, peak_bytes: int) -> int:
+        """This model's share of the GPU, less its weights and peak activations."""
         free, total = torch.cuda.mem_get_info(self.device)
-        used_by_others = total - free
-        return max(0, int(total * self.config.gpu_memory_utilization) - used_by_others)
+        share = int(total * self.config.gpu_memory_utilization)
+        budget = min(share - peak_bytes, int(free * 0.98))
+        if budget <= 0:
+            raise ConfigError(f"no room for a KV cache: weights and activations take {peak_bytes / 2**30:.2f} GiB "
+                              f"of a {share / 2**30:.2f} GiB share (gpu_memory_utilization "
+                              f"{self.config.gpu_memory_utilization}); raise it or lower max_num_batched_tokens")
+        return budget
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config

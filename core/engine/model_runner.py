@@ -27,9 +27,17 @@ class ModelRunner:
         self.device = device
         self.vocab_size = vocab_size
         self.sampler = Sampler()
+        self.graph_runner = None
         attention_layers = [m for m in model.modules() if isinstance(m, Attention)]
         for layer, cache in zip(attention_layers, kv_caches, strict=True):
             layer.kv_cache = cache
+
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int, hidden_size: int):
+        from corral.engine.cuda_graphs import CUDAGraphRunner
+        max_blocks = -(-max_model_len // self.block_size)
+        self.graph_runner = CUDAGraphRunner(self.model, self.backend, max_num_seqs, max_blocks, hidden_size,
+                                            self.device)
+        self.graph_runner.capture()
 
     def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         input_ids, positions, query_start_loc, seq_lens, sample_rows = [], [], [0], [], []
@@ -68,7 +76,10 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         input_ids, positions, metadata, sample_rows = self.prepare(out)
-        hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
+        if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0]):
+            hidden_states = self.graph_runner.run(input_ids, positions, metadata)
+        else:
+            hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
         requests = [s.request for s in out.scheduled if s.samples]
         if not requests:
             return RunnerOutput([])

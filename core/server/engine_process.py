@@ -7,14 +7,85 @@ While idle the process blocks on the pipe; the pipe closing (the API process die
 """
 import json
 import logging
+import multiprocessing
 import os
+import queue
 import signal
 import struct
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 ACTIVATION_RESERVE = 0.1  # of a model's GPU share, kept for activations besides weights and KV cache
+
+
+class EngineProcess:
+    """The API process's end: spawns `run_engine`, reads its messages on one thread and writes on
+    another (a busy engine never blocks the event loop). `on_message(self, message)` runs on `loop`;
+    the pipe closing arrives as ("eof",)."""
+
+    def __init__(self, name: str, model_dir: str, engine_args: dict, num_threads: int | None, log_level: int,
+                 loop, on_message: Callable):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self.process = context.Process(target=run_engine, name=f"corral-engine-{name}", daemon=True,
+                                       args=(name, model_dir, engine_args, child_conn, num_threads, log_level))
+        self._child_conn = child_conn
+        self._loop, self._on_message = loop, on_message
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.name = name
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def start(self):
+        """Blocking: spawn the process and the pipe threads."""
+        self.process.start()
+        self._child_conn.close()
+        threading.Thread(target=self._read, daemon=True, name=f"engine-reader-{self.name}").start()
+        threading.Thread(target=self._write, daemon=True, name=f"engine-writer-{self.name}").start()
+
+    def send(self, message: tuple):
+        self._outbox.put(message)
+
+    def _read(self):
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = ("eof",)
+            except Exception as e:  # an unreadable message: the engine is unusable
+                message = ("fatal", f"bad message from the engine: {e}")
+            try:
+                self._loop.call_soon_threadsafe(self._on_message, self, message)
+            except RuntimeError:
+                return  # the event loop is closed
+            if message[0] == "eof":
+                return
+
+    def _write(self):
+        while (message := self._outbox.get()) is not None:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                return
+
+    def stop(self, timeout: float):
+        """Blocking: ask the engine to exit, then terminate and kill it if it does not."""
+        self._outbox.put(("shutdown",))
+        self._outbox.put(None)
+        if self.process.pid is None:
+            return
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: int | None = None,

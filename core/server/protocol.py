@@ -133,7 +133,7 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
+    max_tokens: int | None = None  # OpenAI's default is 16
     logprobs: int | None = None
     echo: bool | None = False
     suffix: str | None = None

@@ -1,0 +1,25 @@
+"""The published configs of the benchmark models (from their Hugging Face repos)."""
+
+QWEN3_COMMON = dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, head_dim=128,
+                    num_key_value_heads=8, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=40960,
+                    torch_dtype="bfloat16", attention_bias=False, hidden_act="silu", eos_token_id=151645)
+
+CONFIGS = {
+    "qwen3-0.6b": dict(QWEN3_COMMON, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, tie_word_embeddings=True),
+    "qwen3-4b": dict(QWEN3_COMMON, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                     num_attention_heads=32, tie_word_embeddings=True),
+    "llama-2-7b": dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32000, hidden_size=4096,
+                       intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, rope_theta=10000.0, rms_norm_eps=1e-5,
+                       max_position_embeddings=4096, torch_dtype="float16", tie_word_embeddings=False,
+                       hidden_act="silu", eos_token_id=2),
+}
+
+
+def num_params(c: dict) -> int:
+    q = c["num_attention_heads"] * c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    kv = c["num_key_value_heads"] * c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    per_layer = c["hidden_size"] * (2 * q + 2 * kv) + 3 * c["hidden_size"] * c["intermediate_size"]
+    embeddings = c["vocab_size"] * c["hidden_size"] * (1 if c["tie_word_embeddings"] else 2)
+    return c["num_hidden_layers"] * per_layer + embeddings

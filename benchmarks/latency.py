@@ -1,0 +1,65 @@
+"""B3: single-stream decode, batch 1, against the bandwidth floor."""
+import argparse
+import random
+import time
+
+import torch
+
+from benchmarks.common import emit, environment, model_dir
+from benchmarks.configs import CONFIGS, num_params
+from corral.config import EngineConfig
+from corral.engine.core import EngineCore
+from corral.engine.request import Request
+from corral.sampling_params import SamplingParams
+
+
+def measure_copy_bandwidth() -> float:
+    x = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 10 / (time.perf_counter() - start)
+
+
+def decode_ms(engine: EngineCore, prompt_len: int, output_len: int, tag: str) -> float:
+    rng = random.Random(prompt_len)
+    engine.add_request(Request(tag, [rng.randint(0, 10000) for _ in range(prompt_len)],
+                               SamplingParams(temperature=0, ignore_eos=True, max_tokens=output_len)))
+    engine.step()  # prefill and the first token
+    torch.cuda.synchronize()
+    start, steps = time.perf_counter(), 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        steps += 1
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen3-4b")
+    ap.add_argument("--enforce-eager", action="store_true")
+    args = ap.parse_args()
+    config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=2048, max_num_seqs=8,
+                          enforce_eager=args.enforce_eager)
+    engine = EngineCore(config)
+    bandwidth = measure_copy_bandwidth()
+    c = CONFIGS[args.model]
+    weight_bytes = num_params(c) * 2
+    decode_ms(engine, 128, 32, "warmup")
+    for prompt_len in (128, 1024):
+        ms = decode_ms(engine, prompt_len, 512, f"b3-{prompt_len}")
+        kv_bytes = engine._kv_bytes_per_token() * (prompt_len + 256)
+        floor_ms = (weight_bytes + kv_bytes) / bandwidth * 1000
+        emit(dict(environment(), benchmark="B3", model=args.model, prompt_len=prompt_len, output_len=512,
+                  ms_per_token=round(ms, 3), floor_ms=round(floor_ms, 3), floor_fraction=round(floor_ms / ms, 3),
+                  copy_bandwidth_tb_s=round(bandwidth / 1e12, 2), enforce_eager=args.enforce_eager))
+
+
+if __name__ == "__main__":
+    main()

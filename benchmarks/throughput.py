@@ -1,0 +1,64 @@
+"""B1 (nano-vllm's bench.py workload) and B2 (vLLM's 1024 in / 128 out) offline throughput."""
+import argparse
+import random
+import time
+
+import torch
+
+from benchmarks.common import emit, environment, model_dir
+from corral.config import EngineConfig
+from corral.engine.core import EngineCore
+from corral.engine.request import Request
+from corral.sampling_params import SamplingParams
+
+
+def b1_workload(num_requests=256, seed=0):
+    rng = random.Random(seed)
+    prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(100, 1024))] for _ in range(num_requests)]
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=rng.randint(100, 1024))
+              for _ in range(num_requests)]
+    return prompts, params
+
+
+def b2_workload(num_requests=1000, seed=0):
+    rng = random.Random(seed)
+    prompts = [[rng.randint(0, 10000) for _ in range(1024)] for _ in range(num_requests)]
+    return prompts, [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=128)] * num_requests
+
+
+def run(engine: EngineCore, prompts, params, tag: str) -> tuple[float, int]:
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(Request(f"{tag}-{i}", p, sp))
+    torch.cuda.synchronize()
+    start, num_out = time.perf_counter(), 0
+    while engine.has_unfinished_requests():
+        num_out += sum(len(o.new_token_ids) for o in engine.step())
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, num_out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen3-0.6b")
+    ap.add_argument("--workload", default="B1", choices=["B1", "B2"])
+    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--enforce-eager", action="store_true")
+    args = ap.parse_args()
+    config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
+                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                          enforce_eager=args.enforce_eager)
+    engine = EngineCore(config)
+    prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
+    run(engine, prompts[:16], [SamplingParams(ignore_eos=True, max_tokens=16)] * 16, "warmup")
+    seconds, num_out = run(engine, prompts, params, "timed")
+    num_in = sum(map(len, prompts))
+    emit(dict(environment(), benchmark=args.workload, model=args.model, seconds=round(seconds, 2),
+              output_tokens=num_out, output_tok_s=round(num_out / seconds, 1),
+              total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
+              num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import logging
+
+import torch
+
+from corral.backends.base import AttentionBackend, AttentionMetadata
+from corral.layers.attention import ForwardContext
+
+logger = logging.getLogger(__name__)
+
+
+def batch_size_buckets(max_num_seqs: int) -> list[int]:
+    buckets = [1, 2, 4, 8] + list(range(16, 513, 16))
+    return [b for b in buckets if b < max_num_seqs] + [max_num_seqs] if max_num_seqs <= 512 else buckets
+
+
+class CUDAGraphRunner:
+    """Decode steps (one query token per sequence) replayed from CUDA graphs captured per
+    batch-size bucket. Inputs are copied into static buffers; padded rows write no KV."""
+
+    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, max_num_seqs: int,
+                 max_blocks_per_seq: int, hidden_size: int, device: torch.device):
+        self.model, self.backend = model, backend
+        self.buckets = batch_size_buckets(max_num_seqs)
+        n = self.buckets[-1]
+        with torch.device(device):
+            self.input_ids = torch.zeros(n, dtype=torch.long)
+            self.positions = torch.zeros(n, dtype=torch.long)
+            self.slot_mapping = torch.full((n,), -1, dtype=torch.long)
+            self.seq_lens = torch.ones(n, dtype=torch.int32)
+            self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
+            self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
+            self.hidden = torch.zeros(n, hidden_size, dtype=next(model.parameters()).dtype)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+
+    def metadata(self, batch_size: int) -> AttentionMetadata:
+        return AttentionMetadata(self.slot_mapping[:batch_size], self.query_start_loc[:batch_size + 1],
+                                 self.seq_lens[:batch_size], self.block_tables[:batch_size],
+                                 max_query_len=1, max_seq_len=1)
+
+    @torch.inference_mode()
+    def capture(self):
+        for bs in reversed(self.buckets):
+            graph = torch.cuda.CUDAGraph()
+            ctx = ForwardContext(self.metadata(bs), self.backend)
+            self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)  # warm-up
+            with torch.cuda.graph(graph, self.pool):
+                self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+            if self.pool is None:
+                self.pool = graph.pool()
+            self.graphs[bs] = graph
+        torch.cuda.synchronize()
+        logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
+
+    def can_run(self, metadata: AttentionMetadata, num_tokens: int) -> bool:
+        return (metadata.is_decode_only and num_tokens <= self.buckets[-1]
+                and metadata.block_tables.shape[1] <= self.block_tables.shape[1])
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        n = input_ids.shape[0]
+        bs = next(b for b in self.buckets if b >= n)
+        self.input_ids[:n] = input_ids
+        self.positions[:n] = positions
+        self.slot_mapping[:n] = metadata.slot_mapping
+        self.slot_mapping[n:bs] = -1
+        self.seq_lens[:n] = metadata.seq_lens
+        self.seq_lens[n:bs] = 1
+        width = metadata.block_tables.shape[1]
+        self.block_tables[:n, :width] = metadata.block_tables
+        self.graphs[bs].replay()
+        return self.hidden[:n]

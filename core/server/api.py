@@ -1,0 +1,174 @@
+"""The FastAPI app: OpenAI routes, /tokenize, /detokenize, /health, /metrics; auth and error bodies."""
+import logging
+import secrets
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral.engine.tokenizer import ChatTemplateError
+from corral.server.config import ServerConfig
+from corral.server.errors import APIError, AuthenticationError, BadRequestError, error_body, validation_error
+from corral.server.metrics import Metrics
+from corral.server.model_registry import ModelRegistry
+from corral.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from corral.server.serving_chat import create_chat_completion, render_prompt
+from corral.server.serving_completion import create_completion
+
+logger = logging.getLogger(__name__)
+
+PROTECTED = ("/v1/", "/tokenize", "/detokenize")
+
+
+def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
+    registry_holder: list[ModelRegistry] = []
+    metrics = Metrics(models=lambda: list(registry_holder[0]) if registry_holder else [])
+    registry = ModelRegistry(config, metrics, plugin_manager)
+    registry_holder.append(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await registry.start()
+        yield
+        logger.info("shutting down: stopping %d engine(s)", len(registry.clients))
+        await registry.shutdown(timeout=10.0)
+
+    app = FastAPI(title="corral", summary="Several LLMs behind one OpenAI-compatible API", lifespan=lifespan)
+    app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if config.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    _add_error_handlers(app)
+
+    def model_for(request: Request, name: str | None):
+        client = registry.get(name)
+        request.state.model = client.name
+        return client
+
+    @app.get("/health")
+    async def health():
+        status, body = registry.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [registry.describe(c) for c in registry]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str):
+        return registry.describe(registry.get(name))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        result = await create_chat_completion(body, model_for(request, body.model), request,
+                                              config.request_load_timeout)
+        return JSONResponse(result) if isinstance(result, dict) else result
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        result = await create_completion(body, model_for(request, body.model), request, config.request_load_timeout)
+        return JSONResponse(result) if isinstance(result, dict) else result
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest, request: Request):
+        client = model_for(request, body.model)
+        await client.wait_ready(config.request_load_timeout)
+        chat = body.chat()
+        if chat is not None:
+            prompt, ids = render_prompt(client, chat)
+            if body.add_special_tokens:
+                ids = client.tokenizer.encode(prompt, add_special_tokens=True)
+        else:
+            ids = client.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
+        result = {"count": len(ids), "max_model_len": client.max_model_len, "tokens": ids}
+        if body.return_token_strs:
+            result["token_strs"] = client.tokenizer.convert_ids_to_tokens(ids)
+        return result
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest, request: Request):
+        client = model_for(request, body.model)
+        await client.wait_ready(config.request_load_timeout)
+        if client.vocab_size and any(not 0 <= t < client.vocab_size for t in body.tokens):
+            raise BadRequestError(f"token ids must be in [0, {client.vocab_size})", param="tokens")
+        return {"prompt": client.tokenizer.decode(body.tokens)}
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI):
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=int(exc.status_code))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        error = validation_error(list(exc.errors()))
+        return JSONResponse(error.body(), status_code=400)
+
+    @app.exception_handler(ChatTemplateError)
+    async def chat_template_error(request: Request, exc: ChatTemplateError):
+        return JSONResponse(error_body(str(exc), "invalid_request_error", "messages"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal server error; see the server log", "internal_server_error"),
+                            status_code=500)
+
+
+class APIKeyMiddleware:
+    """`Authorization: Bearer KEY` on /v1, /tokenize and /detokenize; /health and /metrics stay open."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.api_key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED) and scope["method"] != "OPTIONS":
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+                message = "Missing API key: send `Authorization: Bearer KEY`" if not given else "Invalid API key"
+                response = JSONResponse(AuthenticationError(message).body(), status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestMetricsMiddleware:
+    """Counts HTTP requests by model (set by the route in request.state), endpoint and status."""
+
+    ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize")
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.ENDPOINTS:
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.http_requests.labels(model, scope["path"], str(status[0])).inc()

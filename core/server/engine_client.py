@@ -1,0 +1,304 @@
+"""One model as the API process sees it: its files, tokenizer and output processor, and its engine
+process, restarted when it dies. Requests get per-request asyncio queues fed from the engine's pipe.
+
+States: unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails.
+"""
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from corral.engine.llm_engine import child_params
+from corral.engine.output_processor import OutputProcessor
+from corral.engine.request import Request
+from corral.engine.tokenizer import eos_token_ids, load_tokenizer
+from corral.outputs import RequestOutput
+from corral.sampling_params import SamplingParams
+from corral.server.config import ModelSpec
+from corral.server.engine_process import EngineProcess
+from corral.server.errors import (BadRequestError, EngineDeadError, InternalServerError, ModelUnavailableError,
+                                  QueueFullError)
+
+logger = logging.getLogger(__name__)
+
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+MAX_CRASHES = 5             # engine deaths within CRASH_WINDOW seconds before the model is marked error
+CRASH_WINDOW = 600.0
+
+
+class EngineClient:
+    def __init__(self, spec: ModelSpec, metrics=None, plugin_manager=None, num_threads: int | None = None,
+                 log_level: int = logging.INFO):
+        self.spec, self.name = spec, spec.name
+        self.metrics = metrics
+        self.plugin_manager = plugin_manager
+        self.num_threads = spec.num_threads or num_threads
+        self.log_level = log_level
+        self.state = "unloaded"
+        self.error: str | None = None
+        self.settled_once = False          # reached ready or error at least once
+        self.progress = None               # a DownloadProgress while resolving
+        self.model_dir: Path | None = None
+        self.tokenizer = None
+        self.eos_token_ids: frozenset[int] = frozenset()
+        self.defaults: dict = {}
+        self.reasoning_parser: str | None = None
+        self.max_model_len: int | None = None
+        self.vocab_size: int | None = None
+        self.stats: dict = {}
+        self.restarts = 0
+        self.num_pending = 0
+        self.last_used = time.monotonic()
+        self.output_processor: OutputProcessor | None = None
+        self.engine: EngineProcess | None = None
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._settled = asyncio.Event()    # set while ready or error
+        self._load_task: asyncio.Task | None = None
+        self._closing = False
+        self._crashes: list[float] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.engine.pid if self.engine is not None and self.state == "ready" else None
+
+    # lifecycle
+
+    def load(self):
+        """Start loading unless loading or loaded."""
+        if self._closing or self.state not in ("unloaded", "error"):
+            return
+        if self._load_task is None or self._load_task.done():
+            self._settled.clear()
+            self.state = "loading"
+            self._load_task = asyncio.create_task(self._load(), name=f"load-{self.name}")
+
+    async def _load(self):
+        try:
+            if self.tokenizer is None:
+                self.model_dir = await asyncio.to_thread(self._resolve)
+                await asyncio.to_thread(self._load_files)
+            self.state = "loading"
+            self.engine = EngineProcess(self.name, str(self.model_dir), self.spec.engine_args(), self.num_threads,
+                                        self.log_level, asyncio.get_running_loop(), self._on_message)
+            self.output_processor = OutputProcessor(self.tokenizer)
+            await asyncio.to_thread(self.engine.start)
+            try:
+                await asyncio.wait_for(self._settled.wait(), self.spec.startup_timeout)
+            except TimeoutError:
+                self._set_error(f"the engine did not start within {self.spec.startup_timeout:.0f} s")
+                await asyncio.to_thread(self.engine.stop, 0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._set_error(str(e) or type(e).__name__)
+
+    def _resolve(self) -> Path:
+        if Path(self.spec.model).is_dir():
+            return Path(self.spec.model)
+        try:
+            from corral.progress import DownloadProgress
+            from corral.registry.sources import resolve_model
+        except ImportError:
+            raise FileNotFoundError(f"model directory not found: {self.spec.model}") from None
+        self.state = "downloading"
+        self.progress = DownloadProgress(name=self.name)
+        return Path(resolve_model(self.spec.model, source=self.spec.source, plugin_manager=self.plugin_manager,
+                                  progress=self.progress))
+
+    def _load_files(self):
+        """Tokenizer, EOS ids, context length, sampling defaults and reasoning parser."""
+        hf_config = json.loads((self.model_dir / "config.json").read_text())
+        tokenizer = load_tokenizer(self.model_dir)
+        self.eos_token_ids = eos_token_ids(self.model_dir, tokenizer)
+        self.vocab_size = hf_config.get("vocab_size")
+        self.max_model_len = self.spec.max_model_len or hf_config.get("max_position_embeddings") or 2048
+        defaults = {}
+        path = self.model_dir / "generation_config.json"
+        if path.is_file():
+            values = json.loads(path.read_text())
+            defaults = {k: values[k] for k in GENERATION_DEFAULTS if values.get(k) is not None}
+        self.defaults = {**defaults, **self.spec.sampling}
+        SamplingParams(**{k: v for k, v in self.defaults.items() if k != "max_tokens"})  # fails early if bad
+        parser = self.spec.reasoning_parser
+        architectures = hf_config.get("architectures") or [hf_config.get("model_type") or ""]
+        if parser == "auto":
+            parser = "qwen3" if any(a.lower().startswith("qwen3") for a in architectures) else "none"
+        self.reasoning_parser = None if parser == "none" else parser
+        self.tokenizer = tokenizer
+
+    def _on_message(self, engine: EngineProcess, message: tuple):
+        if engine is not self.engine:
+            return  # from an engine already replaced
+        kind = message[0]
+        if kind == "outputs":
+            results, to_abort = self.output_processor.process(message[1])
+            for result in results:
+                if (q := self._queues.get(result.request_id)) is not None:
+                    q.put_nowait(result)
+            if to_abort:
+                self.engine.send(("abort", to_abort))
+            self.stats = message[2]
+        elif kind == "stats":
+            self.stats = message[1]
+        elif kind == "reject":
+            entry = self.output_processor.children.get(message[1])
+            if entry is not None:
+                self._fail(entry[0].request_id, BadRequestError(message[2], param="prompt"))
+        elif kind == "ready":
+            info = message[1]
+            self.max_model_len, self.vocab_size = info["max_model_len"], info["vocab_size"]
+            self.stats = {"num_running": 0, "num_waiting": 0, "kv_cache_usage": 0.0,
+                          "num_kv_blocks": info["num_kv_blocks"]}
+            self.state, self.error, self.settled_once = "ready", None, True
+            self._settled.set()
+            logger.info("model %s is ready (engine pid %s, %d KV blocks)", self.name, engine.pid,
+                        info["num_kv_blocks"])
+        elif kind == "fatal" and self.state == "ready":
+            logger.error("engine of %s failed: %s", self.name, message[1])
+            self._fail_all(lambda: InternalServerError(f"the engine of model {self.name} failed; "
+                                                       "the request was not completed"))
+        elif kind == "fatal":
+            self._set_error(message[1])
+        elif kind == "eof":
+            self._on_engine_exit(engine)
+
+    def _on_engine_exit(self, engine: EngineProcess):
+        was_ready = self.state == "ready"
+        if self._closing or self.state == "unloaded":
+            return
+        self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} died; the request was not "
+                                               "completed (the engine is restarting, retry shortly)"))
+        asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)
+        if not was_ready:
+            if self.state != "error":
+                self._set_error(f"the engine exited while loading (exit code {engine.process.exitcode})")
+            return
+        now = time.monotonic()
+        self._crashes = [t for t in self._crashes if now - t < CRASH_WINDOW] + [now]
+        if len(self._crashes) > MAX_CRASHES:
+            self._set_error(f"the engine died {len(self._crashes)} times in {CRASH_WINDOW:.0f} s; not restarting")
+            return
+        logger.error("engine of %s died (exit code %s); restarting", self.name, engine.process.exitcode)
+        self.restarts += 1
+        if self.metrics is not None:
+            self.metrics.engine_restarts.labels(self.name).inc()
+        self.state, self.stats = "unloaded", {}
+        self.load()
+
+    def _set_error(self, message: str):
+        logger.error("model %s failed to load: %s", self.name, message)
+        self.state, self.error, self.settled_once = "error", message, True
+        self._fail_all(lambda: ModelUnavailableError(f"model {self.name} failed to load: {message}"))
+        self._settled.set()
+
+    def _fail(self, request_id: str, error: Exception):
+        if self.output_processor is not None and request_id in self.output_processor.requests:
+            self.engine.send(("abort", self.output_processor.child_ids(request_id)))
+            self.output_processor.abort(request_id)
+        if (q := self._queues.get(request_id)) is not None:
+            q.put_nowait(error)
+
+    def _fail_all(self, make_error):
+        for request_id in list(self._queues):
+            self._fail(request_id, make_error())
+
+    async def unload(self):
+        """Stop the engine, keeping the files and tokenizer: the next request loads it again."""
+        if self.state != "ready" or self.num_pending:
+            return
+        logger.info("unloading idle model %s", self.name)
+        self.state, self.stats = "unloaded", {}
+        self._settled.clear()
+        await asyncio.to_thread(self.engine.stop, 10)
+
+    async def shutdown(self, timeout: float = 10.0):
+        self._closing = True
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        self._fail_all(lambda: ModelUnavailableError("the server is shutting down"))
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop, timeout)
+
+    # requests
+
+    async def admit(self, timeout: float):
+        """Count a request against the bounded queue (429 past it) and wait for the model to be ready.
+        Every successful admit is paired with one release()."""
+        if self.num_pending >= self.spec.max_pending:
+            raise QueueFullError(f"model {self.name} has {self.num_pending} requests in flight, its limit "
+                                 f"(max_num_seqs {self.spec.max_num_seqs} + max_queue_len "
+                                 f"{self.spec.max_queue_len}); retry later")
+        self.num_pending += 1
+        self.last_used = time.monotonic()
+        try:
+            await self.wait_ready(timeout)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        self.num_pending -= 1
+        self.last_used = time.monotonic()
+
+    async def wait_ready(self, timeout: float):
+        if self.state == "ready":
+            return
+        if self.state == "error":
+            raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error}")
+        self.load()
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            raise ModelUnavailableError(f"model {self.name} is still loading; retry later") from None
+        if self.state != "ready":
+            raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error or self.state}")
+
+    async def generate(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+                       timeout: float = 600.0) -> AsyncIterator[RequestOutput]:
+        """Delta outputs of one admitted request until it finishes; leaving early aborts it."""
+        start = time.monotonic()
+        first_token, generated, registered = None, 0, False
+        q: asyncio.Queue = asyncio.Queue()
+        try:
+            await self.wait_ready(timeout)
+            child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
+            self._queues[request_id], registered = q, True
+            self.engine.send(("add", [Request(cid, prompt_ids, child_params(params, i), self.eos_token_ids, start)
+                                      for i, cid in enumerate(child_ids)]))
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    registered = False
+                    raise item
+                generated += sum(len(c.token_ids) for c in item.outputs)
+                if first_token is None and generated:
+                    first_token = time.monotonic()
+                if item.finished:
+                    registered = False
+                    if self.metrics is not None:
+                        reason = next((c.finish_reason for c in item.outputs if c.finish_reason), "stop")
+                        self.metrics.observe_finished(self.name, reason, len(prompt_ids), generated,
+                                                      first_token - start if first_token else None,
+                                                      time.monotonic() - start)
+                    yield item
+                    return
+                yield item
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.requests_finished.labels(self.name, "error").inc()
+            raise
+        finally:
+            self._queues.pop(request_id, None)
+            if registered:
+                self.abort(request_id)
+
+    def abort(self, request_id: str):
+        if self.output_processor is None or request_id not in self.output_processor.requests:
+            return
+        child_ids = self.output_processor.child_ids(request_id)
+        self.output_processor.abort(request_id)
+        self.engine.send(("abort", child_ids))
+        if self.metrics is not None:
+            self.metrics.requests_finished.labels(self.name, "abort").inc()

@@ -1,0 +1,91 @@
+"""The served models by name and alias, their states, and the idle unloading of keep_alive."""
+import asyncio
+import logging
+import os
+import time
+
+from corral.server.config import ServerConfig
+from corral.server.engine_client import EngineClient
+from corral.server.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, config: ServerConfig, metrics=None, plugin_manager=None):
+        self.config = config
+        threads = max(1, (os.cpu_count() or 1) // len(config.models))  # CPU engines share the cores
+        level = logging.getLogger("corral").getEffectiveLevel()
+        self.clients: dict[str, EngineClient] = {
+            spec.name: EngineClient(spec, metrics, plugin_manager, num_threads=threads, log_level=level)
+            for spec in config.models}
+        self.names: dict[str, str] = {}
+        for spec in config.models:
+            self.names[spec.name] = spec.name
+            for alias in spec.aliases:
+                self.names.setdefault(alias, spec.name)
+        self.created = int(time.time())
+        self._watchdog: asyncio.Task | None = None
+
+    def __iter__(self):
+        return iter(self.clients.values())
+
+    def get(self, name: str | None) -> EngineClient:
+        """The model a request names (or the first one when it names none); 404 listing the served ones."""
+        if name is None:
+            return next(iter(self.clients.values()))
+        canonical = self.names.get(name)
+        if canonical is None:
+            raise ModelNotFoundError(f"The model `{name}` does not exist. Served models: "
+                                     f"{', '.join(self.clients)}", param="model")
+        return self.clients[canonical]
+
+    async def start(self):
+        for client in self:
+            if client.spec.preload:
+                client.load()
+        if any(c.spec.keep_alive is not None for c in self):
+            self._watchdog = asyncio.create_task(self._unload_idle(), name="keep-alive")
+
+    async def shutdown(self, timeout: float):
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await asyncio.gather(*(c.shutdown(timeout) for c in self), return_exceptions=True)
+
+    async def _unload_idle(self):
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for client in self:
+                keep_alive = client.spec.keep_alive
+                if (keep_alive is not None and client.state == "ready" and not client.num_pending
+                        and now - client.last_used >= keep_alive):
+                    await client.unload()
+
+    @property
+    def starting(self) -> bool:
+        """Some preloaded model has not finished its first load."""
+        return any(c.spec.preload and not c.settled_once for c in self)
+
+    def describe(self, client: EngineClient) -> dict:
+        """A /v1/models entry."""
+        entry = {"id": client.name, "object": "model", "created": self.created, "owned_by": "corral",
+                 "root": client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
+                 "state": client.state, "max_model_len": client.max_model_len}
+        if client.state == "error":
+            entry["error"] = client.error
+        progress = client.progress
+        if progress is not None and client.state in ("downloading", "resolving"):
+            entry["state"] = progress.state if progress.state in ("resolving", "downloading") else client.state
+            entry["progress"] = progress.fraction
+        return entry
+
+    def health(self) -> tuple[int, dict]:
+        """200 while serving (at least one model ready, none in its first load), else 503."""
+        models = {c.name: {"state": c.state, "pid": c.pid, "restarts": c.restarts, "pending": c.num_pending,
+                           **({"error": c.error} if c.error else {}), **(c.stats or {})} for c in self}
+        serving = any(c.state == "ready" for c in self) and not self.starting
+        lazy_only = all(c.state == "unloaded" and not c.spec.preload for c in self)
+        ok = serving or lazy_only
+        return (200 if ok else 503), {"status": "ok" if ok else "loading" if self.starting else "unavailable",
+                                      "models": models}

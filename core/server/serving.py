@@ -1,0 +1,198 @@
+"""What chat and completions share: prompt checks, admission, SSE, disconnects, logprobs, usage."""
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response, StreamingResponse
+
+from corral.outputs import CompletionOutput, TokenLogprob
+from corral.sampling_params import SamplingParams, SamplingParamsError
+from corral.server.engine_client import EngineClient
+from corral.server.errors import APIError, BadRequestError, InternalServerError
+from corral.server.protocol import SamplingFields
+
+logger = logging.getLogger(__name__)
+
+MIN_LOGPROB = -9999.0  # JSON has no -inf
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def check_prompt(client: EngineClient, prompt_ids: list[int], max_tokens: int | None, param: str) -> int:
+    """The max_tokens to use: as asked, or what the context leaves; 400 if the prompt does not fit."""
+    n, limit = len(prompt_ids), client.max_model_len
+    what = "messages" if param == "messages" else "prompt"
+    if n == 0:
+        raise BadRequestError(f"the {what} is empty", param=param)
+    if client.vocab_size and any(not 0 <= t < client.vocab_size for t in prompt_ids):
+        raise BadRequestError(f"token ids must be in [0, {client.vocab_size})", param=param)
+    if max_tokens is not None and max_tokens < 1:
+        raise BadRequestError(f"max_tokens must be an integer >= 1, got {max_tokens}", param="max_tokens")
+    if n >= limit or (max_tokens is not None and n + max_tokens > limit):
+        requested = n + (max_tokens or 1)
+        raise BadRequestError(
+            f"This model's maximum context length is {limit} tokens. However, you requested {requested} tokens "
+            f"({n} in the {what}, {max_tokens or 1} in the completion). Please reduce the length of the "
+            f"{what} or completion.", param=param, code="context_length_exceeded")
+    return max_tokens if max_tokens is not None else limit - n
+
+
+def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    defaults = {k: v for k, v in client.defaults.items() if k != "max_tokens"}
+    try:
+        return body.sampling_params(defaults, max_tokens, logprobs)
+    except SamplingParamsError as e:
+        raise BadRequestError(str(e), param=e.param) from None
+    except (TypeError, ValueError) as e:
+        raise BadRequestError(str(e)) from None
+
+
+@dataclass(slots=True)
+class Choice:
+    """One sequence's output gathered from deltas."""
+
+    index: int
+    text: str = ""
+    num_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def add(self, c: CompletionOutput):
+        self.text += c.text
+        self.num_tokens += len(c.token_ids)
+        self.logprobs.extend(c.logprobs or ())
+        if c.finish_reason is not None:
+            self.finish_reason, self.stop_reason = c.finish_reason, c.stop_reason
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class TokenText:
+    """Token ids as the strings logprobs show, cached per tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self.cache.get(token_id)
+        if text is None:
+            text = self.cache[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+
+def chat_logprobs(logprobs: list[TokenLogprob], text: TokenText) -> dict:
+    def entry(token_id, logprob):
+        s = text(token_id)
+        return {"token": s, "logprob": max(logprob, MIN_LOGPROB), "bytes": list(s.encode("utf-8"))}
+    return {"content": [{**entry(lp.token_id, lp.logprob),
+                         "top_logprobs": [entry(t, v) for t, v in lp.top.items()]} for lp in logprobs]}
+
+
+def completion_logprobs(logprobs: list[TokenLogprob], text: TokenText, offset: int) -> dict:
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for lp in logprobs:
+        s = text(lp.token_id)
+        tokens.append(s)
+        token_logprobs.append(max(lp.logprob, MIN_LOGPROB))
+        top.append({text(t): max(v, MIN_LOGPROB) for t, v in lp.top.items()} or None)
+        offsets.append(offset)
+        offset += len(s)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def sse_error(error: BaseException) -> str:
+    if not isinstance(error, APIError):
+        logger.exception("failure while streaming", exc_info=error)
+        error = InternalServerError("internal server error while streaming; see the server log")
+    return sse({**error.body(), "status_code": int(error.status_code)})
+
+
+class SSEResponse(StreamingResponse):
+    """A text/event-stream whose `on_close` runs however the response ends (even never started)."""
+
+    def __init__(self, content, on_close):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+async def until_disconnect(request: HTTPRequest, coro):
+    """Run `coro`; cancel it (aborting its generation) if the client disconnects first."""
+    task = asyncio.ensure_future(coro)
+
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        logger.info("client disconnected; request aborted")
+        return Response(status_code=499)
+    return task.result()
+
+
+async def merged(streams: list):
+    """Items of several async iterators as they come, as (stream index, item)."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    q: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i, stream):
+        try:
+            async for item in stream:
+                await q.put((i, item))
+        except BaseException as e:
+            await q.put((i, e))
+        finally:
+            await q.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await q.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

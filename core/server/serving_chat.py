@@ -1,0 +1,116 @@
+"""POST /v1/chat/completions: chat template, generation, reasoning split, JSON or SSE chunks."""
+from starlette.requests import Request as HTTPRequest
+
+from corral.engine.tokenizer import ChatTemplateError, render_chat
+from corral.server.engine_client import EngineClient
+from corral.server.errors import BadRequestError
+from corral.server.protocol import ChatCompletionRequest
+from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
+from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_prompt, now, random_id,
+                                   sampling_params, sse, sse_error, until_disconnect, usage)
+
+
+def render_prompt(client: EngineClient, body: ChatCompletionRequest) -> tuple[str, list[int]]:
+    try:
+        prompt = render_chat(client.tokenizer, body.message_dicts(), body.add_generation_prompt is not False,
+                             body.chat_template_kwargs)
+    except ChatTemplateError as e:
+        raise BadRequestError(str(e), param="messages") from None
+    return prompt, client.tokenizer.encode(prompt, add_special_tokens=False)
+
+
+async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
+                                 load_timeout: float):
+    body.check_stream_options()
+    logprobs = body.requested_logprobs()
+    await client.admit(load_timeout)
+    try:
+        prompt, prompt_ids = render_prompt(client, body)
+        max_tokens = body.requested_max_tokens()
+        if max_tokens is None:
+            max_tokens = client.defaults.get("max_tokens")
+        max_tokens = check_prompt(client, prompt_ids, max_tokens, "messages")
+        params = sampling_params(body, client, max_tokens, logprobs)
+    except BaseException:
+        client.release()
+        raise
+    request_id = random_id("chatcmpl")
+    in_reasoning = client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
+    outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout)
+    if body.stream:
+        return SSEResponse(_stream(body, client, request_id, prompt_ids, params.n, outputs, in_reasoning),
+                           on_close=client.release)
+    try:
+        return await until_disconnect(request, _collect(client, request_id, prompt_ids, params.n, outputs,
+                                                        in_reasoning, logprobs is not None))
+    finally:
+        client.release()
+
+
+async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, want_logprobs) -> dict:
+    choices = [Choice(i) for i in range(n)]
+    async for out in outputs:
+        for c in out.outputs:
+            choices[c.index].add(c)
+    token_text = TokenText(client.tokenizer)
+    result = []
+    for ch in choices:
+        message = {"role": "assistant", "content": ch.text}
+        if client.reasoning_parser is not None:
+            reasoning, content = split_reasoning(ch.text, in_reasoning)
+            message["content"] = content
+            if reasoning is not None:
+                message["reasoning_content"] = reasoning
+        result.append({"index": ch.index, "message": message,
+                       "logprobs": chat_logprobs(ch.logprobs, token_text) if want_logprobs else None,
+                       "finish_reason": ch.finish_reason, "stop_reason": ch.stop_reason})
+    return {"id": request_id, "object": "chat.completion", "created": now(), "model": client.name,
+            "choices": result, "usage": usage(len(prompt_ids), sum(ch.num_tokens for ch in choices))}
+
+
+async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning):
+    created, include_usage = now(), body.include_usage
+    token_text = TokenText(client.tokenizer)
+    parsers = [ReasoningParser(in_reasoning) if client.reasoning_parser else None for _ in range(n)]
+    completion_tokens = 0
+
+    def chunk(choices, **extra):
+        data = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": client.name,
+                "choices": choices, **extra}
+        if include_usage and "usage" not in extra:
+            data["usage"] = None
+        return sse(data)
+
+    try:
+        for i in range(n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        async for out in outputs:
+            for c in out.outputs:
+                completion_tokens += len(c.token_ids)
+                delta = _delta(parsers[c.index], c.text, c.finished)
+                if not delta and not c.finished and not c.logprobs:
+                    continue
+                yield chunk([{"index": c.index, "delta": delta,
+                              "logprobs": chat_logprobs(c.logprobs, token_text) if c.logprobs is not None else None,
+                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
+        if include_usage:
+            yield chunk([], usage=usage(len(prompt_ids), completion_tokens))
+    except Exception as e:
+        yield sse_error(e)
+    yield sse("[DONE]")
+
+
+def _delta(parser: ReasoningParser | None, text: str, finished: bool) -> dict:
+    if parser is None:
+        return {"content": text} if text else {}
+    reasoning, content = parser.feed(text)
+    if finished:
+        more_reasoning, more_content = parser.flush()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+    delta = {}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if content:
+        delta["content"] = content
+    return delta

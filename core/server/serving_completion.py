@@ -1,0 +1,108 @@
+"""POST /v1/completions: one or several prompts (text or token ids), n choices each, JSON or SSE."""
+from starlette.requests import Request as HTTPRequest
+
+from corral.server.engine_client import EngineClient
+from corral.server.errors import BadRequestError
+from corral.server.protocol import CompletionRequest
+from corral.server.serving import (Choice, SSEResponse, TokenText, check_prompt, completion_logprobs, merged, now,
+                                   random_id, sampling_params, sse, sse_error, until_disconnect, usage)
+
+DEFAULT_MAX_TOKENS = 16
+
+
+async def create_completion(body: CompletionRequest, client: EngineClient, request: HTTPRequest,
+                            load_timeout: float):
+    body.check()
+    body.check_stream_options()
+    if body.echo and body.logprobs is not None:
+        raise BadRequestError("echo with logprobs is not supported (prompt logprobs are not computed)",
+                              param="echo")
+    prompts = body.prompts()
+    await client.admit(load_timeout)
+    try:
+        encoded = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                encoded.append((prompt, client.tokenizer.encode(prompt)))
+            else:
+                encoded.append((None, list(prompt)))
+        max_tokens = body.max_tokens
+        if max_tokens is None:
+            max_tokens = client.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
+        limits = [check_prompt(client, ids, max_tokens, "prompt") for _, ids in encoded]
+        params = [sampling_params(body, client, limit, body.logprobs) for limit in limits]
+    except BaseException:
+        client.release()
+        raise
+    request_id = random_id("cmpl")
+    streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout)
+               for i, ((text, ids), p) in enumerate(zip(encoded, params))]
+    echoes = [_echo_text(client, text, ids) if body.echo else "" for text, ids in encoded]
+    n = params[0].n
+    prompt_tokens = sum(len(ids) for _, ids in encoded)
+    if body.stream:
+        return SSEResponse(_stream(body, client, request_id, n, streams, echoes, prompt_tokens),
+                           on_close=client.release)
+    try:
+        return await until_disconnect(request, _collect(body, client, request_id, n, streams, echoes,
+                                                        prompt_tokens))
+    finally:
+        client.release()
+
+
+def _echo_text(client: EngineClient, text: str | None, ids: list[int]) -> str:
+    return text if text is not None else client.tokenizer.decode(ids)
+
+
+async def _collect(body, client, request_id, n, streams, echoes, prompt_tokens) -> dict:
+    choices = [Choice(i) for i in range(n * len(streams))]
+    async for p, out in merged(streams):
+        for c in out.outputs:
+            choices[p * n + c.index].add(c)
+    token_text = TokenText(client.tokenizer)
+    result = []
+    for ch in choices:
+        echo = echoes[ch.index // n]
+        result.append({"index": ch.index, "text": echo + ch.text,
+                       "logprobs": (completion_logprobs(ch.logprobs, token_text, len(echo))
+                                    if body.logprobs is not None else None),
+                       "finish_reason": ch.finish_reason, "stop_reason": ch.stop_reason})
+    return {"id": request_id, "object": "text_completion", "created": now(), "model": client.name,
+            "choices": result, "usage": usage(prompt_tokens, sum(ch.num_tokens for ch in choices))}
+
+
+async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
+    created, include_usage = now(), body.include_usage
+    token_text = TokenText(client.tokenizer)
+    offsets = [len(echoes[i // n]) for i in range(n * len(streams))]
+    pending_echo = [bool(echoes[i // n]) for i in range(n * len(streams))]
+    completion_tokens = 0
+
+    def chunk(choices, **extra):
+        data = {"id": request_id, "object": "text_completion", "created": created, "model": client.name,
+                "choices": choices, **extra}
+        if include_usage and "usage" not in extra:
+            data["usage"] = None
+        return sse(data)
+
+    try:
+        async for p, out in merged(streams):
+            for c in out.outputs:
+                index = p * n + c.index
+                completion_tokens += len(c.token_ids)
+                text = c.text
+                if pending_echo[index]:
+                    text, pending_echo[index] = echoes[p] + text, False
+                if not text and not c.finished and not c.logprobs:
+                    continue
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = completion_logprobs(c.logprobs or [], token_text, offsets[index])
+                offsets[index] += len(c.text)
+                yield chunk([{"index": index, "text": text, "logprobs": logprobs,
+                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
+        if include_usage:
+            yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+    except Exception as e:
+        yield sse_error(e)
+    yield sse("[DONE]")
