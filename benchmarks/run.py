@@ -1,0 +1,37 @@
+"""Runs a chosen set of checks and benchmarks in one GPU session; results go to $OUT/results.jsonl.
+
+    python -m benchmarks.run check b1:qwen3-0.6b b3:qwen3-4b peer:qwen3-0.6b
+"""
+import os
+import subprocess
+import sys
+import time
+
+STEPS = {
+    "kernels": [sys.executable, "-m", "pytest", "-q", "-x", "tests/kernels", "-p", "no:cacheprovider"],
+    "check": [sys.executable, "-m", "benchmarks.engine_check"],
+    "b1": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--model"],
+    "b1eager": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--enforce-eager", "--model"],
+    "b2": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B2", "--model"],
+    "b3": [sys.executable, "-m", "benchmarks.latency", "--model"],
+    "b3eager": [sys.executable, "-m", "benchmarks.latency", "--enforce-eager", "--model"],
+    "b5": [sys.executable, "-m", "benchmarks.kernels"],
+    "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
+}
+
+
+def main(argv: list[str]) -> int:
+    status = 0
+    for item in argv:
+        name, _, model = item.partition(":")
+        command = STEPS[name] + ([model] if model else [])
+        print(f"=== {item}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.call(command, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        print(f"=== {item}: exit {rc} in {time.perf_counter() - start:.1f} s", flush=True)
+        status |= rc != 0
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
