@@ -89,3 +89,17 @@ def test_chinese_text_streams_without_broken_characters(llm):
         outputs, _ = processor.process([EngineCoreOutput("zh", [token], finish_reason=finish)])
         deltas.append(outputs[0].outputs[0].text)
     assert "".join(deltas) == text and all("\ufffd" not in d for d in deltas)
+
+
+def test_two_engines_live_in_one_process(tiny_model_dirs):
+    qwen, llama = LLM(str(tiny_model_dirs["qwen3"])), LLM(str(tiny_model_dirs["llama"]))
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    alone = [llm.generate([[5, 6, 7]], params)[0].outputs[0].token_ids for llm in (qwen, llama)]
+    qwen.engine.add_request("q", [5, 6, 7], params)
+    llama.engine.add_request("l", [5, 6, 7], params)
+    done = {}
+    while qwen.engine.has_unfinished_requests() or llama.engine.has_unfinished_requests():
+        for llm in (qwen, llama):
+            for output in llm.engine.step():
+                done[output.request_id] = output.outputs[0].token_ids
+    assert [done["q"], done["l"]] == alone

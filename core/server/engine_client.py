@@ -6,6 +6,7 @@ States: unloaded -> (resolving | downloading) -> loading -> ready; error when lo
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,8 +31,9 @@ CRASH_WINDOW = 600.0
 
 class EngineClient:
     def __init__(self, spec: ModelSpec, metrics=None, plugin_manager=None, num_threads: int | None = None,
-                 log_level: int = logging.INFO):
+                 log_level: int = logging.INFO, files_lock: threading.Lock | None = None):
         self.spec, self.name = spec, spec.name
+        self.files_lock = files_lock or threading.Lock()  # transformers' lazy imports are not thread-safe
         self.metrics = metrics
         self.plugin_manager = plugin_manager
         self.num_threads = spec.num_threads or num_threads
@@ -110,7 +112,8 @@ class EngineClient:
     def _load_files(self):
         """Tokenizer, EOS ids, context length, sampling defaults and reasoning parser."""
         hf_config = json.loads((self.model_dir / "config.json").read_text())
-        tokenizer = load_tokenizer(self.model_dir)
+        with self.files_lock:
+            tokenizer = load_tokenizer(self.model_dir)
         self.eos_token_ids = eos_token_ids(self.model_dir, tokenizer)
         self.vocab_size = hf_config.get("vocab_size")
         self.max_model_len = self.spec.max_model_len or hf_config.get("max_position_embeddings") or 2048

@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import os
+import threading
 import time
 
 from corral.server.config import ServerConfig
@@ -16,9 +17,10 @@ class ModelRegistry:
         self.config = config
         threads = max(1, (os.cpu_count() or 1) // len(config.models))  # CPU engines share the cores
         level = logging.getLogger("corral").getEffectiveLevel()
+        lock = threading.Lock()
         self.clients: dict[str, EngineClient] = {
-            spec.name: EngineClient(spec, metrics, plugin_manager, num_threads=threads, log_level=level)
-            for spec in config.models}
+            spec.name: EngineClient(spec, metrics, plugin_manager, num_threads=threads, log_level=level,
+                                    files_lock=lock) for spec in config.models}
         self.names: dict[str, str] = {}
         for spec in config.models:
             self.names[spec.name] = spec.name
