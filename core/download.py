@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.progress import DownloadProgress
+from corral.progress import DownloadCancelled, DownloadProgress
 from corral.registry.errors import CorruptFileError, HubUnreachableError, ModelNotFoundError
 from corral.store import FileRecord, ModelStore, StoredModel
 
@@ -94,8 +94,8 @@ def check_file(path: Path, remote: RemoteFile) -> tuple[FileRecord | None, str]:
 class FileProgress:
     """Byte counts of one file, fed into the model's overall progress (and a per-file bar)."""
 
-    def __init__(self, overall: DownloadProgress, name: str, size: int | None):
-        self.overall, self.name, self.size = overall, name, size
+    def __init__(self, overall: DownloadProgress, name: str, size: int | None, abort: threading.Event | None = None):
+        self.overall, self.name, self.size, self.abort = overall, name, size, abort
         self.reported = 0
         self.bar = None
 
@@ -104,6 +104,8 @@ class FileProgress:
             self.bar = self.overall.file_bar(self.name, self.size, initial)
 
     def update(self, n: int) -> None:
+        if self.abort is not None and self.abort.is_set():
+            raise DownloadCancelled(f"{self.name}: another file of the model failed")
         self.reported += n
         self.overall.advance(n)
         if self.bar is not None:
@@ -166,9 +168,6 @@ class HubSource:
         return HubUnreachableError(f"cannot reach {self.label} at {self.endpoint()} ({reason}); "
                                    f"{self.unreachable_hint}", endpoint=self.endpoint())
 
-    def local(self, repo: str, revision: str | None) -> StoredModel | None:
-        return self.store.get(self.scheme, repo, revision)
-
     def fetch(self, ref, progress: DownloadProgress, update: bool = False) -> Path:
         """The store directory of `ref` (a ModelRef), downloading what is missing or corrupt.
         With `update`, the hub is asked for the revision's current files even when a copy exists."""
@@ -210,10 +209,10 @@ class HubSource:
         self.store.write(record)
         progress.begin(f"{self.label} ({self.endpoint()})", len(files), sum(f.size or 0 for f in files),
                        done_bytes=done, files_done=len(files) - len(todo))
-        lock = threading.Lock()
+        lock, abort = threading.Lock(), threading.Event()
 
         def one(f: RemoteFile):
-            rec = self._fetch_file(snap, f, record.path, progress)
+            rec = self._fetch_file(snap, f, record.path, progress, abort)
             with lock:
                 record.files[f.path] = rec
                 self.store.write(record)
@@ -227,12 +226,13 @@ class HubSource:
             for fut in finished:
                 fut.result()
         except BaseException:
-            progress.cancel()  # the other threads stop at their next chunk
+            abort.set()  # the other threads stop at their next chunk
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch_file(self, snap: RemoteSnapshot, remote: RemoteFile, model_dir: Path, progress) -> FileRecord:
+    def _fetch_file(self, snap: RemoteSnapshot, remote: RemoteFile, model_dir: Path, progress,
+                    abort: threading.Event | None = None) -> FileRecord:
         target = model_dir / remote.path
         if target.exists():  # finished by an earlier, interrupted run
             rec, _ = check_file(target, remote)
@@ -242,7 +242,7 @@ class HubSource:
             target.unlink()
         reason = ""
         for attempt in range(1, self.max_attempts + 1):
-            fp = FileProgress(progress, remote.path, remote.size)
+            fp = FileProgress(progress, remote.path, remote.size, abort)
             try:
                 self.download(snap, remote, model_dir, fp)
                 rec, reason = check_file(target, remote)

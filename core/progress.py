@@ -67,6 +67,9 @@ class DownloadProgress:
         with self._lock:
             self.source, self.files_total, self.total_bytes = source, files_total, total_bytes
             self.files_done, self.done_bytes, self.state = files_done, done_bytes, "downloading"
+            if self._bar is not None:  # an earlier source gave up
+                self._bar.close()
+                self._bar = None
             if self.bars:
                 self._bar = tqdm(total=total_bytes, initial=done_bytes, unit="B", unit_scale=True,
                                  unit_divisor=1024, desc=f"{self.name} ({files_total} files)", position=0)
@@ -95,14 +98,16 @@ class DownloadProgress:
 
     def _changed(self, force_log: bool = False) -> None:
         now = time.monotonic()
-        if force_log or now - self._last_log >= self.log_interval:
+        if force_log or (not self.bars and now - self._last_log >= self.log_interval):  # bars say it already
             self._last_log = now
             if self.state == "downloading" and self.total_bytes:
                 logger.info("%s: downloading from %s, %.0f%% of %s (%d/%d files)", self.name, self.source,
                             100 * (self.fraction or 0), human_size(self.total_bytes), self.files_done,
                             self.files_total)
+            elif self.state == "error":  # the caller reports the error itself
+                logger.debug("%s: error (%s)", self.name, self.error)
             elif self.state != "downloading":
-                logger.info("%s: %s%s", self.name, self.state, f" ({self.error})" if self.error else "")
+                logger.info("%s: %s", self.name, self.state)
         if self.callback is not None:
             self.callback(self)
 

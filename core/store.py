@@ -143,7 +143,7 @@ class ModelStore:
     def remove(self, model: StoredModel) -> None:
         with self.lock(model.path):
             shutil.rmtree(model.path, ignore_errors=True)
-        logger.info("removed %s (%s)", model.name, model.path)
+        logger.debug("removed %s (%s)", model.name, model.path)
 
     @staticmethod
     def record(path: Path, sha256: str | None = None) -> FileRecord:

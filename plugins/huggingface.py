@@ -1,6 +1,7 @@
 """The Hugging Face Hub, or any mirror of it (HF_ENDPOINT=https://hf-mirror.com), through the
 `huggingface_hub` client: model info with file metadata, HEAD /resolve for the download location,
 ranged GETs that resume `<file>.incomplete`. HF_TOKEN opens gated and private repositories."""
+import importlib.metadata
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -12,6 +13,13 @@ from corral.registry.hookspecs import hookimpl
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRANSPORT_ERRORS = {"TransportError", "NetworkError", "TimeoutException", "ConnectError", "ConnectionError",
                      "Timeout", "ProxyError", "OfflineModeIsEnabled"}
+
+
+def _client_info() -> dict:
+    try:
+        return {"library_name": "corral", "library_version": importlib.metadata.version("corral")}
+    except importlib.metadata.PackageNotFoundError:
+        return {"library_name": "corral"}
 
 
 def _is_transport_error(e: BaseException) -> bool:
@@ -58,7 +66,7 @@ class HuggingFaceSource(HubSource):
 
     def snapshot(self, repo: str, revision: str) -> RemoteSnapshot:
         from huggingface_hub import HfApi
-        api = HfApi(endpoint=self.endpoint(), token=self.token(), library_name="corral")
+        api = HfApi(endpoint=self.endpoint(), token=self.token(), **_client_info())
         try:
             info = api.model_info(repo, revision=revision, files_metadata=True, timeout=30)
         except Exception as e:
@@ -78,9 +86,9 @@ class HuggingFaceSource(HubSource):
         endpoint, token = self.endpoint(), self.token()
         url = hf_hub_url(snap.repo, remote.path, revision=snap.commit or snap.revision, endpoint=endpoint)
         try:
-            meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, library_name="corral")
+            meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, **_client_info())
             size = meta.size if meta.size is not None else remote.size
-            headers = build_hf_headers(token=token, library_name="corral")
+            headers = build_hf_headers(token=token, **_client_info())
             if urlsplit(meta.location).netloc != urlsplit(url).netloc:
                 headers.pop("authorization", None)  # a signed CDN url takes no token
             with open(part, "ab") as out:

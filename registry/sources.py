@@ -54,9 +54,19 @@ def _split_revision(text: str) -> tuple[str, str | None]:
     return repo, (revision or None) if sep else None
 
 
+def _is_gguf(text: str) -> bool:
+    """A `.gguf` name, or a file that starts with the GGUF magic (Ollama's blobs have no suffix)."""
+    if text.lower().endswith(".gguf"):
+        return True
+    try:
+        with open(Path(text).expanduser(), "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def _local_ref(text: str, manifest: Manifest | None = None) -> ModelRef:
-    scheme = "gguf" if text.lower().endswith(".gguf") else "local"
-    return ModelRef(scheme, text, manifest=manifest, text=text)
+    return ModelRef("gguf" if _is_gguf(text) else "local", text, manifest=manifest, text=text)
 
 
 def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
@@ -82,6 +92,14 @@ def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
         return ModelRef("", repo, revision, text=text)
     manifests.get(text)  # raises with suggestions
     raise AssertionError("unreachable")
+
+
+def find_manifest(ref: str, store: ModelStore | None = None) -> Manifest | None:
+    """The manifest that `ref` names, for its serving defaults (max_model_len), or None."""
+    try:
+        return parse_ref(ref, ManifestRegistry.load((store or ModelStore()).root)).manifest
+    except SourceError:
+        return None
 
 
 def normalize_source(source: str | None) -> str:
@@ -161,15 +179,15 @@ class Resolver:
 
     def stored(self, ref: ModelRef) -> StoredModel | None:
         """A complete store copy of `ref` (any of its candidate sources), if one passes verification."""
-        for model in find_stored(self.store, ref, self.manifests, exact=True):
+        for model in find_stored(self.store, ref, exact=True):
             if not self.store.verify(model):
                 return model
         return None
 
     def resolve(self, ref: ModelRef, source: str, progress: DownloadProgress, update: bool = False) -> Path:
         candidates = self.candidates(ref, source)
-        if source == "auto" and not update and len(candidates) > 1:
-            stored = self.stored(ref)
+        if source == "auto" and len(candidates) > 1:
+            stored = None if update else self.stored(ref)
             if stored is not None:
                 progress.set_state("ready")
                 return stored.path
@@ -203,8 +221,8 @@ def _installed(package: str) -> bool:
         return False
 
 
-def find_stored(store: ModelStore, ref: ModelRef, manifests: ManifestRegistry | None = None,
-                exact: bool = False, include_partial: bool = False) -> list[StoredModel]:
+def find_stored(store: ModelStore, ref: ModelRef, exact: bool = False,
+                include_partial: bool = False) -> list[StoredModel]:
     """Store copies that `ref` names: by manifest name or ids, hub id, package, or path. A hub id
     without a revision names every stored revision unless `exact`."""
     models = store.models(include_partial=include_partial)

@@ -1,5 +1,6 @@
 """corral pull / list / show / rm: the local model store."""
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def add_commands(subparsers):
 
 def pull_model(args) -> int:
     from corral.registry.sources import resolve_model
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("httpx", "httpx2"):  # one line per HTTP request: only with --log-level DEBUG
+            logging.getLogger(name).setLevel(logging.WARNING)
     progress = DownloadProgress(name=args.model, bars=not args.no_progress and sys.stderr.isatty())
     path = resolve_model(args.model, source=args.source, progress=progress, update=True)
     print(f"{args.model}: ready in {path}")
@@ -44,7 +48,7 @@ def _stored(ref_text: str, store: ModelStore, include_partial: bool = False):
     from corral.registry.sources import find_stored, parse_ref
     manifests = ManifestRegistry.load(store.root)
     ref = parse_ref(ref_text, manifests)
-    return ref, find_stored(store, ref, manifests, include_partial=include_partial)
+    return ref, find_stored(store, ref, include_partial=include_partial)
 
 
 def list_models(args) -> int:

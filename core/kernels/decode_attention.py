@@ -13,7 +13,7 @@ import triton.language as tl
 from corral.backends.base import AttentionMetadata
 from corral.kernels.paged_attention import LOG2E, _attend_tile, check_attention_shapes, dot_precision
 
-MAX_SPLITS = 16
+MAX_SPLITS = 32
 
 
 @triton.jit
@@ -88,10 +88,12 @@ def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, query_start_loc_ptr, str
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int, device: torch.device) -> int:
-    """Enough programs for about two per SM. Depends on the batch shape only, so a CUDA graph
-    captured for a batch size keeps it."""
+    """About four programs per SM for small batches, two for larger ones, one split once the
+    batch alone fills the GPU. Depends on the batch shape only, so a CUDA graph captured for a
+    batch size keeps it."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = triton.cdiv(2 * sms, num_seqs * num_kv_heads)
+    programs = num_seqs * num_kv_heads
+    want = triton.cdiv((4 if programs < sms else 2) * sms, programs)
     return min(MAX_SPLITS, triton.next_power_of_2(want))
 
 

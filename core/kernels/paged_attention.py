@@ -33,10 +33,10 @@ def _attend_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, head_off, start, kv_end
         blk = tl.load(bt_ptr + n // BLOCK_SIZE).to(tl.int64)
     off = blk * stride_blk + (n % BLOCK_SIZE) * stride_row + head_off
     if MASKED:
-        k = tl.load(k_ptr + off[None, :] + d[:, None], mask=n_ok[None, :], other=0.0)
+        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
     else:
-        k = tl.load(k_ptr + off[None, :] + d[:, None])
-    s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        k = tl.load(k_ptr + off[:, None] + d[None, :])
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if MASKED:
         ok = n_ok[None, :]
         if CAUSAL:
@@ -133,11 +133,12 @@ def paged_attention_prefill(q: torch.Tensor, kv_cache: torch.Tensor, metadata: A
     if out is None:
         out = torch.empty_like(q)
     group_p2 = triton.next_power_of_2(group)
-    block_m = min(128, max(16, triton.next_power_of_2(metadata.max_query_len * group_p2)))
-    if head_dim > 128:
-        block_m = min(block_m, 64)
+    # H100 bf16, D=128: (128, 128, 8 warps, 3 stages) measured best; fp32 and D=256 need less smem
+    block_m, block_n, warps, stages = 128, 128, 8, 3
+    if head_dim > 128 or q.element_size() > 2:
+        block_m, block_n, warps, stages = 64, 32 if head_dim > 128 else 64, 4, 2
+    block_m = min(block_m, max(16, triton.next_power_of_2(metadata.max_query_len * group_p2)))
     block_q = max(1, block_m // group_p2)
-    block_n = 64 if head_dim <= 128 else 32
     grid = (metadata.num_seqs, triton.cdiv(metadata.max_query_len, block_q), kv_cache.shape[3])
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _varlen_kernel[grid](
@@ -147,7 +148,7 @@ def paged_attention_prefill(q: torch.Tensor, kv_cache: torch.Tensor, metadata: A
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), metadata.block_tables.stride(0),
         GROUP=group, GROUP_P2=group_p2, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_N=block_n,
         BLOCK_SIZE=block_size, PRECISION=dot_precision(q.dtype),
-        num_warps=8 if block_m * head_dim >= 128 * 128 else 4, num_stages=2,
+        num_warps=warps if block_m >= 64 else 4, num_stages=stages,
     )
     return out
 

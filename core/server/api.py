@@ -37,6 +37,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
 
     app = FastAPI(title="corral", summary="Several LLMs behind one OpenAI-compatible API", lifespan=lifespan)
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
+    app.add_middleware(CatchAllMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
@@ -121,11 +122,34 @@ def _add_error_handlers(app: FastAPI):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal server error; see the server log", "internal_server_error"),
-                            status_code=500)
+
+
+class CatchAllMiddleware:
+    """Any other exception: logged with its traceback, answered with a bare 500. Swallowed here, so the
+    connection stays usable (Starlette's own handler would re-raise it and uvicorn drop the connection)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            body = error_body("internal server error; see the server log", "internal_server_error")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 class APIKeyMiddleware:

@@ -31,9 +31,9 @@ CRASH_WINDOW = 600.0
 
 class EngineClient:
     def __init__(self, spec: ModelSpec, metrics=None, plugin_manager=None, num_threads: int | None = None,
-                 log_level: int = logging.INFO, files_lock: threading.Lock | None = None):
+                 log_level: int = logging.INFO, files_lock=None):
         self.spec, self.name = spec, spec.name
-        self.files_lock = files_lock or threading.Lock()  # transformers' lazy imports are not thread-safe
+        self.files_lock = files_lock or threading.Lock()
         self.metrics = metrics
         self.plugin_manager = plugin_manager
         self.num_threads = spec.num_threads or num_threads
@@ -79,8 +79,7 @@ class EngineClient:
     async def _load(self):
         try:
             if self.tokenizer is None:
-                self.model_dir = await asyncio.to_thread(self._resolve)
-                await asyncio.to_thread(self._load_files)
+                await asyncio.to_thread(self._prepare)
             self.state = "loading"
             self.engine = EngineProcess(self.name, str(self.model_dir), self.spec.engine_args(), self.num_threads,
                                         self.log_level, asyncio.get_running_loop(), self._on_message)
@@ -95,6 +94,11 @@ class EngineClient:
             raise
         except Exception as e:
             self._set_error(str(e) or type(e).__name__)
+
+    def _prepare(self):
+        with self.files_lock:  # transformers' lazy imports are not thread-safe
+            self.model_dir = self._resolve()
+            self._load_files()
 
     def _resolve(self) -> Path:
         if Path(self.spec.model).is_dir():
@@ -112,8 +116,7 @@ class EngineClient:
     def _load_files(self):
         """Tokenizer, EOS ids, context length, sampling defaults and reasoning parser."""
         hf_config = json.loads((self.model_dir / "config.json").read_text())
-        with self.files_lock:
-            tokenizer = load_tokenizer(self.model_dir)
+        tokenizer = load_tokenizer(self.model_dir)
         self.eos_token_ids = eos_token_ids(self.model_dir, tokenizer)
         self.vocab_size = hf_config.get("vocab_size")
         self.max_model_len = self.spec.max_model_len or hf_config.get("max_position_embeddings") or 2048

@@ -5,21 +5,15 @@ Messages out: ("ready", info), ("outputs", [EngineCoreOutput, ...], stats), ("st
               ("reject", request_id, message), ("fatal", message)
 While idle the process blocks on the pipe; the pipe closing (the API process died) ends it.
 """
-import json
 import logging
 import multiprocessing
 import os
 import queue
 import signal
-import struct
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 logger = logging.getLogger(__name__)
-
-ACTIVATION_RESERVE = 0.1  # of a model's GPU share, kept for activations besides weights and KV cache
-
 
 class EngineProcess:
     """The API process's end: spawns `run_engine`, reads its messages on one thread and writes on
@@ -80,10 +74,7 @@ class EngineProcess:
         if self.process.pid is None:
             return
         self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
+        if self.process.is_alive():  # it ignores SIGTERM
             self.process.kill()
             self.process.join()
 
@@ -91,7 +82,10 @@ class EngineProcess:
 def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: int | None = None,
                log_level: int = logging.INFO):
     """Entry point of the spawned process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the API process decides
+    # Ctrl-C and a SIGTERM to the process group reach engines too; the API process decides when they stop
+    # (after in-flight requests finish), and its death closes the pipe, which ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=f"%(levelname)s engine[{name}] %(name)s: %(message)s")
     try:
         core = _build_core(model_dir, engine_args, num_threads)
@@ -120,11 +114,9 @@ def _build_core(model_dir: str, engine_args: dict, num_threads: int | None):
     from corral.engine.core import EngineCore
     from corral.registry.plugins import PluginManager
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
     config = EngineConfig(model=model_dir, **engine_args)
-    if config.device.startswith("cuda") and config.kv_cache_memory_bytes is None and config.num_kv_blocks is None:
-        config.kv_cache_memory_bytes = cuda_kv_budget(config)
+    if num_threads and config.device == "cpu":  # CPU engines share the cores
+        torch.set_num_threads(num_threads)
     return EngineCore(config, PluginManager())
 
 
@@ -168,34 +160,3 @@ def _send(conn, message):
         conn.send(message)
     except (OSError, BrokenPipeError):
         pass
-
-
-def cuda_kv_budget(config) -> int:
-    """KV cache bytes for this model's share of the GPU: share * total, less its weights and an
-    activation reserve. Measured from the checkpoint, so engines sharing a GPU do not race."""
-    import torch
-
-    total = torch.cuda.mem_get_info(torch.device(config.device))[1]
-    share = int(total * config.gpu_memory_utilization)
-    itemsize = torch.empty(0, dtype=config.torch_dtype).element_size()
-    weights = checkpoint_numel(Path(config.model)) * itemsize
-    budget = share - weights - int(share * ACTIVATION_RESERVE)
-    logger.info("GPU share %.1f GiB: weights %.1f GiB, KV cache %.1f GiB", share / 2**30, weights / 2**30,
-                max(budget, 0) / 2**30)
-    return max(budget, 0)
-
-
-def checkpoint_numel(model_dir: Path) -> int:
-    """Parameters in the checkpoint's safetensors files, read from their headers."""
-    numel = 0
-    for path in model_dir.glob("*.safetensors"):
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        for key, entry in header.items():
-            if key != "__metadata__":
-                n = 1
-                for d in entry["shape"]:
-                    n *= d
-                numel += n
-    return numel

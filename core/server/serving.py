@@ -116,7 +116,8 @@ def completion_logprobs(logprobs: list[TokenLogprob], text: TokenText, offset: i
 
 
 def sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n"
 
 
 def sse_error(error: BaseException) -> str:

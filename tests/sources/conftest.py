@@ -59,6 +59,7 @@ def hf_hub(repos, monkeypatch):
 
 @pytest.fixture
 def ms_hub(repos, monkeypatch):
+    pytest.importorskip("modelscope_hub", reason="the ModelScope source needs modelscope >= 1.40")
     with FakeModelScope(repos) as hub:
         monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.url)
         yield hub

