@@ -12,6 +12,7 @@ STEPS = {
     "check": [sys.executable, "-m", "benchmarks.engine_check"],
     "b1": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--model"],
     "b1eager": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--enforce-eager", "--model"],
+    "b1profile": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--profile", "--model"],
     "b2": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B2", "--model"],
     "b3": [sys.executable, "-m", "benchmarks.latency", "--model"],
     "b3eager": [sys.executable, "-m", "benchmarks.latency", "--enforce-eager", "--model"],

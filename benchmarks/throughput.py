@@ -37,6 +37,24 @@ def run(engine: EngineCore, prompts, params, tag: str) -> tuple[float, int]:
     return time.perf_counter() - start, num_out
 
 
+def profile(engine: EngineCore, prompts, params):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(Request(f"profile-{i}", p, sp))
+    for _ in range(40):  # past the prefills, into steady decode mixed with chunked prefill
+        engine.step()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(30):
+            engine.step()
+        torch.cuda.synchronize()
+    print(f"30 steps: {(time.perf_counter() - start) * 1000 / 30:.2f} ms per step (profiled)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-0.6b")
@@ -45,6 +63,7 @@ def main():
     ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
@@ -52,6 +71,9 @@ def main():
     engine = EngineCore(config)
     prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
     run(engine, prompts[:16], [SamplingParams(ignore_eos=True, max_tokens=16)] * 16, "warmup")
+    if args.profile:
+        profile(engine, prompts[:128], params[:128])
+        return
     seconds, num_out = run(engine, prompts, params, "timed")
     num_in = sum(map(len, prompts))
     emit(dict(environment(), benchmark=args.workload, model=args.model, seconds=round(seconds, 2),

@@ -40,38 +40,37 @@ class ModelRunner:
         self.graph_runner.capture()
 
     def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Host lists packed into one tensor, copied to the device once, then split."""
         input_ids, positions, query_start_loc, seq_lens, sample_rows = [], [], [0], [], []
+        max_blocks = max(len(s.block_ids) for s in out.scheduled)
+        block_tables = []
         for s in out.scheduled:
             start, end = s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens
             input_ids.extend(s.request.all_token_ids[start:end])
-            positions.append((start, end))
+            positions.extend(range(start, end))
             query_start_loc.append(query_start_loc[-1] + s.num_new_tokens)
             seq_lens.append(end)
+            block_tables.extend(s.block_ids)
+            block_tables.extend([0] * (max_blocks - len(s.block_ids)))
             if s.samples:
                 sample_rows.append(query_start_loc[-1] - 1)
-        max_blocks = max(len(s.block_ids) for s in out.scheduled)
-        block_tables = torch.tensor([s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in out.scheduled],
-                                    dtype=torch.int32)
-        pos = torch.cat([torch.arange(a, b) for a, b in positions])
-        seq_index = torch.repeat_interleave(torch.arange(len(seq_lens)),
-                                            torch.tensor([b - a for a, b in positions]))
-        slot_mapping = block_tables[seq_index, pos // self.block_size].long() * self.block_size + pos % self.block_size
-        query_start = torch.tensor(query_start_loc, dtype=torch.int32)
-        metadata = AttentionMetadata(
-            slot_mapping=self._to_device(slot_mapping),
-            query_start_loc=self._to_device(query_start),
-            seq_lens=self._to_device(torch.tensor(seq_lens, dtype=torch.int32)),
-            block_tables=self._to_device(block_tables),
-            max_query_len=max(b - a for a, b in positions),
-            max_seq_len=max(seq_lens),
-        )
-        return (self._to_device(torch.tensor(input_ids, dtype=torch.long)), self._to_device(pos), metadata,
-                self._to_device(torch.tensor(sample_rows, dtype=torch.long)))
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        num_tokens, num_seqs = len(input_ids), len(seq_lens)
+        packed = torch.tensor(input_ids + positions + query_start_loc + seq_lens + sample_rows + block_tables,
+                              dtype=torch.long)
         if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), len(block_tables)]
+        ids, pos, query_start, lens, rows, tables = packed.split(sizes)
+        tables = tables.view(num_seqs, max_blocks).int()
+        query_lens = query_start[1:] - query_start[:-1]
+        seq_index = torch.repeat_interleave(torch.arange(num_seqs, device=self.device), query_lens,
+                                            output_size=num_tokens)
+        slot_mapping = tables[seq_index, pos // self.block_size].long() * self.block_size + pos % self.block_size
+        metadata = AttentionMetadata(slot_mapping=slot_mapping, query_start_loc=query_start.int(),
+                                     seq_lens=lens.int(), block_tables=tables,
+                                     max_query_len=max(s.num_new_tokens for s in out.scheduled),
+                                     max_seq_len=max(seq_lens))
+        return ids, pos, metadata, rows
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:

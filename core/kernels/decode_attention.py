@@ -6,6 +6,8 @@ partial output with its log-sum-exp; a reduce kernel merges the slices. The slic
 computed on the device from seq_lens, so the launch depends only on the batch shape and the
 split count, never on max_seq_len: the pair replays in a CUDA graph while seq_lens grow.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +29,10 @@ def _decode_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    tok = tl.load(query_start_loc_ptr + seq)
+    if tl.load(query_start_loc_ptr + seq + 1) == tok:  # no query row (batch padding)
+        return
+    tok = tok.to(tl.int64)
     seq_len = tl.load(seq_lens_ptr + seq)
     split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = split * split_len
@@ -36,7 +42,6 @@ def _decode_kernel(
     head = kv_head * GROUP + h
     h_ok = h < GROUP
     d = tl.arange(0, HEAD_DIM)
-    tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
     q = tl.load(q_ptr + tok * stride_qt + (head * stride_qh)[:, None] + d[None, :],
                 mask=h_ok[:, None], other=0.0)
 
@@ -73,6 +78,9 @@ def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, query_start_loc_ptr, str
                    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
+    tok = tl.load(query_start_loc_ptr + seq)
+    if tl.load(query_start_loc_ptr + seq + 1) == tok:
+        return
     row = (seq * tl.num_programs(1) + head).to(tl.int64) * NUM_SPLITS
     sp = tl.arange(0, NUM_SPLITS)
     d = tl.arange(0, HEAD_DIM)
@@ -83,15 +91,19 @@ def _reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, query_start_loc_ptr, str
     parts = tl.load(part_out_ptr + (row + sp)[:, None] * HEAD_DIM + d[None, :])
     total = tl.sum(w, 0)
     out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
-    tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
-    tl.store(out_ptr + tok * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + tok.to(tl.int64) * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+
+
+@functools.cache
+def _num_sms(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int, device: torch.device) -> int:
     """About four programs per SM for small batches, two for larger ones, one split once the
     batch alone fills the GPU. Depends on the batch shape only, so a CUDA graph captured for a
     batch size keeps it."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = _num_sms(device.index) if device.type == "cuda" else 4
     programs = num_seqs * num_kv_heads
     want = triton.cdiv((4 if programs < sms else 2) * sms, programs)
     return min(MAX_SPLITS, triton.next_power_of_2(want))
@@ -100,8 +112,9 @@ def default_num_splits(num_seqs: int, num_kv_heads: int, device: torch.device) -
 def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                            scale: float, out: torch.Tensor | None = None,
                            num_splits: int | None = None) -> torch.Tensor:
-    """q [B, Hq, D], one token per sequence (query_start_loc[i] is sequence i's row). Reads no
-    host-side lengths: safe to capture in a CUDA graph."""
+    """q [B', Hq, D], one query token per sequence, at row query_start_loc[i]; a sequence with no
+    query row (query_start_loc[i + 1] == query_start_loc[i], CUDA-graph padding) is skipped, and
+    one with seq_len 0 gets zeros. Reads no host-side lengths: safe to capture in a CUDA graph."""
     group, block_size = check_attention_shapes(q, kv_cache)
     num_seqs = metadata.num_seqs
     num_q_heads, head_dim = q.shape[1:]

@@ -62,7 +62,7 @@ def _varlen_kernel(
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    q_block = tl.program_id(1)
+    q_block = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest causal rows start first
     kv_head = tl.program_id(2)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start

@@ -27,6 +27,9 @@ ENV_SERVER = {"CORRAL_API_KEY": "api_key", "CORRAL_HOST": "host", "CORRAL_PORT":
 ENV_MODEL = {"MAX_MODEL_LEN": "max_model_len", "GPU_MEMORY_UTILIZATION": "gpu_memory_utilization",
              "TENSOR_PARALLEL_SIZE": "tensor_parallel_size", "MAX_NUM_SEQS": "max_num_seqs",
              "MAX_NUM_BATCHED_TOKENS": "max_num_batched_tokens", "DTYPE": "dtype"}
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty", "seed", "min_tokens", "ignore_eos", "skip_special_tokens",
+                 "include_stop_str_in_output", "max_tokens")
 ALIASES = {"reference": "model", "served_model_name": "name", "default_sampling": "sampling",
            "memory_share": "gpu_memory_utilization"}
 
@@ -196,6 +199,10 @@ def _model_spec(values: dict) -> ModelSpec:
     for key in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "block_size"):
         if getattr(spec, key) < 1:
             raise ConfigError(f"{spec.name}: {key} must be >= 1, got {getattr(spec, key)}")
+    unknown = set(spec.sampling) - set(SAMPLING_KEYS)
+    if unknown:
+        raise ConfigError(f"{spec.name}: unknown sampling default(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(SAMPLING_KEYS)}")
     if spec.max_queue_len < 0:
         raise ConfigError(f"{spec.name}: max_queue_len must be >= 0, got {spec.max_queue_len}")
     if spec.gpu_memory_utilization is not None and not 0 < spec.gpu_memory_utilization <= 1:

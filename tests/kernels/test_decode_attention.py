@@ -62,6 +62,27 @@ def test_other_power_of_two_head_dims(head_dim, make_batch):
     _run(make_batch, [9, 70], group=2, head_dim=head_dim, dtype=torch.float32, num_splits=2)
 
 
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_padding_sequences_without_a_query_row_write_nothing(num_splits, make_batch):
+    """CUDA-graph padding may repeat the last query_start_loc (query_len 0) or use seq_len 0."""
+    q, cache, metadata = _inputs(make_batch, [30, 1, 70], 2, 64, torch.float32)
+    metadata.query_start_loc = torch.tensor([0, 1, 2, 3, 3, 3], dtype=torch.int32, device=q.device)
+    metadata.seq_lens = torch.cat([metadata.seq_lens, metadata.seq_lens.new_tensor([5, 9])])
+    metadata.block_tables = torch.cat([metadata.block_tables, metadata.block_tables[:2]])
+    out = torch.full_like(q, float("nan"))
+    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits)
+    expected = paged_attention_ref(q, cache, metadata, 0.125)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_context_gives_zeros(make_batch):
+    q, cache, metadata = _inputs(make_batch, [30, 1], 2, 64, torch.float32)
+    metadata.seq_lens[1] = 0
+    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    torch.testing.assert_close(out[0], paged_attention_ref(q, cache, metadata, 0.125)[0])
+
+
 def test_rejects_split_counts_that_are_not_powers_of_two(make_batch):
     q, cache, metadata = _inputs(make_batch, [4], 1, 64, torch.float32)
     with pytest.raises(ValueError, match="power of two"):

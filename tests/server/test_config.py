@@ -1,0 +1,144 @@
+"""What `corral serve` serves: flags, the seed deployment's environment names and config files."""
+import pytest
+
+from corral.cli import build_parser, main
+from corral.commands.serve import build_server_config
+from corral.config import ConfigError
+from corral.server.config import DEFAULT_MODEL, build_config, parse_duration, parse_size
+
+TOML = """
+[server]
+port = 9000
+api_key = "from-file"
+
+[defaults]
+max_num_seqs = 8
+
+[models.qwen]
+model = "qwen3-4b"
+aliases = ["gpt-4o-mini", "qwen3"]
+max_model_len = 8192
+gpu_memory_utilization = 0.5
+dtype = "bfloat16"
+keep_alive = "5m"
+sampling = { temperature = 0.6, top_p = 0.95 }
+
+[models.llama]
+reference = "hf:meta-llama/Llama-2-7b-chat-hf"
+kv_cache_memory_bytes = "2GiB"
+"""
+
+YAML = """
+server:
+  host: 127.0.0.1
+models:
+  - name: qwen
+    model: qwen3-4b
+    aliases: [gpt-4o-mini]
+    default_sampling: {temperature: 0.7}
+  - model: /models/my-llama/
+    max_num_seqs: 4
+"""
+
+
+def serve_args(*argv):
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_toml_file_gives_one_spec_per_model_section(tmp_path):
+    path = tmp_path / "serve.toml"
+    path.write_text(TOML)
+    config = build_config(file=path)
+    qwen, llama = config.models
+    assert (config.port, config.api_key) == (9000, "from-file")
+    assert (qwen.name, qwen.model, qwen.aliases) == ("qwen", "qwen3-4b", ["gpt-4o-mini", "qwen3"])
+    assert (qwen.max_model_len, qwen.dtype, qwen.keep_alive, qwen.max_num_seqs) == (8192, "bfloat16", 300.0, 8)
+    assert qwen.sampling == {"temperature": 0.6, "top_p": 0.95}
+    assert (llama.name, llama.model, llama.kv_cache_memory_bytes) == ("llama", "hf:meta-llama/Llama-2-7b-chat-hf",
+                                                                      2 << 30)
+    assert qwen.gpu_memory_utilization == 0.5 and llama.gpu_memory_utilization == pytest.approx(0.4)
+
+
+def test_yaml_file_with_a_list_of_models(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text(YAML)
+    config = build_config(file=path)
+    assert config.host == "127.0.0.1"
+    assert [m.name for m in config.models] == ["qwen", "my-llama"]
+    assert config.models[0].sampling == {"temperature": 0.7}
+    assert config.models[1].max_num_seqs == 4 and "/models/my-llama/" in config.models[1].aliases
+
+
+def test_no_model_serves_the_default_manifest():
+    config = build_config(env={})
+    assert [m.model for m in config.models] == [DEFAULT_MODEL] and config.models[0].name == DEFAULT_MODEL
+    assert (config.host, config.port, config.api_key) == ("0.0.0.0", 8000, None)
+
+
+def test_seed_deployment_environment_names_work():
+    env = {"MODEL_NAME": "qwen3-4b", "MAX_MODEL_LEN": "4096", "GPU_MEMORY_UTILIZATION": "0.8",
+           "TENSOR_PARALLEL_SIZE": "2", "CORRAL_API_KEY": "secret"}
+    config = build_server_config(serve_args(), env)
+    (spec,) = config.models
+    assert (spec.model, spec.max_model_len, spec.gpu_memory_utilization, spec.tensor_parallel_size) == (
+        "qwen3-4b", 4096, 0.8, 2)
+    assert config.api_key == "secret"
+
+
+def test_flags_override_the_environment():
+    env = {"MODEL_NAME": "qwen3-4b", "MAX_MODEL_LEN": "4096", "CORRAL_API_KEY": "env-key"}
+    args = serve_args("llama-2-7b-chat", "--max-model-len", "1024", "--api-key", "flag-key", "--port", "8080",
+                      "--max-num-seqs", "32", "--max-num-batched-tokens", "2048", "--gpu-memory-utilization", "0.6")
+    config = build_server_config(args, env)
+    (spec,) = config.models
+    assert (spec.model, spec.max_model_len, spec.max_num_seqs, spec.max_num_batched_tokens) == (
+        "llama-2-7b-chat", 1024, 32, 2048)
+    assert (config.api_key, config.port, spec.gpu_memory_utilization) == ("flag-key", 8080, 0.6)
+
+
+def test_several_models_split_the_gpu_memory_evenly():
+    config = build_server_config(serve_args("a-model", "b-model", "--gpu-memory-utilization", "0.8"), {})
+    assert [m.gpu_memory_utilization for m in config.models] == [pytest.approx(0.4)] * 2
+
+
+def test_served_model_name_gives_a_name_and_aliases():
+    (spec,) = build_server_config(serve_args("/models/q", "--served-model-name", "qwen", "gpt-4o"), {}).models
+    assert (spec.name, spec.aliases) == ("qwen", ["gpt-4o"])
+    a, b = build_server_config(serve_args("x", "y", "--served-model-name", "one", "two"), {}).models
+    assert (a.name, b.name) == ("one", "two")
+    with pytest.raises(ConfigError, match="one per model"):
+        build_server_config(serve_args("x", "y", "z", "--served-model-name", "one", "two"), {})
+
+
+def test_hub_references_are_served_under_their_repo_name():
+    (spec,) = build_config(["hf:Qwen/Qwen3-4B@main"]).models
+    assert spec.name == "Qwen/Qwen3-4B" and spec.aliases == ["hf:Qwen/Qwen3-4B@main"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[models.x]\nmodel = 'a'\nmax_model_length = 5\n", "unknown key.*max_model_length"),
+    ("[models.x]\nmax_model_len = 5\n", "needs `model`"),
+    ("[models.x]\nmodel = 'a'\nmax_model_len = 'long'\n", "max_model_len"),
+    ("[models.x]\nmodel = 'a'\nkeep_alive = 'soon'\n", "keep_alive"),
+    ("[models.x]\nmodel = 'a'\n[models.y]\nmodel = 'b'\naliases = ['x']\n", "used by both"),
+    ("[serve]\nport = 1\n", "unknown section"),
+    ("[models.x]\nmodel = 'a'\nsampling = { temprature = 1 }\n", "unknown sampling default.*temprature"),
+    ("[models.x\n", "cannot parse"),
+    ("[models.x]\nmodel = 'a'\ngpu_memory_utilization = 1.5\n", "gpu_memory_utilization"),
+])
+def test_bad_config_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_config(file=path)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    assert main(["serve", "--config", str(tmp_path / "missing.toml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "config file not found" in err
+
+
+def test_durations_and_sizes():
+    assert parse_duration("1h30m") == 5400 and parse_duration(45) == 45 and parse_duration("-1") is None
+    assert parse_size("512MiB") == 512 << 20 and parse_size("1.5GB") == 1_500_000_000 and parse_size(1024) == 1024

@@ -1,0 +1,124 @@
+"""`corral serve` as a user runs it: a separate process, the default model, SIGTERM; and lazy loading
+with keep_alive."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server.conftest import ServerThread, free_port
+
+
+def corral_command() -> list[str]:
+    script = shutil.which("corral") or str(Path(sys.executable).parent / "corral")
+    return [script] if Path(script).exists() else [sys.executable, "-m", "corral.cli"]
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"corral serve exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("corral serve did not become healthy")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead
+        return f.read().split()[2] != "Z"
+
+
+def test_plain_corral_serve_serves_smollm2_and_sigterm_finishes_in_flight_requests_then_exits_0(smollm2_model_dir):
+    if smollm2_model_dir is None:
+        pytest.skip("smollm2-135m-instruct is not available")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_NAME", "CORRAL_API_KEY", "SERVED_MODEL_NAME")}
+    proc = subprocess.Popen(corral_command() + ["serve", "--host", "127.0.0.1", "--port", str(port),
+                                                "--max-model-len", "512", "--kv-cache-memory", "64MiB"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_healthy(proc, url)
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        assert [(m["id"], m["state"]) for m in models] == [("smollm2-135m-instruct", "ready")]
+        engine_pid = httpx.get(f"{url}/health").json()["models"]["smollm2-135m-instruct"]["pid"]
+        answer = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 20,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]}).json()
+        assert "Paris" in answer["choices"][0]["message"]["content"]
+
+        first_chunk, chunks = threading.Event(), []
+
+        def stream():
+            body = {"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 60,
+                    "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        chunks.append(line)
+                        first_chunk.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first_chunk.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        reader.join(60)
+        assert chunks[-1] == "data: [DONE]" and '"finish_reason":"length"' in chunks[-2]
+        assert len(chunks) == 61  # all 60 tokens, then [DONE]
+        assert proc.wait(60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health")
+        assert not alive(engine_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_serve_exits_1_when_no_model_can_load(tmp_path):
+    proc = subprocess.run(corral_command() + ["serve", str(tmp_path / "no-such-model"), "--host", "127.0.0.1",
+                                              "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "no model could be loaded" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_lazy_model_loads_on_first_request_and_unloads_after_keep_alive(model_dirs):
+    from corral.server.config import build_config
+    config = build_config([str(model_dirs["tiny-llama"])], model_defaults={
+        "preload": False, "keep_alive": 1, "max_model_len": 512, "kv_cache_memory_bytes": "16MiB", "device": "cpu"})
+    server = ServerThread(config).start()
+    try:
+        def state():
+            return httpx.get(f"{server.url}/v1/models").json()["data"][0]["state"]
+        body = {"model": "llama", "prompt": "Hello", "max_tokens": 5, "temperature": 0}
+        assert state() == "unloaded"
+        first = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
+        pid = httpx.get(f"{server.url}/health").json()["models"]["llama"]["pid"]
+        deadline = time.monotonic() + 20
+        while state() != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state() == "unloaded"
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(pid)
+        again = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
+        assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    finally:
+        server.stop()
