@@ -68,8 +68,8 @@ def _load_one(params, packed, name, tensor, dtype, device, loaded):
     if param is None:
         if name == "lm_head.weight" and "lm_head.weight" not in params:
             return  # tied to the embedding
-        logger.debug("checkpoint tensor %s has no parameter; skipped", name)
-        return
+        raise WeightLoadError(f"checkpoint tensor {name} has no place in the model; "
+                              "is config.architectures right for these weights?")
     loader = getattr(param, "weight_loader", None)
     tensor = tensor.to(device=device, dtype=dtype)
     try:

@@ -109,3 +109,14 @@ def test_a_kv_pool_smaller_than_max_model_len_says_how_much_is_needed(tiny_model
 def test_an_unknown_dtype_lists_the_allowed_ones(tiny_model_dirs):
     with pytest.raises(ConfigError, match="dtype must be one of"):
         LLM(str(tiny_model_dirs["llama"]), dtype="float8")
+
+
+def test_weights_of_another_architecture_are_rejected_not_ignored(tiny_model_dirs, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    model = copy_model(tiny_model_dirs["llama"], tmp_path / "m")
+    weights = load_file(model / "model.safetensors")
+    weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
+    save_file(weights, model / "model.safetensors")
+    with pytest.raises(WeightLoadError, match="q_proj.bias has no place"):
+        LLM(str(model))

@@ -290,6 +290,8 @@ def test_uninstall_removes_the_example(example_plugin):
         PluginManager().architectures().resolve(["Qwen2ForCausalLM"])
 
 
-def test_uninstalling_corral_itself_is_refused(capsys):
+def test_uninstalling_corral_or_what_it_needs_is_refused(capsys):
     assert main(["plugins", "uninstall", "corral"]) == 1
     assert "would uninstall corral itself" in capsys.readouterr().err
+    assert main(["plugins", "uninstall", "corral-qwen2", "Torch"]) == 1
+    assert "corral itself needs Torch: not uninstalled" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from corral.registry.conflicts import pick_winners
-from corral.registry.plugins import ENTRY_POINT_GROUP, PluginManager
+from corral.registry.plugins import BUILTIN_PREFIX, ENTRY_POINT_GROUP, PluginManager
 
 HOOKS = ("register_architectures", "register_sources")
 RULE = ("when two plugins register one name, a third-party plugin beats a built-in and between third-party "
@@ -68,12 +68,10 @@ def describe(pm: PluginManager) -> list[dict]:
     for hook in HOOKS:
         regs = pm.collect(hook)
         winners, _ = pick_winners(regs)
-        holders: dict[str, list[str]] = {}
+        holders: dict[str, dict[str, None]] = {}  # key -> the plugins registering it, in order
         for r in regs:
             registered.setdefault(r.plugin, []).append(r.key)
-            holders.setdefault(r.key, [])
-            if r.plugin not in holders[r.key]:
-                holders[r.key].append(r.plugin)
+            holders.setdefault(r.key, {})[r.plugin] = None
         for key, plugins in holders.items():
             for plugin in plugins if len(plugins) > 1 else []:
                 others = ", ".join(p for p in plugins if p != plugin)
@@ -91,7 +89,7 @@ def describe(pm: PluginManager) -> list[dict]:
         if name not in pm.infos:
             out.append({"name": name, "package": ep.dist.name if ep.dist else None,
                         "version": ep.dist.version if ep.dist else None, "module": ep.value,
-                        "builtin": ep.value.startswith("corral.plugins."), "enabled": False, "hooks": [],
+                        "builtin": ep.value.startswith(BUILTIN_PREFIX), "enabled": False, "hooks": [],
                         "registered": [], "error": None, "conflicts": []})
     return sorted(out, key=lambda p: p["name"])
 
@@ -191,12 +189,24 @@ def check_installed(packages: list[str]) -> int:
     return status
 
 
+def corral_requirements() -> set[str]:
+    """The packages corral and its extras depend on."""
+    try:
+        requires = importlib.metadata.requires("corral") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {"pip"}
+    return {canonical(re.match(r"[A-Za-z0-9._-]+", r)[0]) for r in requires} | {"pip"}
+
+
 def uninstall_plugins(args) -> int:
     from corral.cli import CLIError
     _require_pip()
     if any(canonical(p) == "corral" for p in args.packages):
         raise CLIError("that would uninstall corral itself; to turn built-in plugins off, "
                        "list the ones to keep in CORRAL_PLUGINS")
+    needed = sorted(p for p in args.packages if canonical(p) in corral_requirements())
+    if needed:
+        raise CLIError(f"corral itself needs {', '.join(needed)}: not uninstalled (use pip if you mean it)")
     wanted = {canonical(p) for p in args.packages}
     removed = [name for name, ep in entry_points().items() if ep.dist and canonical(ep.dist.name) in wanted]
     code = subprocess.call([sys.executable, "-m", "pip", "uninstall", "-y", *args.packages])
