@@ -59,7 +59,7 @@ def load_weights(model: nn.Module, model_dir: str | Path, dtype: torch.dtype, de
 
 
 def _load_one(params, packed, name, tensor, dtype, device, loaded):
-    shard_id = None
+    shard_id, checkpoint_name = None, name
     for source, (target, shard) in packed.items():
         if f".{source}." in name:
             name, shard_id = name.replace(f".{source}.", f".{target}."), shard
@@ -68,7 +68,7 @@ def _load_one(params, packed, name, tensor, dtype, device, loaded):
     if param is None:
         if name == "lm_head.weight" and "lm_head.weight" not in params:
             return  # tied to the embedding
-        raise WeightLoadError(f"checkpoint tensor {name} has no place in the model; "
+        raise WeightLoadError(f"checkpoint tensor {checkpoint_name} has no place in the model; "
                               "is config.architectures right for these weights?")
     loader = getattr(param, "weight_loader", None)
     tensor = tensor.to(device=device, dtype=dtype)

@@ -58,14 +58,14 @@ def test_plain_corral_serve_serves_smollm2_and_sigterm_finishes_in_flight_reques
         assert [(m["id"], m["state"]) for m in models] == [("smollm2-135m-instruct", "ready")]
         engine_pid = httpx.get(f"{url}/health").json()["models"]["smollm2-135m-instruct"]["pid"]
         answer = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-            "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 20,
+            "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 12,
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}).json()
         assert "Paris" in answer["choices"][0]["message"]["content"]
 
         first_chunk, chunks = threading.Event(), []
 
         def stream():
-            body = {"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 60,
+            body = {"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 16,
                     "ignore_eos": True, "stream": True}
             with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
                 for line in r.iter_lines():
@@ -79,7 +79,7 @@ def test_plain_corral_serve_serves_smollm2_and_sigterm_finishes_in_flight_reques
         proc.send_signal(signal.SIGTERM)
         reader.join(60)
         assert chunks[-1] == "data: [DONE]" and '"finish_reason":"length"' in chunks[-2]
-        assert len(chunks) == 61  # all 60 tokens, then [DONE]
+        assert len(chunks) == 17  # all 16 tokens, then [DONE]
         assert proc.wait(60) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health")
