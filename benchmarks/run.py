@@ -13,6 +13,7 @@ STEPS = {
     "b1": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--model"],
     "b1eager": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--enforce-eager", "--model"],
     "b1profile": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--profile", "--model"],
+    "phases": [sys.executable, "-m", "benchmarks.step_phases", "--model"],
     "b2": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B2", "--model"],
     "b3": [sys.executable, "-m", "benchmarks.latency", "--model"],
     "b3eager": [sys.executable, "-m", "benchmarks.latency", "--enforce-eager", "--model"],
