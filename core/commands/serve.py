@@ -18,7 +18,8 @@ def add_commands(subparsers):
     p.add_argument("--port", type=int, help="port (default 8000; env CORRAL_PORT)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env CORRAL_API_KEY)")
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
-                   help="one model: its name then aliases; several models: one name each, in order")
+                   help="one model: its name then aliases; several models: one name each, in order "
+                        "(name the models before this flag)")
     p.add_argument("--max-model-len", type=int, help="context length per model (env MAX_MODEL_LEN)")
     p.add_argument("--max-num-seqs", type=int, help="sequences per batch per model")
     p.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step per model")

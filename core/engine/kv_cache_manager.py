@@ -12,6 +12,8 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_keys: dict[str, list[BlockKey]] = {}
+        self.req_block_ids: dict[str, list[int]] = {}
+        self.req_num_cached: dict[str, int] = {}
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
 
@@ -24,14 +26,14 @@ class KVCacheManager:
         return self.pool.num_free_blocks
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_blocks.get(request_id, ())]
+        return self.req_block_ids.get(request_id, [])
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
         """The longest cached prefix of the request's full blocks. At least one token is always
         left to compute, since its logits are needed."""
         max_blocks = (request.num_tokens - 1) // self.block_size
         hits = []
-        for key in self._keys(request, max_blocks):
+        for key in self._keys(request, max_blocks)[:max_blocks]:
             block = self.pool.lookup(key)
             if block is None:
                 break
@@ -58,19 +60,27 @@ class KVCacheManager:
         if num_required > self.pool.num_free_blocks - evictable_hits:
             return None
         self.pool.touch(computed_blocks)
-        blocks = self.req_blocks.setdefault(request.request_id, [])
-        blocks.extend(computed_blocks)
-        if num_required > 0:
-            blocks.extend(self.pool.take(num_required))
+        rid = request.request_id
+        blocks = self.req_blocks.setdefault(rid, [])
+        block_ids = self.req_block_ids.setdefault(rid, [])
+        new_blocks = computed_blocks + (self.pool.take(num_required) if num_required > 0 else [])
+        blocks.extend(new_blocks)
+        block_ids.extend(b.block_id for b in new_blocks)
         num_full = min(total, request.num_tokens) // self.block_size
-        for block, key in zip(blocks[:num_full], self._keys(request, num_full)):
-            self.pool.cache(block, key)
-        return [b.block_id for b in blocks]
+        num_cached = self.req_num_cached.get(rid, 0)
+        if num_full > num_cached:
+            keys = self._keys(request, num_full)
+            for i in range(num_cached, num_full):
+                self.pool.cache(blocks[i], keys[i])
+            self.req_num_cached[rid] = num_full
+        return block_ids
 
     def free(self, request: Request):
         """Release a request's blocks, tail first, so its last blocks are evicted first."""
         blocks = self.req_blocks.pop(request.request_id, [])
         self.req_keys.pop(request.request_id, None)
+        self.req_block_ids.pop(request.request_id, None)
+        self.req_num_cached.pop(request.request_id, None)
         self.pool.release(list(reversed(blocks)))
 
     def _keys(self, request: Request, num_blocks: int) -> list[BlockKey]:
@@ -80,4 +90,4 @@ class KVCacheManager:
             i = len(keys)
             parent = hash(keys[-1]) if keys else None
             keys.append((parent, tuple(tokens[i * size:(i + 1) * size])))
-        return keys[:num_blocks]
+        return keys

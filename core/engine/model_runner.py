@@ -1,5 +1,6 @@
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from corral.backends.base import AttentionBackend, AttentionMetadata
@@ -40,26 +41,28 @@ class ModelRunner:
         self.graph_runner.capture()
 
     def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
-        """Host lists packed into one tensor, copied to the device once, then split."""
+        """Host arrays packed into one tensor, copied to the device once, then split."""
+        scheduled = out.scheduled
+        num_seqs = len(scheduled)
+        max_blocks = max(len(s.block_ids) for s in scheduled)
+        block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
         input_ids, positions, query_start_loc, seq_lens, sample_rows = [], [], [0], [], []
-        max_blocks = max(len(s.block_ids) for s in out.scheduled)
-        block_tables = []
-        for s in out.scheduled:
+        for i, s in enumerate(scheduled):
             start, end = s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens
             input_ids.extend(s.request.all_token_ids[start:end])
             positions.extend(range(start, end))
             query_start_loc.append(query_start_loc[-1] + s.num_new_tokens)
             seq_lens.append(end)
-            block_tables.extend(s.block_ids)
-            block_tables.extend([0] * (max_blocks - len(s.block_ids)))
+            block_tables[i, :len(s.block_ids)] = s.block_ids
             if s.samples:
                 sample_rows.append(query_start_loc[-1] - 1)
-        num_tokens, num_seqs = len(input_ids), len(seq_lens)
-        packed = torch.tensor(input_ids + positions + query_start_loc + seq_lens + sample_rows + block_tables,
-                              dtype=torch.long)
+        num_tokens = len(input_ids)
+        host = np.concatenate([np.array(input_ids + positions + query_start_loc + seq_lens + sample_rows,
+                                        dtype=np.int64), block_tables.ravel()])
+        packed = torch.from_numpy(host)
         if self.device.type == "cuda":
             packed = packed.pin_memory().to(self.device, non_blocking=True)
-        sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), len(block_tables)]
+        sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), block_tables.size]
         ids, pos, query_start, lens, rows, tables = packed.split(sizes)
         tables = tables.view(num_seqs, max_blocks).int()
         query_lens = query_start[1:] - query_start[:-1]
@@ -68,7 +71,7 @@ class ModelRunner:
         slot_mapping = tables[seq_index, pos // self.block_size].long() * self.block_size + pos % self.block_size
         metadata = AttentionMetadata(slot_mapping=slot_mapping, query_start_loc=query_start.int(),
                                      seq_lens=lens.int(), block_tables=tables,
-                                     max_query_len=max(s.num_new_tokens for s in out.scheduled),
+                                     max_query_len=max(s.num_new_tokens for s in scheduled),
                                      max_seq_len=max(seq_lens))
         return ids, pos, metadata, rows
 

@@ -1,4 +1,5 @@
 """The FastAPI app: OpenAI routes, /tokenize, /detokenize, /health, /metrics; auth and error bodies."""
+import importlib.metadata
 import logging
 import secrets
 from contextlib import asynccontextmanager
@@ -23,10 +24,9 @@ PROTECTED = ("/v1/", "/tokenize", "/detokenize")
 
 
 def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
-    registry_holder: list[ModelRegistry] = []
-    metrics = Metrics(models=lambda: list(registry_holder[0]) if registry_holder else [])
+    metrics = Metrics()
     registry = ModelRegistry(config, metrics, plugin_manager)
-    registry_holder.append(registry)
+    metrics.watch(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,6 +52,10 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     async def health():
         status, body = registry.health()
         return JSONResponse(body, status_code=status)
+
+    @app.get("/version")
+    async def version():
+        return {"version": _version()}
 
     @app.get("/metrics")
     async def prometheus():
@@ -101,6 +105,13 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
         return {"prompt": client.tokenizer.decode(body.tokens)}
 
     return app
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("corral")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _add_error_handlers(app: FastAPI):

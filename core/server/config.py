@@ -45,8 +45,8 @@ class ModelSpec:
     dtype: str = "auto"
     device: str | None = None
     max_model_len: int | None = None
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 4096
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
     gpu_memory_utilization: float | None = None
     kv_cache_memory_bytes: int | None = None
     block_size: int = 16
@@ -86,7 +86,6 @@ class ServerConfig:
     api_key: str | None = None
     shutdown_timeout: float = 30.0
     request_load_timeout: float = 600.0   # how long a request waits for its model to finish loading
-    log_requests: bool = False
 
 
 SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
@@ -102,7 +101,10 @@ def load_file(path: str | Path) -> dict:
             import yaml
             data = yaml.safe_load(text) or {}
         else:
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
             data = tomllib.loads(text)
     except Exception as e:
         raise ConfigError(f"cannot parse {path}: {e}") from e
@@ -253,7 +255,8 @@ def _checked(values: dict, allowed: set[str], label: str) -> dict:
     values = {ALIASES.get(k, k).replace("-", "_"): v for k, v in values.items()}
     unknown = set(values) - allowed
     if unknown:
-        raise ConfigError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{label}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
     return values
 
 

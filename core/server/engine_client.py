@@ -87,7 +87,7 @@ class EngineClient:
             await asyncio.to_thread(self.engine.start)
             try:
                 await asyncio.wait_for(self._settled.wait(), self.spec.startup_timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 self._set_error(f"the engine did not start within {self.spec.startup_timeout:.0f} s")
                 await asyncio.to_thread(self.engine.stop, 0)
         except asyncio.CancelledError:
@@ -256,7 +256,7 @@ class EngineClient:
         self.load()
         try:
             await asyncio.wait_for(self._settled.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise ModelUnavailableError(f"model {self.name} is still loading; retry later") from None
         if self.state != "ready":
             raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error or self.state}")

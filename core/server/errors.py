@@ -69,8 +69,8 @@ def validation_error(errors: list[dict]) -> BadRequestError:
         return BadRequestError("invalid request")
     first = errors[0]
     if first.get("type") == "json_invalid":
-        return BadRequestError(f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
-                               code="invalid_json")
+        detail = first.get("ctx", {}).get("error", "")
+        return BadRequestError(f"the request body is not valid JSON: {detail}".rstrip(": "), code="invalid_json")
     loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
     if not loc:
         return BadRequestError(f"the request body must be a JSON object: {first.get('msg')}", code="invalid_json")

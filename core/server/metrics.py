@@ -7,7 +7,7 @@ STATES = ("unloaded", "resolving", "downloading", "loading", "ready", "error")
 
 
 class Metrics:
-    def __init__(self, models=None):
+    def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter("corral_http_requests", "HTTP requests by model, endpoint and status code",
@@ -26,8 +26,10 @@ class Metrics:
                                                "Mean time between output tokens of a request", ["model"],
                                                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
                                                registry=r)
-        if models is not None:
-            r.register(EngineCollector(models))
+
+    def watch(self, models):
+        """Export the engine gauges of `models` (an iterable of EngineClients), read at scrape time."""
+        self.registry.register(EngineCollector(models))
 
     def observe_finished(self, model: str, finish_reason: str, prompt_tokens: int, generation_tokens: int,
                          ttft: float | None, latency: float):
@@ -48,7 +50,7 @@ class EngineCollector:
     """Gauges read from every model's latest engine stats at scrape time."""
 
     def __init__(self, models):
-        self.models = models  # a callable returning the EngineClients
+        self.models = models
 
     def collect(self):
         running = GaugeMetricFamily("corral_num_requests_running", "Sequences in the engine's running batch",
@@ -62,7 +64,7 @@ class EngineCollector:
                                      labels=["model"])
         kv_blocks = GaugeMetricFamily("corral_kv_cache_blocks", "KV cache blocks of the engine", labels=["model"])
         state = GaugeMetricFamily("corral_model_state", "1 for the model's current state", labels=["model", "state"])
-        for client in self.models():
+        for client in list(self.models):
             stats = client.stats or {}
             running.add_metric([client.name], stats.get("num_running", 0))
             waiting.add_metric([client.name], stats.get("num_waiting", 0))

@@ -47,7 +47,8 @@ def check_prompt(client: EngineClient, prompt_ids: list[int], max_tokens: int | 
     return max_tokens if max_tokens is not None else limit - n
 
 
-def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int, logprobs: int | None) -> SamplingParams:
+def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,
+                    logprobs: int | None) -> SamplingParams:
     defaults = {k: v for k, v in client.defaults.items() if k != "max_tokens"}
     try:
         return body.sampling_params(defaults, max_tokens, logprobs)
