@@ -29,6 +29,7 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.sampler = Sampler()
         self.graph_runner = None
+        self.staging: torch.Tensor | None = None  # pinned host buffer for the step's inputs
         attention_layers = [m for m in model.modules() if isinstance(m, Attention)]
         for layer, cache in zip(attention_layers, kv_caches, strict=True):
             layer.kv_cache = cache
@@ -61,7 +62,12 @@ class ModelRunner:
                                         dtype=np.int64), block_tables.ravel()])
         packed = torch.from_numpy(host)
         if self.device.type == "cuda":
-            packed = packed.pin_memory().to(self.device, non_blocking=True)
+            if self.staging is None or self.staging.numel() < host.size:
+                self.staging = torch.empty(max(host.size, 1 << 20), dtype=torch.long, pin_memory=True)
+            # the previous step's copy is done: each step ends by reading its sampled tokens
+            staged = self.staging[:host.size]
+            staged.numpy()[:] = host
+            packed = staged.to(self.device, non_blocking=True)
         sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), block_tables.size]
         ids, pos, query_start, lens, rows, tables = packed.split(sizes)
         tables = tables.view(num_seqs, max_blocks).int()

@@ -4,7 +4,6 @@ process, restarted when it dies. Requests get per-request asyncio queues fed fro
 States: unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails.
 """
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -14,17 +13,16 @@ from pathlib import Path
 from corral.engine.llm_engine import child_params
 from corral.engine.output_processor import OutputProcessor
 from corral.engine.request import Request
-from corral.engine.tokenizer import eos_token_ids, load_tokenizer
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
 from corral.server.engine_process import EngineProcess
 from corral.server.errors import (BadRequestError, EngineDeadError, InternalServerError, ModelUnavailableError,
                                   QueueFullError)
+from corral.server.model_files import ModelFiles, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
-GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 MAX_CRASHES = 5             # engine deaths within CRASH_WINDOW seconds before the model is marked error
 CRASH_WINDOW = 600.0
 
@@ -60,6 +58,7 @@ class EngineClient:
         self._load_task: asyncio.Task | None = None
         self._closing = False
         self._crashes: list[float] = []
+        self._exit_task: asyncio.Task | None = None
 
     @property
     def pid(self) -> int | None:
@@ -97,46 +96,28 @@ class EngineClient:
 
     def _prepare(self):
         with self.files_lock:  # transformers' lazy imports are not thread-safe
-            self.model_dir = self._resolve()
-            self._load_files()
-
-    def _resolve(self) -> Path:
-        if Path(self.spec.model).is_dir():
-            return Path(self.spec.model)
-        try:
-            from corral.progress import DownloadProgress
-            from corral.registry.sources import resolve_model
-        except ImportError:
-            raise FileNotFoundError(f"model directory not found: {self.spec.model}") from None
-        self.state = "downloading"
-        self.progress = DownloadProgress(name=self.name)
-        return Path(resolve_model(self.spec.model, source=self.spec.source, plugin_manager=self.plugin_manager,
-                                  progress=self.progress))
-
-    def _load_files(self):
-        """Tokenizer, EOS ids, context length, sampling defaults and reasoning parser."""
-        hf_config = json.loads((self.model_dir / "config.json").read_text())
-        tokenizer = load_tokenizer(self.model_dir)
-        self.eos_token_ids = eos_token_ids(self.model_dir, tokenizer)
-        self.vocab_size = hf_config.get("vocab_size")
-        self.max_model_len = self.spec.max_model_len or hf_config.get("max_position_embeddings") or 2048
-        defaults = {}
-        path = self.model_dir / "generation_config.json"
-        if path.is_file():
-            values = json.loads(path.read_text())
-            defaults = {k: values[k] for k in GENERATION_DEFAULTS if values.get(k) is not None}
-        self.defaults = {**defaults, **self.spec.sampling}
-        SamplingParams(**{k: v for k, v in self.defaults.items() if k != "max_tokens"})  # fails early if bad
-        parser = self.spec.reasoning_parser
-        architectures = hf_config.get("architectures") or [hf_config.get("model_type") or ""]
-        if parser == "auto":
-            parser = "qwen3" if any(a.lower().startswith("qwen3") for a in architectures) else "none"
-        self.reasoning_parser = None if parser == "none" else parser
-        self.tokenizer = tokenizer
+            if not Path(self.spec.model).is_dir():
+                try:
+                    from corral.progress import DownloadProgress
+                    self.progress = DownloadProgress(name=self.name)
+                except ImportError:
+                    pass
+                self.state = "downloading"
+            files = ModelFiles.read(resolve_model_dir(self.spec, self.plugin_manager, self.progress), self.spec)
+        self.model_dir, self.eos_token_ids, self.vocab_size = files.model_dir, files.eos_token_ids, files.vocab_size
+        self.max_model_len, self.defaults = files.max_model_len, files.defaults
+        self.reasoning_parser, self.tokenizer = files.reasoning_parser, files.tokenizer
 
     def _on_message(self, engine: EngineProcess, message: tuple):
         if engine is not self.engine:
             return  # from an engine already replaced
+        try:
+            self._handle(engine, message)
+        except Exception:  # never leave requests waiting on outputs that will not come
+            logger.exception("model %s: cannot handle the engine's %r message", self.name, message[0])
+            self._fail_all(lambda: InternalServerError(f"model {self.name}: internal error; see the server log"))
+
+    def _handle(self, engine: EngineProcess, message: tuple):
         kind = message[0]
         if kind == "outputs":
             results, to_abort = self.output_processor.process(message[1])
@@ -171,26 +152,32 @@ class EngineClient:
             self._on_engine_exit(engine)
 
     def _on_engine_exit(self, engine: EngineProcess):
-        was_ready = self.state == "ready"
-        if self._closing or self.state == "unloaded":
+        if self._closing or self.state in ("unloaded", "error"):
+            asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)  # reap it
             return
+        was_ready = self.state == "ready"
         self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} died; the request was not "
                                                "completed (the engine is restarting, retry shortly)"))
-        asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)
+        self.state, self.stats = "loading", {}
+        self._settled.clear()
+        self._exit_task = asyncio.create_task(self._after_exit(engine, was_ready))
+
+    async def _after_exit(self, engine: EngineProcess, was_ready: bool):
+        await asyncio.to_thread(engine.stop, 1)
+        code = engine.process.exitcode
         if not was_ready:
-            if self.state != "error":
-                self._set_error(f"the engine exited while loading (exit code {engine.process.exitcode})")
+            self._set_error(f"the engine exited while loading (exit code {code})")
             return
         now = time.monotonic()
         self._crashes = [t for t in self._crashes if now - t < CRASH_WINDOW] + [now]
         if len(self._crashes) > MAX_CRASHES:
             self._set_error(f"the engine died {len(self._crashes)} times in {CRASH_WINDOW:.0f} s; not restarting")
             return
-        logger.error("engine of %s died (exit code %s); restarting", self.name, engine.process.exitcode)
+        logger.error("engine of %s died (exit code %s); restarting", self.name, code)
         self.restarts += 1
         if self.metrics is not None:
             self.metrics.engine_restarts.labels(self.name).inc()
-        self.state, self.stats = "unloaded", {}
+        self.state = "unloaded"
         self.load()
 
     def _set_error(self, message: str):
