@@ -51,7 +51,8 @@ def main():
     bandwidth = measure_copy_bandwidth()
     c = CONFIGS[args.model]
     weight_bytes = num_params(c) * 2
-    decode_ms(engine, 128, 32, "warmup")
+    for n in (128, 1024, 77):
+        decode_ms(engine, n, 8, f"warmup-{n}")
     for prompt_len in (128, 1024):
         ms = decode_ms(engine, prompt_len, 512, f"b3-{prompt_len}")
         kv_bytes = engine._kv_bytes_per_token() * (prompt_len + 256)

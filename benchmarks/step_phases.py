@@ -11,6 +11,7 @@ from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
 from corral.engine.sampler import SamplingMetadata
+from corral.sampling_params import SamplingParams
 from corral.layers.attention import ForwardContext
 
 
@@ -57,6 +58,11 @@ def main():
     engine = EngineCore(EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=4096,
                                      max_num_seqs=512, max_num_batched_tokens=16384))
     prompts, params = b1_workload(args.num_requests)
+    warmup = [SamplingParams(ignore_eos=True, max_tokens=n) for n in range(1, 33)]
+    for i, (p, sp) in enumerate(zip(b1_workload(32, seed=1)[0], warmup)):
+        engine.add_request(Request(f"warmup-{i}", p, sp))
+    while engine.has_unfinished_requests():
+        engine.step()
     for i, (p, sp) in enumerate(zip(prompts, params)):
         engine.add_request(Request(str(i), p, sp))
     acc = defaultdict(float)
