@@ -213,11 +213,12 @@ def _model_spec(values: dict) -> ModelSpec:
 
 
 def default_served_name(reference: str) -> str:
-    """qwen3-4b -> qwen3-4b; hf:Qwen/Qwen3-4B@main -> Qwen/Qwen3-4B; /models/my-llama/ -> my-llama."""
+    """qwen3-4b and Qwen/Qwen3-4B as they are; hf:Qwen/Qwen3-4B@main -> Qwen/Qwen3-4B; a local
+    directory (/models/my-llama/) -> my-llama."""
     scheme, sep, rest = reference.partition(":")
     if sep and scheme in ("hf", "ms", "modelscope", "huggingface") and rest:
         return rest.split("@")[0]
-    if "/" in reference or reference.startswith("."):
+    if reference.startswith(("/", ".", "~")) or Path(reference).is_dir():
         return Path(reference).name or reference
     return reference
 

@@ -134,7 +134,8 @@ def test_stop_string_cuts_the_text_with_finish_reason_stop(openai_client):
 
 
 def test_stop_token_ids_end_generation(openai_client, offline):
-    tokens = offline("tiny-llama").generate("Hello", SamplingParams(temperature=0, max_tokens=10))[0].outputs[0].token_ids
+    ref = offline("tiny-llama").generate("Hello", SamplingParams(temperature=0, max_tokens=10))[0]
+    tokens = ref.outputs[0].token_ids
     r = openai_client.completions.create(model="tiny-llama", prompt="Hello", temperature=0, max_tokens=10,
                                          extra_body={"stop_token_ids": [tokens[4]]})
     assert r.choices[0].finish_reason == "stop" and r.choices[0].model_extra["stop_reason"] == tokens[4]

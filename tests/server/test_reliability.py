@@ -140,7 +140,8 @@ def test_a_killed_engine_fails_its_requests_with_503_restarts_and_the_others_nev
 
     def long_request():
         try:
-            openai_client.completions.create(model=victim, prompt="Once", max_tokens=400, extra_body={"ignore_eos": True})
+            openai_client.completions.create(model=victim, prompt="Once", max_tokens=400,
+                                             extra_body={"ignore_eos": True})
             in_flight["result"] = "completed"
         except openai.APIStatusError as e:
             in_flight["result"] = (e.status_code, e.body)

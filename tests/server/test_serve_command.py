@@ -1,7 +1,6 @@
 """`corral serve` as a user runs it: a separate process, the default model, SIGTERM; and lazy loading
 with keep_alive."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from tests.server.conftest import ServerThread, free_port
 
 
 def corral_command() -> list[str]:
-    script = shutil.which("corral") or str(Path(sys.executable).parent / "corral")
-    return [script] if Path(script).exists() else [sys.executable, "-m", "corral.cli"]
+    script = Path(sys.executable).parent / "corral"  # the console script of this environment
+    return [str(script)] if script.exists() else [sys.executable, "-m", "corral.cli"]
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 240.0):
@@ -98,27 +97,65 @@ def test_serve_exits_1_when_no_model_can_load(tmp_path):
     assert "no model could be loaded" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_a_lazy_model_loads_on_first_request_and_unloads_after_keep_alive(model_dirs):
+@pytest.fixture(scope="module")
+def lifecycle_server(model_dirs, tmp_path_factory):
+    """tiny-qwen3 preloaded, tiny-llama loaded on demand with keep_alive 1 s, and a model that cannot
+    load; with the /health answers seen while starting."""
     from corral.server.config import build_config
-    config = build_config([str(model_dirs["tiny-llama"])], model_defaults={
-        "preload": False, "keep_alive": 1, "max_model_len": 512, "kv_cache_memory_bytes": "16MiB", "device": "cpu"})
-    server = ServerThread(config).start()
-    try:
-        def state():
-            return httpx.get(f"{server.url}/v1/models").json()["data"][0]["state"]
-        body = {"model": "llama", "prompt": "Hello", "max_tokens": 5, "temperature": 0}
-        assert state() == "unloaded"
-        first = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
-        pid = httpx.get(f"{server.url}/health").json()["models"]["llama"]["pid"]
-        deadline = time.monotonic() + 20
-        while state() != "unloaded" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert state() == "unloaded"
-        deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive(pid)
-        again = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
-        assert again["choices"][0]["text"] == first["choices"][0]["text"]
-    finally:
-        server.stop()
+    missing = tmp_path_factory.mktemp("gone") / "no-such-model"
+    config = build_config([str(model_dirs["tiny-qwen3"]), str(model_dirs["tiny-llama"]), str(missing)],
+                          served_names=["qwen", "llama", "broken"],
+                          model_defaults={"max_model_len": 512, "kv_cache_memory_bytes": "16MiB", "device": "cpu"})
+    config.models[1].preload, config.models[1].keep_alive = False, 1.0
+    server = ServerThread(config)
+    server.thread.start()
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not seen or seen[-1][0] != 200):
+        try:
+            r = httpx.get(f"{server.url}/health", timeout=5)
+            seen.append((r.status_code, r.json()))
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield server, seen
+    server.stop()
+
+
+def test_health_is_503_while_loading_then_200_with_each_models_state(lifecycle_server):
+    _, seen = lifecycle_server
+    status, first = seen[0]
+    assert status == 503 and first["status"] == "loading" and first["models"]["qwen"]["state"] == "loading"
+    status, last = seen[-1]
+    assert status == 200 and {m: s["state"] for m, s in last["models"].items()} == {
+        "qwen": "ready", "llama": "unloaded", "broken": "error"}
+
+
+def test_a_model_that_cannot_load_shows_its_error_and_gets_503(lifecycle_server):
+    server, _ = lifecycle_server
+    models = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+    assert models["broken"]["state"] == "error" and "no-such-model" in models["broken"]["error"]
+    r = httpx.post(f"{server.url}/v1/completions", json={"model": "broken", "prompt": "Hi"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+    ok = httpx.post(f"{server.url}/v1/completions", json={"model": "qwen", "prompt": "Hi", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_a_lazy_model_loads_on_first_request_and_unloads_after_keep_alive(lifecycle_server):
+    server, _ = lifecycle_server
+
+    def state():
+        return {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}["llama"]["state"]
+    body = {"model": "llama", "prompt": "Hello", "max_tokens": 5, "temperature": 0}
+    assert state() == "unloaded"
+    first = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
+    pid = httpx.get(f"{server.url}/health").json()["models"]["llama"]["pid"]
+    deadline = time.monotonic() + 20
+    while state() != "unloaded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state() == "unloaded"
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid)
+    again = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
