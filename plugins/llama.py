@@ -38,8 +38,8 @@ class LlamaAttention(nn.Module):
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         q, k = self.normalize_qk(q, k)
-        q, k = self.rotary_emb(positions, q.contiguous(), k.contiguous())
-        return self.o_proj(self.attn(q, k, v.contiguous(), ctx))
+        q, k = self.rotary_emb(positions, q, k)  # in place; kernels take the strided views
+        return self.o_proj(self.attn(q, k, v, ctx))
 
     def normalize_qk(self, q: torch.Tensor, k: torch.Tensor):
         return q, k
