@@ -44,7 +44,7 @@ def timed_step(engine: EngineCore, acc: dict):
     t = mark("sample", t)
     tokens = result.sampled_token_ids.tolist()
     t = mark("to_host", t)
-    engine.scheduler.update(out, tokens)
+    engine.scheduler.update(out, [[t] for t in tokens])
     mark("update", t)
     acc["steps"] += 1
 

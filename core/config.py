@@ -30,6 +30,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str | None = None
     enforce_eager: bool = False
+    num_scheduler_steps: int = 8  # decode steps per host sync when the batch allows it
     seed: int = 0
     load_format: str = "auto"  # "dummy": random weights, for benchmarks
     hf_config: dict = field(default_factory=dict)

@@ -17,7 +17,7 @@ def req(request_id, num_prompt, max_tokens=8, **params) -> Request:
 
 def step(scheduler: Scheduler, token: int = 7):
     out = scheduler.schedule()
-    scheduler.update(out, [token] * sum(s.samples for s in out.scheduled))
+    scheduler.update(out, [[token]] * sum(s.samples for s in out.scheduled))
     return out
 
 
@@ -148,3 +148,27 @@ def test_aborting_a_waiting_request_removes_it_from_the_queue():
     step(s)
     s.finish_requests(["b"])
     assert not s.waiting
+
+
+def test_multi_step_tokens_advance_the_computed_count():
+    s = make()
+    r = req("a", 3, max_tokens=20)
+    s.add_request(r)
+    step(s)
+    out = s.schedule()
+    assert s.add_lookahead(out, 4)
+    s.update(out, [[7, 8, 9, 10]])
+    assert r.output_token_ids == [7, 7, 8, 9, 10] and r.num_computed_tokens == r.num_tokens - 1
+    assert len(s.kv.block_ids("a")) == 2  # 3 prompt + 4 decoded positions need two blocks of 4
+
+
+def test_multi_step_tokens_after_a_stop_are_dropped():
+    s = make()
+    r = req("a", 3, max_tokens=20, stop_token_ids=[8])
+    s.add_request(r)
+    step(s)
+    out = s.schedule()
+    s.add_lookahead(out, 4)
+    (request, appended), = s.update(out, [[7, 8, 9, 10]])
+    assert appended == [7, 8] and r.status == RequestStatus.FINISHED_STOPPED
+    assert s.kv.num_free_blocks == 64

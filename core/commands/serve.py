@@ -30,6 +30,8 @@ def add_commands(subparsers):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-memory", dest="kv_cache_memory_bytes", metavar="SIZE",
                    help="KV cache size per model, e.g. 512MiB (default: from the GPU share; 1 GiB on CPU)")
+    p.add_argument("--load-format", choices=["auto", "dummy"],
+                   help="dummy: random weights (config.json and a tokenizer suffice), for benchmarks")
     p.add_argument("--max-queue-len", type=int, help="requests waiting per model beyond a full batch "
                                                      "before 429 (default 256)")
     p.add_argument("--keep-alive", help="unload a model idle this long (30s, 5m, 1h; default: never)")
@@ -50,7 +52,7 @@ def build_server_config(args, env=None):
     model_defaults = {k: getattr(args, k) for k in (
         "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
         "tensor_parallel_size", "dtype", "device", "kv_cache_memory_bytes", "max_queue_len", "keep_alive",
-        "source", "reasoning_parser")}
+        "source", "reasoning_parser", "load_format")}
     model_defaults["preload"] = None if args.lazy is None else not args.lazy
     return build_config(args.models, args.config, server, model_defaults, args.served_model_name, env)
 

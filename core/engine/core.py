@@ -131,7 +131,8 @@ class EngineCore:
         scheduler_output = self.scheduler.schedule()
         if not scheduler_output.scheduled:
             return []
-        runner_output = self.runner.execute(scheduler_output)
+        num_steps = self._num_decode_steps(scheduler_output)
+        runner_output = self.runner.execute(scheduler_output, num_steps)
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
         logprobs = runner_output.logprobs
         by_request = {}
@@ -139,15 +140,37 @@ class EngineCore:
             samplers = [s.request for s in scheduler_output.scheduled if s.samples]
             by_request = {r.request_id: lp for r, lp in zip(samplers, logprobs)}
         outputs = []
-        for request in updated:
+        for request, token_ids in updated:
             entries = by_request.get(request.request_id)
             new_logprobs = None
             if entries is not None:
                 (token, logprob, rank), top = entries[0], entries[1:]
                 new_logprobs = [TokenLogprob(token, logprob, rank, {t: lp for t, lp, _ in top})]
-            outputs.append(EngineCoreOutput(request.request_id, [request.output_token_ids[-1]], new_logprobs,
+            outputs.append(EngineCoreOutput(request.request_id, token_ids, new_logprobs,
                                             request.finish_reason, request.stop_reason))
         return outputs
+
+    def _num_decode_steps(self, scheduler_output) -> int:
+        """Multi-step decode: a batch of plain decodes runs several steps with one host sync,
+        when every request has that many tokens left and needs nothing per step from the host
+        (penalties and min_tokens read the output so far; logprobs are returned per step)."""
+        n = self.config.num_scheduler_steps
+        if n <= 1 or self.scheduler.waiting:
+            return 1
+        for s in scheduler_output.scheduled:
+            request, params = s.request, s.request.sampling_params
+            if s.num_new_tokens != 1 or not s.samples:
+                return 1
+            if (params.logprobs is not None or params.min_tokens > request.num_output_tokens
+                    or params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty):
+                return 1
+            left = self.config.max_model_len - request.num_tokens
+            if params.max_tokens is not None:
+                left = min(left, params.max_tokens - request.num_output_tokens)
+            n = min(n, left)
+        if n <= 1 or not self.scheduler.add_lookahead(scheduler_output, n):
+            return 1
+        return n
 
     def stats(self) -> dict:
         kv = self.kv_cache_manager

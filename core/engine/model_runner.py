@@ -13,7 +13,7 @@ from corral.layers.attention import Attention, ForwardContext
 class RunnerOutput:
     """One entry per request that sampled, in scheduled order."""
 
-    sampled_token_ids: list[int]
+    sampled_token_ids: list[list[int]]  # several per request after a multi-step decode
     logprobs: list[list[tuple[int, float, int]] | None] | None = None  # per request: (token, logprob, rank)
 
 
@@ -81,20 +81,39 @@ class ModelRunner:
                                      max_seq_len=max(seq_lens))
         return ids, pos, metadata, rows
 
-    @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> RunnerOutput:
-        input_ids, positions, metadata, sample_rows = self.prepare(out)
+    def _forward(self, input_ids, positions, metadata) -> torch.Tensor:
         if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0]):
-            hidden_states = self.graph_runner.run(input_ids, positions, metadata)
-        else:
-            hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
+            return self.graph_runner.run(input_ids, positions, metadata)
+        return self.model(input_ids, positions, ForwardContext(metadata, self.backend))
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, num_steps: int = 1) -> RunnerOutput:
+        """One forward and sample; with num_steps > 1 (decode-only batches whose KV has room),
+        each sampled token is fed straight back on the device, with one host sync at the end."""
+        input_ids, positions, metadata, sample_rows = self.prepare(out)
         requests = [s.request for s in out.scheduled if s.samples]
+        hidden_states = self._forward(input_ids, positions, metadata)
         if not requests:
             return RunnerOutput([])
-        logits = self.model.compute_logits(hidden_states[sample_rows])
         sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
-        result = self.sampler(logits, sampling)
-        return RunnerOutput(result.sampled_token_ids.tolist(), self._logprobs(requests, result))
+        result = self.sampler(self.model.compute_logits(hidden_states[sample_rows]), sampling)
+        steps = [result.sampled_token_ids]
+        for _ in range(num_steps - 1):
+            positions = positions + 1
+            metadata = self._advance(metadata, positions)
+            hidden_states = self._forward(steps[-1], positions, metadata)
+            steps.append(self.sampler(self.model.compute_logits(hidden_states), sampling).sampled_token_ids)
+        sampled = torch.stack(steps, dim=1).tolist()
+        return RunnerOutput(sampled, self._logprobs(requests, result) if num_steps == 1 else None)
+
+    def _advance(self, metadata: AttentionMetadata, positions: torch.Tensor) -> AttentionMetadata:
+        """The metadata of the next decode step: every sequence one token longer."""
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        blocks = metadata.block_tables[rows, positions // self.block_size].long()
+        return AttentionMetadata(slot_mapping=blocks * self.block_size + positions % self.block_size,
+                                 query_start_loc=metadata.query_start_loc, seq_lens=metadata.seq_lens + 1,
+                                 block_tables=metadata.block_tables, max_query_len=1,
+                                 max_seq_len=metadata.max_seq_len + 1)
 
     @staticmethod
     def _logprobs(requests, result) -> list | None:

@@ -105,19 +105,35 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.prepend(request)
 
-    def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Request]:
-        """Append one sampled token to each request that sampled (in scheduled order) and finish
-        those that stop. Returns the requests that got a token."""
+    def add_lookahead(self, scheduler_output: SchedulerOutput, num_steps: int) -> bool:
+        """Room for num_steps - 1 more decode steps of every scheduled request (multi-step decode).
+        False, with nothing changed for the caller, if the pool cannot hold them."""
+        for s in scheduler_output.scheduled:
+            if self.kv.allocate(s.request, num_steps - 1) is None:
+                return False
+        return True
+
+    def update(self, scheduler_output: SchedulerOutput,
+               sampled_token_ids: list[list[int]]) -> list[tuple[Request, list[int]]]:
+        """Append the tokens sampled for each request that sampled (in scheduled order), one by one,
+        finishing those that stop; tokens after a stop are dropped. Several tokens per request mean
+        a multi-step decode, whose extra steps computed the KV of all but the last token."""
         updated = []
         samplers = [s.request for s in scheduler_output.scheduled if s.samples]
-        for request, token_id in zip(samplers, sampled_token_ids, strict=True):
+        for request, token_ids in zip(samplers, sampled_token_ids, strict=True):
             if request.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            request.append_output_token(token_id)
-            status = self._stop_status(request, token_id)
-            if status is not None:
-                self.finish(request, status)
-            updated.append(request)
+            appended = []
+            for token_id in token_ids:
+                request.append_output_token(token_id)
+                appended.append(token_id)
+                status = self._stop_status(request, token_id)
+                if status is not None:
+                    self.finish(request, status)
+                    break
+            else:
+                request.num_computed_tokens += len(token_ids) - 1
+            updated.append((request, appended))
         return updated
 
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:

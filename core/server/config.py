@@ -52,6 +52,7 @@ class ModelSpec:
     block_size: int = 16
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    load_format: str = "auto"             # "dummy": random weights, for benchmarks
     tensor_parallel_size: int = 1
     num_threads: int | None = None
     max_queue_len: int = 256
@@ -67,6 +68,7 @@ class ModelSpec:
                 "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
                 "block_size": self.block_size, "enable_prefix_caching": self.enable_prefix_caching,
                 "enforce_eager": self.enforce_eager, "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
+                "load_format": self.load_format,
                 "gpu_memory_utilization": self.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION}
 
     @property
@@ -205,6 +207,8 @@ def _model_spec(values: dict) -> ModelSpec:
     if unknown:
         raise ConfigError(f"{spec.name}: unknown sampling default(s) {', '.join(sorted(unknown))}; "
                           f"allowed: {', '.join(SAMPLING_KEYS)}")
+    if spec.load_format not in ("auto", "dummy"):
+        raise ConfigError(f"{spec.name}: load_format must be auto or dummy, got {spec.load_format!r}")
     if spec.max_queue_len < 0:
         raise ConfigError(f"{spec.name}: max_queue_len must be >= 0, got {spec.max_queue_len}")
     if spec.gpu_memory_utilization is not None and not 0 < spec.gpu_memory_utilization <= 1:
