@@ -37,9 +37,13 @@ class LlamaAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.normalize_qk(q, k)
-        q, k = self.rotary_emb(positions, q, k)  # in place; kernels take the strided views
+        q, k = self.position_qk(positions, q, k)
         return self.o_proj(self.attn(q, k, v, ctx))
+
+    def position_qk(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """Everything between the qkv split and attention: q/k norm (if any), then rotary."""
+        q, k = self.normalize_qk(q, k)
+        return self.rotary_emb(positions, q, k)  # in place; kernels take the strided views
 
     def normalize_qk(self, q: torch.Tensor, k: torch.Tensor):
         return q, k

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Downloads into .whl/ the server's packages that the GPU machine's image lacks (Python 3.12, x86-64).
+# Install there with:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+           --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+WHEELS=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5
+        annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 opentelemetry-api==1.45.2
+        typing-extensions==4.16.0)  # pydantic 2.14 needs typing-extensions >= 4.16; the image may hold an older one
+mkdir -p .whl
+for wheel in "${WHEELS[@]}"; do
+    # shellcheck disable=SC2086
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        $PLATFORMS -d .whl "$wheel"
+done
+ls -1 .whl

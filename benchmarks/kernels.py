@@ -1,0 +1,224 @@
+"""B5: the Triton kernels at serving shapes of the benchmark models (bf16), against the copy bandwidth
+and bf16 matmul rate measured in the same run.
+
+    python -m benchmarks.kernels [--models qwen3-4b,llama-2-7b] [--kernels decode,prefill,...]
+
+Each kernel's output is checked against its torch reference once per shape before it is timed.
+Timing, medians throughout: cases of one token (and every decode attention) run inside one CUDA graph
+over enough input copies to overflow L2 (at most 64), so launch overhead and warm caches do not
+flatter them; larger ones run one launch per CUDA-event pair with triton's do_bench, which flushes L2
+before each. Bytes are what a kernel must move at least (inputs read once, outputs written once).
+"""
+import argparse
+import functools
+import math
+import sys
+
+import torch
+
+from benchmarks.common import emit, environment
+from benchmarks.configs import CONFIGS
+
+DTYPE = torch.bfloat16
+DEVICE = "cuda"
+BLOCK_SIZE = 16
+DECODE = [(b, s) for b in (1, 64, 256) for s in (1024, 4096)]
+PREFILL = [[4096], [1024] * 8]
+TOKENS = (1, 8192)
+KERNELS = ("decode", "prefill", "fused_add_rms_norm", "rotary", "qk_norm_rotary", "silu_and_mul", "store_kv_cache")
+
+
+def model_shapes(name: str) -> dict:
+    c = CONFIGS[name]
+    hq = c["num_attention_heads"]
+    return dict(hq=hq, hkv=c["num_key_value_heads"], d=c.get("head_dim", c["hidden_size"] // hq),
+                hidden=c["hidden_size"], inter=c["intermediate_size"], eps=c["rms_norm_eps"],
+                theta=c["rope_theta"], qwen3=c["model_type"] == "qwen3")
+
+
+def check(label: str, actual, expected, tol: float):
+    for a, e in zip(actual, expected):
+        try:
+            torch.testing.assert_close(a, e, rtol=tol, atol=tol)
+        except AssertionError as error:
+            raise AssertionError(f"B5 {label}: the kernel disagrees with its reference\n{error}") from None
+
+
+def paged_batch(query_lens: list[int], seq_lens: list[int], hkv: int, d: int):
+    """A randomly filled cache [2, blocks, BLOCK_SIZE, hkv, d] whose blocks are handed out shuffled."""
+    from corral.backends.base import AttentionMetadata
+    blocks = [math.ceil(s / BLOCK_SIZE) for s in seq_lens]
+    order = torch.randperm(sum(blocks) + 1, device=DEVICE, dtype=torch.int32)
+    tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=DEVICE)
+    for i, n in enumerate(blocks):
+        tables[i, :n] = order[sum(blocks[:i]):sum(blocks[:i]) + n]
+    cache = torch.randn(2, sum(blocks) + 1, BLOCK_SIZE, hkv, d, device=DEVICE, dtype=DTYPE)
+    starts = torch.tensor([0] + query_lens, device=DEVICE).cumsum(0).to(torch.int32)
+    metadata = AttentionMetadata(torch.zeros(sum(query_lens), dtype=torch.int64, device=DEVICE), starts,
+                                 torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), tables,
+                                 max(query_lens), max(seq_lens))
+    return cache, metadata
+
+
+def decode_case(m: dict, batch: int, context: int):
+    """-> (label, calls over input copies, bytes per call, FLOPs per call or None, time in a CUDA graph),
+    or None where the cache does not fit."""
+    from corral.kernels.decode_attention import paged_attention_decode
+    from corral.kernels.paged_attention import paged_attention_ref
+    kv_bytes = batch * context * m["hkv"] * m["d"] * 2 * DTYPE.itemsize
+    if kv_bytes > torch.cuda.mem_get_info()[0] / 3:  # the cache, its reference's gathers, the other copies
+        return None
+    cache, md = paged_batch([1] * batch, [context] * batch, m["hkv"], m["d"])
+    q = torch.randn(batch, m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
+    scale, out = m["d"] ** -0.5, torch.empty_like(q)
+    label = f"decode B={batch} S={context}"
+    check(label, [paged_attention_decode(q, cache, md, scale, out)], [paged_attention_ref(q, cache, md, scale)], 2e-2)
+    caches = [cache] + [torch.randn_like(cache) for _ in range(copies_for(kv_bytes) - 1)]
+    calls = [lambda c=c: paged_attention_decode(q, c, md, scale, out) for c in caches]
+    return label, calls, kv_bytes + 2 * q.numel() * DTYPE.itemsize, None, True
+
+
+def prefill_case(m: dict, query_lens: list[int]):
+    from corral.kernels.paged_attention import paged_attention_prefill, paged_attention_ref
+    cache, md = paged_batch(query_lens, query_lens, m["hkv"], m["d"])
+    q = torch.randn(sum(query_lens), m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
+    scale, out = m["d"] ** -0.5, torch.empty_like(q)
+    label = f"prefill {len(query_lens)}x{query_lens[0]}"
+    check(label, [paged_attention_prefill(q, cache, md, scale, out)], [paged_attention_ref(q, cache, md, scale)], 2e-2)
+    kv_bytes = sum(query_lens) * m["hkv"] * m["d"] * 2 * DTYPE.itemsize
+    flops = sum(4 * n * (n + 1) // 2 * m["hq"] * m["d"] for n in query_lens)  # causal: QK^T and PV
+    calls = [lambda: paged_attention_prefill(q, cache, md, scale, out)]
+    return label, calls, kv_bytes + 2 * q.numel() * DTYPE.itemsize, flops, False
+
+
+def small_inputs(kernel: str, m: dict, tokens: int, seed: int) -> tuple:
+    """Inputs as the model layers pass them: q, k, v are strided views of one fused qkv output."""
+    gen = torch.Generator(DEVICE).manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, device=DEVICE, generator=gen).to(DTYPE)  # noqa: E731
+    hq, hkv, d = m["hq"], m["hkv"], m["d"]
+    qkv = randn(tokens, (hq + 2 * hkv) * d)
+    q, k, v = (t.view(tokens, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    positions = torch.randint(0, 4096, (tokens,), device=DEVICE, generator=gen)
+    if kernel == "fused_add_rms_norm":
+        return randn(tokens, m["hidden"]), randn(tokens, m["hidden"]), 1 + randn(m["hidden"]) / 4, m["eps"]
+    if kernel == "rotary":
+        return q, k, positions, rope_table(d, m["theta"])
+    if kernel == "qk_norm_rotary":
+        return q, k, positions, rope_table(d, m["theta"]), 1 + randn(d) / 4, 1 + randn(d) / 4, m["eps"]
+    if kernel == "silu_and_mul":
+        return (randn(tokens, 2 * m["inter"]),)
+    if kernel == "store_kv_cache":
+        blocks = 2 * math.ceil(tokens / BLOCK_SIZE) + 1
+        slots = torch.randperm(blocks * BLOCK_SIZE, device=DEVICE, generator=gen)[:tokens]
+        return k, v, torch.zeros(2, blocks, BLOCK_SIZE, hkv, d, device=DEVICE, dtype=DTYPE), slots
+    raise ValueError(kernel)
+
+
+@functools.cache
+def rope_table(d: int, theta: float) -> torch.Tensor:
+    """One table per model, shared by every input copy, as one model's layers share it."""
+    from corral.kernels.rotary import build_cos_sin_cache
+    return build_cos_sin_cache(d, 4096, theta, torch.device(DEVICE))
+
+
+def small_functions(kernel: str):
+    """(kernel, reference), each returning the tensors it produced or changed in place."""
+    from corral.kernels import activation, kv_cache, norm, qk_norm_rotary, rotary
+
+    def in_place(fn, *changed):
+        return lambda *a: (fn(*a), tuple(a[i] for i in changed))[1]
+
+    return {"fused_add_rms_norm": (norm.fused_add_rms_norm, norm.fused_add_rms_norm_ref),
+            "rotary": (in_place(rotary.apply_rotary, 0, 1), in_place(rotary.apply_rotary_ref, 0, 1)),
+            "qk_norm_rotary": (in_place(qk_norm_rotary.qk_norm_rotary, 0, 1),
+                               in_place(qk_norm_rotary.qk_norm_rotary_ref, 0, 1)),
+            "silu_and_mul": (lambda x: (activation.silu_and_mul(x),), lambda x: (activation.silu_and_mul_ref(x),)),
+            "store_kv_cache": (in_place(kv_cache.store_kv_cache, 2), in_place(kv_cache.store_kv_cache_ref, 2)),
+            }[kernel]
+
+
+def small_bytes(kernel: str, m: dict, tokens: int) -> int:
+    hq, hkv, d, e = m["hq"], m["hkv"], m["d"], DTYPE.itemsize
+    return tokens * {"fused_add_rms_norm": 4 * m["hidden"] * e,                 # x, residual in; out, residual out
+                     "rotary": 2 * (hq + hkv) * d * e + d * 4 + 8,              # q, k in and out; cos/sin; position
+                     "qk_norm_rotary": 2 * (hq + hkv) * d * e + d * 4 + 8,
+                     "silu_and_mul": 3 * m["inter"] * e,                         # gate, up in; out
+                     "store_kv_cache": 4 * hkv * d * e + 8}[kernel]             # k, v in; both into the cache
+
+
+def small_case(kernel: str, m: dict, tokens: int):
+    fn, ref = small_functions(kernel)
+    label = f"{kernel} T={tokens}"
+    check(label, fn(*small_inputs(kernel, m, tokens, 0)), ref(*small_inputs(kernel, m, tokens, 0)),
+          0 if kernel == "store_kv_cache" else 2e-2)
+    nbytes = small_bytes(kernel, m, tokens)
+    copies = copies_for(nbytes) if tokens == 1 else 1
+    calls = [lambda a=small_inputs(kernel, m, tokens, i): fn(*a) for i in range(copies)]
+    return label, calls, nbytes, None, tokens == 1
+
+
+def l2_bytes() -> int:
+    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)
+
+
+def copies_for(nbytes: int) -> int:
+    return max(1, min(64, math.ceil(4 * l2_bytes() / max(nbytes, 1))))
+
+
+def time_ms(calls: list, graph: bool) -> float:
+    """Median ms per call."""
+    from triton.testing import do_bench, do_bench_cudagraph
+    if graph:
+        return do_bench_cudagraph(lambda: [c() for c in calls], rep=100, return_mode="median") / len(calls)
+    return do_bench(calls[0], warmup=25, rep=100, return_mode="median")
+
+
+def ceilings() -> tuple[float, float]:
+    """(copy bytes/s, bf16 matmul FLOP/s), measured now."""
+    from triton.testing import do_bench
+    x = torch.empty(2**30, dtype=torch.uint8, device=DEVICE)
+    y = torch.empty_like(x)
+    copy = 2 * x.numel() / (do_bench(lambda: y.copy_(x), return_mode="median") / 1e3)
+    del x, y
+    a, b = (torch.randn(8192, 8192, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    matmul = 2 * 8192**3 / (do_bench(lambda: a @ b, return_mode="median") / 1e3)
+    return copy, matmul
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="qwen3-0.6b,qwen3-4b,llama-2-7b")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help=f"any of {', '.join(KERNELS)}")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.kernels (B5) times Triton kernels on a CUDA GPU, and this machine has none")
+    copy_bw, matmul_rate = ceilings()
+    print(f"copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s", flush=True)
+    kernels = args.kernels.split(",")
+    for name in args.models.split(","):
+        m = model_shapes(name)
+        cases = [lambda b=b, s=s: decode_case(m, b, s) for b, s in DECODE if "decode" in kernels]
+        cases += [lambda q=q: prefill_case(m, q) for q in PREFILL if "prefill" in kernels]
+        cases += [lambda k=k, t=t: small_case(k, m, t) for k in KERNELS[2:] if k in kernels for t in TOKENS
+                  if k != "qk_norm_rotary" or m["qwen3"]]
+        for make in cases:
+            if (case := make()) is None:
+                print(f"{name}: a decode case skipped, its cache does not fit", flush=True)
+                continue
+            label, calls, nbytes, flops, graph = case
+            ms = time_ms(calls, graph)
+            record = dict(environment(), benchmark="B5", model=name, case=label, kernel=label.split()[0],
+                          us=round(ms * 1e3, 2), bytes=nbytes, tb_s=round(nbytes / ms / 1e9, 3),
+                          copy_fraction=round(nbytes / (ms / 1e3) / copy_bw, 3), input_copies=len(calls),
+                          timing="cuda graph" if graph else "events", copy_tb_s=round(copy_bw / 1e12, 3),
+                          matmul_tflop_s=round(matmul_rate / 1e12, 1))
+            if flops:
+                record.update(tflop_s=round(flops / ms / 1e9, 1),
+                              matmul_fraction=round(flops / (ms / 1e3) / matmul_rate, 3))
+            emit(record)
+            del calls, case
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
