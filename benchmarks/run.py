@@ -17,7 +17,9 @@ STEPS = {
     "b2": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B2", "--model"],
     "b3": [sys.executable, "-m", "benchmarks.latency", "--model"],
     "b3eager": [sys.executable, "-m", "benchmarks.latency", "--enforce-eager", "--model"],
+    "b4": [sys.executable, "-m", "benchmarks.serving", "--model"],
     "b5": [sys.executable, "-m", "benchmarks.kernels"],
+    "b6": [sys.executable, "-m", "benchmarks.serving", "--models"],
     "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
 }
 

@@ -19,6 +19,7 @@ import asyncio
 import json
 import math
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,14 +39,14 @@ def prepare_model(name: str) -> str:
     """A directory with config.json (a benchmark config by name, or a given directory) and a tokenizer."""
     path = Path(name) if Path(name).is_dir() else Path(model_dir(name))
     vocab_size = json.loads((path / "config.json").read_text())["vocab_size"]
-    marker = path / "tokenizer_config.json"
-    if not marker.is_file() or json.loads(marker.read_text()).get("corral_bench_vocab") != vocab_size:
+    marker = path / "bench_tokenizer_vocab"
+    if not marker.is_file() or marker.read_text() != str(vocab_size):
         from tokenizers import Tokenizer, models, pre_tokenizers
         tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
         tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         tokenizer.save(str(path / "tokenizer.json"))
-        marker.write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                      "corral_bench_vocab": vocab_size}))
+        (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+        marker.write_text(str(vocab_size))
     return str(path)
 
 
@@ -96,6 +97,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        shutil.rmtree(self.config.parent, ignore_errors=True)
 
 
 @dataclass(slots=True)
@@ -176,19 +178,20 @@ def summarize(results: list[Result], seconds: float) -> dict:
     ok = [r for r in results if r.error is None]
     if not ok:
         raise RuntimeError(f"every request failed; first error: {results[0].error}")
-    ms = lambda values, q: round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None  # noqa: E731
+    ms = lambda values, q: round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
     ttft = [r.ttft for r in ok]
     tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
     itl = [gap for r in ok for gap in r.itl]
     out = sum(r.output_tokens for r in ok)
-    return dict(completed=len(ok), failed=len(results) - len(ok),
-                first_error=next((r.error for r in results if r.error), None), seconds=round(seconds, 2),
-                requests_s=round(len(ok) / seconds, 2), output_tok_s=round(out / seconds, 1),
-                ttft_ms_mean=round(float(np.mean(ttft)) * 1000, 2), ttft_ms_p50=ms(ttft, 50), ttft_ms_p99=ms(ttft, 99),
-                tpot_ms_mean=round(float(np.mean(tpot)) * 1000, 2) if tpot else None, tpot_ms_p50=ms(tpot, 50),
-                tpot_ms_p99=ms(tpot, 99), itl_ms_p50=ms(itl, 50), itl_ms_p99=ms(itl, 99),
-                e2e_ms_p50=ms([r.latency for r in ok], 50), e2e_ms_p99=ms([r.latency for r in ok], 99),
-                tokens_per_chunk=round(out / sum(len(r.itl) + 1 for r in ok), 2))
+    e2e = [r.latency for r in ok]
+    return {"completed": len(ok), "failed": len(results) - len(ok),
+            "first_error": next((r.error for r in results if r.error), None), "seconds": round(seconds, 2),
+            "requests_s": round(len(ok) / seconds, 2), "output_tok_s": round(out / seconds, 1),
+            "ttft_ms_mean": round(float(np.mean(ttft)) * 1000, 2), "ttft_ms_p50": ms(ttft, 50),
+            "ttft_ms_p99": ms(ttft, 99), "tpot_ms_mean": round(float(np.mean(tpot)) * 1000, 2) if tpot else None,
+            "tpot_ms_p50": ms(tpot, 50), "tpot_ms_p99": ms(tpot, 99), "itl_ms_p50": ms(itl, 50),
+            "itl_ms_p99": ms(itl, 99), "e2e_ms_p50": ms(e2e, 50), "e2e_ms_p99": ms(e2e, 99),
+            "tokens_per_chunk": round(out / sum(len(r.itl) + 1 for r in ok), 2)}
 
 
 async def measure(url: str, models: list[str], rate: float, count: int, args, seed: int) -> dict[str, dict]:
@@ -209,7 +212,7 @@ async def measure(url: str, models: list[str], rate: float, count: int, args, se
 
 
 async def warm_up(url: str, model: str, args):
-    """Every Triton specialization the runs will meet: 48 requests ending one step apart."""
+    """Compiles the Triton specializations the runs will meet: 48 requests of 1..48 output tokens at once."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(None)) as client:
         results = await run_load(client, url, model, make_prompts(48, args, 999),
                                  [n + 1 for n in range(48)], math.inf, 48, 0)
@@ -267,6 +270,7 @@ def run_rate(url: str, models: list[str], rate: float, count: int, args, base: d
         total, total_alone = (sum(s["output_tok_s"] for s in d.values()) for d in (together, alone))
         emit(dict(base, model="+".join(models), mode="aggregate", output_tok_s=round(total, 1),
                   sum_alone_output_tok_s=round(total_alone, 1), vs_sum_alone=round(total / total_alone, 3)))
+
 
 if __name__ == "__main__":
     main()

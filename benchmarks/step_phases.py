@@ -12,7 +12,6 @@ from corral.engine.core import EngineCore
 from corral.engine.request import Request
 from corral.engine.sampler import SamplingMetadata
 from corral.sampling_params import SamplingParams
-from corral.layers.attention import ForwardContext
 
 
 def timed_step(engine: EngineCore, acc: dict):
@@ -30,14 +29,10 @@ def timed_step(engine: EngineCore, acc: dict):
     input_ids, positions, metadata, rows = runner.prepare(out)
     t = mark("prepare", t)
     if runner.graph_runner is not None and runner.graph_runner.can_run(metadata, input_ids.shape[0]):
-        hidden = runner.graph_runner.run(input_ids, positions, metadata)
         acc["graph_steps"] += 1
-    else:
-        hidden = runner.model(input_ids, positions, ForwardContext(metadata, runner.backend))
-    t = mark("forward", t)
+    logits = runner._forward(input_ids, positions, metadata, rows)
+    t = mark("forward+lm_head", t)
     requests = [s.request for s in out.scheduled if s.samples]
-    logits = runner.model.compute_logits(hidden[rows])
-    t = mark("lm_head", t)
     sampling = SamplingMetadata.build(requests, runner.vocab_size, runner.device)
     t = mark("sampling_metadata", t)
     result = runner.sampler(logits, sampling)

@@ -1,3 +1,4 @@
+import contextlib
 import logging
 
 import torch
@@ -29,7 +30,9 @@ class CUDAGraphRunner:
             self.seq_lens = torch.ones(n, dtype=torch.int32)
             self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
             self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
-            self.hidden = torch.zeros(n, hidden_size, dtype=next(model.parameters()).dtype)
+            dtype = next(model.parameters()).dtype
+            self.hidden = torch.zeros(n, hidden_size, dtype=dtype)
+            self.logits = torch.zeros(n, model.config.vocab_size, dtype=dtype)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 
@@ -43,9 +46,10 @@ class CUDAGraphRunner:
         for bs in reversed(self.buckets):
             graph = torch.cuda.CUDAGraph()
             ctx = ForwardContext(self.metadata(bs), self.backend)
-            self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)  # warm-up
-            with torch.cuda.graph(graph, self.pool):
-                self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+            for capturing in (False, True):  # a warm-up run, then the capture
+                with torch.cuda.graph(graph, self.pool) if capturing else contextlib.nullcontext():
+                    self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                    self.logits[:bs] = self.model.compute_logits(self.hidden[:bs])
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs] = graph
@@ -56,7 +60,9 @@ class CUDAGraphRunner:
         return (metadata.is_decode_only and num_tokens <= self.buckets[-1]
                 and metadata.block_tables.shape[1] <= self.block_tables.shape[1])
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
+            metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, logits) of the n sequences; every decode row is sampled."""
         n = input_ids.shape[0]
         bs = next(b for b in self.buckets if b >= n)
         self.input_ids[:n] = input_ids
@@ -68,4 +74,4 @@ class CUDAGraphRunner:
         width = metadata.block_tables.shape[1]
         self.block_tables[:n, :width] = metadata.block_tables
         self.graphs[bs].replay()
-        return self.hidden[:n]
+        return self.hidden[:n], self.logits[:n]

@@ -81,10 +81,12 @@ class ModelRunner:
                                      max_seq_len=max(seq_lens))
         return ids, pos, metadata, rows
 
-    def _forward(self, input_ids, positions, metadata) -> torch.Tensor:
+    def _forward(self, input_ids, positions, metadata, sample_rows) -> torch.Tensor:
+        """Logits of the sampled rows; a CUDA graph computes those of decode batches."""
         if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0]):
-            return self.graph_runner.run(input_ids, positions, metadata)
-        return self.model(input_ids, positions, ForwardContext(metadata, self.backend))
+            return self.graph_runner.run(input_ids, positions, metadata)[1]
+        hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
+        return self.model.compute_logits(hidden_states[sample_rows])
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, num_steps: int = 1) -> RunnerOutput:
@@ -92,17 +94,17 @@ class ModelRunner:
         each sampled token is fed straight back on the device, with one host sync at the end."""
         input_ids, positions, metadata, sample_rows = self.prepare(out)
         requests = [s.request for s in out.scheduled if s.samples]
-        hidden_states = self._forward(input_ids, positions, metadata)
+        logits = self._forward(input_ids, positions, metadata, sample_rows)
         if not requests:
             return RunnerOutput([])
         sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
-        result = self.sampler(self.model.compute_logits(hidden_states[sample_rows]), sampling)
+        result = self.sampler(logits, sampling)
         steps = [result.sampled_token_ids]
         for _ in range(num_steps - 1):
             positions = positions + 1
             metadata = self._advance(metadata, positions)
-            hidden_states = self._forward(steps[-1], positions, metadata)
-            steps.append(self.sampler(self.model.compute_logits(hidden_states), sampling).sampled_token_ids)
+            logits = self._forward(steps[-1], positions, metadata, sample_rows)
+            steps.append(self.sampler(logits, sampling).sampled_token_ids)
         sampled = torch.stack(steps, dim=1).tolist()
         return RunnerOutput(sampled, self._logprobs(requests, result) if num_steps == 1 else None)
 
