@@ -146,10 +146,10 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
 def run(coroutine):
     """asyncio.run, on uvloop where it is installed (the client must not be the bottleneck)."""
     try:
-        import uvloop
-    except ImportError:
+        from uvloop import run as uvloop_run
+    except ImportError:  # no uvloop, or one older than 0.18
         return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
+    return uvloop_run(coroutine)
 
 
 def make_prompts(n: int, args, seed: int) -> list[list[int]]:

@@ -110,6 +110,13 @@ def test_served_model_name_gives_a_name_and_aliases():
         build_server_config(serve_args("x", "y", "z", "--served-model-name", "one", "two"), {})
 
 
+def test_load_format_dummy_reaches_the_engine_for_random_weight_benchmarks():
+    (spec,) = build_server_config(serve_args("/models/q", "--load-format", "dummy"), {}).models
+    assert spec.engine_args()["load_format"] == "dummy"
+    (spec,) = build_config(["/models/q"]).models
+    assert spec.engine_args()["load_format"] == "auto"
+
+
 def test_hub_references_are_served_under_their_repo_name():
     (spec,) = build_config(["hf:Qwen/Qwen3-4B@main"]).models
     assert spec.name == "Qwen/Qwen3-4B" and spec.aliases == ["hf:Qwen/Qwen3-4B@main"]
@@ -125,6 +132,7 @@ def test_hub_references_are_served_under_their_repo_name():
     ("[models.x]\nmodel = 'a'\nsampling = { temprature = 1 }\n", "unknown sampling default.*temprature"),
     ("[models.x\n", "cannot parse"),
     ("[models.x]\nmodel = 'a'\ngpu_memory_utilization = 1.5\n", "gpu_memory_utilization"),
+    ("[models.x]\nmodel = 'a'\nload_format = 'gguf'\n", "load_format must be auto or dummy"),
 ])
 def test_bad_config_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -1,5 +1,6 @@
 """`corral serve` as a user runs it: a separate process, the default model, SIGTERM; and lazy loading
 with keep_alive."""
+import json
 import os
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def test_plain_corral_serve_serves_smollm2_and_sigterm_finishes_in_flight_reques
 
         def stream():
             body = {"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 16,
-                    "ignore_eos": True, "stream": True}
+                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
             with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
                 for line in r.iter_lines():
                     if line.startswith("data:"):
@@ -77,8 +78,10 @@ def test_plain_corral_serve_serves_smollm2_and_sigterm_finishes_in_flight_reques
         assert first_chunk.wait(60)
         proc.send_signal(signal.SIGTERM)
         reader.join(60)
-        assert chunks[-1] == "data: [DONE]" and '"finish_reason":"length"' in chunks[-2]
-        assert len(chunks) == 17  # all 16 tokens, then [DONE]
+        assert chunks[-1] == "data: [DONE]"
+        events = [json.loads(c[len("data:"):]) for c in chunks[:-1]]
+        assert any(choice["finish_reason"] == "length" for e in events for choice in e["choices"])
+        assert events[-1]["usage"]["completion_tokens"] == 16  # all 16 tokens arrived before the exit
         assert proc.wait(60) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health")
