@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from corral.kernels.norm import rms_norm_ref
-from corral.kernels.rotary import apply_rotary_ref
+from corral.kernels.rotary import apply_rotary_ref, check_rotary_inputs
 
 
 @triton.jit
@@ -58,13 +58,7 @@ def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     """RMSNorm each head of q [T, Hq, D] (weight q_weight [D]) and k [T, Hkv, D] (k_weight [D]),
     then rotate both, in place. Same inputs and layout as apply_rotary: strided views of a fused
     qkv output are fine, the head dim must be contiguous and a power of two."""
-    num_tokens, num_q_heads, head_dim = q.shape
-    if head_dim & (head_dim - 1) or head_dim < 2 or k.shape[2] != head_dim:
-        raise ValueError(f"qk_norm_rotary needs one power-of-two head dim, got {head_dim}, {k.shape[2]}")
-    if q.stride(2) != 1 or k.stride(2) != 1 or cos_sin_cache.stride(1) != 1:
-        raise ValueError("qk_norm_rotary needs contiguous head dims and cache rows")
-    if cos_sin_cache.shape[1] != head_dim:
-        raise ValueError(f"cos_sin_cache has {cos_sin_cache.shape[1]} columns, head dim is {head_dim}")
+    num_tokens, num_q_heads, head_dim = check_rotary_inputs("qk_norm_rotary", q, k, cos_sin_cache)
     if q_weight.shape != (head_dim,) or k_weight.shape != (head_dim,):
         raise ValueError(f"q/k norm weights must be [{head_dim}], got {tuple(q_weight.shape)}, "
                          f"{tuple(k_weight.shape)}")

@@ -30,18 +30,24 @@ def _rotary_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, stride_qt, stride_qh, strid
     _rotate_heads(k_ptr + t * stride_kt, stride_kh, num_kv_heads, cos, sin, HALF, BLOCK_HK)
 
 
+def check_rotary_inputs(name: str, q: torch.Tensor, k: torch.Tensor,
+                        cos_sin_cache: torch.Tensor) -> tuple[int, int, int]:
+    num_tokens, num_q_heads, head_dim = q.shape
+    if head_dim & (head_dim - 1) or head_dim < 2 or k.shape[2] != head_dim:
+        raise ValueError(f"{name} needs one power-of-two head dim, got {head_dim}, {k.shape[2]}")
+    if q.stride(2) != 1 or k.stride(2) != 1 or cos_sin_cache.stride(1) != 1:
+        raise ValueError(f"{name} needs contiguous head dims and cache rows")
+    if cos_sin_cache.shape[1] != head_dim:
+        raise ValueError(f"cos_sin_cache has {cos_sin_cache.shape[1]} columns, head dim is {head_dim}")
+    return num_tokens, num_q_heads, head_dim
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                  cos_sin_cache: torch.Tensor) -> None:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] in place (strided views of a fused qkv output are
     fine; the head dim must be contiguous). cos_sin_cache [max_positions, D] float32: cos in the
     first D/2 columns, sin in the last D/2. D must be a power of two."""
-    num_tokens, num_q_heads, head_dim = q.shape
-    if head_dim & (head_dim - 1) or head_dim < 2 or k.shape[2] != head_dim:
-        raise ValueError(f"apply_rotary needs one power-of-two head dim, got {head_dim}, {k.shape[2]}")
-    if q.stride(2) != 1 or k.stride(2) != 1 or cos_sin_cache.stride(1) != 1:
-        raise ValueError("apply_rotary needs contiguous head dims and cache rows")
-    if cos_sin_cache.shape[1] != head_dim:
-        raise ValueError(f"cos_sin_cache has {cos_sin_cache.shape[1]} columns, head dim is {head_dim}")
+    num_tokens, num_q_heads, head_dim = check_rotary_inputs("apply_rotary", q, k, cos_sin_cache)
     if num_tokens == 0:
         return
     num_kv_heads = k.shape[1]

@@ -121,6 +121,16 @@ def sse(data: dict | str) -> str:
     return f"data: {text}\n\n"
 
 
+def chunk_writer(request_id: str, kind: str, created: int, model: str, include_usage: bool):
+    """SSE chunks of one stream; with include_usage every chunk but the last carries "usage": null."""
+    def chunk(choices, **extra) -> str:
+        data = {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices, **extra}
+        if include_usage and "usage" not in extra:
+            data["usage"] = None
+        return sse(data)
+    return chunk
+
+
 def sse_error(error: BaseException) -> str:
     if not isinstance(error, APIError):
         logger.exception("failure while streaming", exc_info=error)

@@ -6,8 +6,8 @@ from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import ChatCompletionRequest
 from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
-from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_prompt, now, random_id,
-                                   sampling_params, sse, sse_error, until_disconnect, usage)
+from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_prompt, chunk_writer, now,
+                                   random_id, sampling_params, sse, sse_error, until_disconnect, usage)
 
 
 def render_prompt(client: EngineClient, body: ChatCompletionRequest) -> tuple[str, list[int]]:
@@ -74,12 +74,7 @@ async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning
     parsers = [ReasoningParser(in_reasoning) if client.reasoning_parser else None for _ in range(n)]
     completion_tokens = 0
 
-    def chunk(choices, **extra):
-        data = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": client.name,
-                "choices": choices, **extra}
-        if include_usage and "usage" not in extra:
-            data["usage"] = None
-        return sse(data)
+    chunk = chunk_writer(request_id, "chat.completion.chunk", created, client.name, include_usage)
 
     try:
         for i in range(n):

@@ -4,8 +4,9 @@ from starlette.requests import Request as HTTPRequest
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import CompletionRequest
-from corral.server.serving import (Choice, SSEResponse, TokenText, check_prompt, completion_logprobs, merged, now,
-                                   random_id, sampling_params, sse, sse_error, until_disconnect, usage)
+from corral.server.serving import (Choice, SSEResponse, TokenText, check_prompt, chunk_writer, completion_logprobs,
+                                   merged, now, random_id, sampling_params, sse, sse_error, until_disconnect,
+                                   usage)
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -78,12 +79,7 @@ async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
     pending_echo = [bool(echoes[i // n]) for i in range(n * len(streams))]
     completion_tokens = 0
 
-    def chunk(choices, **extra):
-        data = {"id": request_id, "object": "text_completion", "created": created, "model": client.name,
-                "choices": choices, **extra}
-        if include_usage and "usage" not in extra:
-            data["usage"] = None
-        return sse(data)
+    chunk = chunk_writer(request_id, "text_completion", created, client.name, include_usage)
 
     try:
         async for p, out in merged(streams):
