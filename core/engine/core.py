@@ -151,9 +151,9 @@ class EngineCore:
         return outputs
 
     def _num_decode_steps(self, scheduler_output) -> int:
-        """Multi-step decode: a batch of plain decodes runs several steps with one host sync,
-        when every request has that many tokens left and needs nothing per step from the host
-        (penalties and min_tokens read the output so far; logprobs are returned per step)."""
+        """Multi-step decode: a batch of plain decodes runs several steps with one host sync, when
+        no request needs anything per step from the host (penalties and min_tokens read the output
+        so far; logprobs are returned per step). A request that stops early wastes its extra steps."""
         n = self.config.num_scheduler_steps
         if n <= 1 or self.scheduler.waiting:
             return 1
@@ -164,10 +164,7 @@ class EngineCore:
             if (params.logprobs is not None or params.min_tokens > request.num_output_tokens
                     or params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty):
                 return 1
-            left = self.config.max_model_len - request.num_tokens
-            if params.max_tokens is not None:
-                left = min(left, params.max_tokens - request.num_output_tokens)
-            n = min(n, left)
+            n = min(n, self.config.max_model_len - request.num_tokens)  # tokens past max_tokens are dropped
         if n <= 1 or not self.scheduler.add_lookahead(scheduler_output, n):
             return 1
         return n
