@@ -107,7 +107,8 @@ class Scheduler:
 
     def add_lookahead(self, scheduler_output: SchedulerOutput, num_steps: int) -> bool:
         """Room for num_steps - 1 more decode steps of every scheduled request (multi-step decode).
-        False, with nothing changed for the caller, if the pool cannot hold them."""
+        False if the pool cannot hold them; blocks already added stay with their requests for
+        the steps to come."""
         for s in scheduler_output.scheduled:
             if self.kv.allocate(s.request, num_steps - 1) is None:
                 return False
