@@ -2,6 +2,7 @@
 import pytest
 
 from corral import LLM, SamplingParams
+from corral.engine.request import Request
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,20 @@ def test_two_engines_live_in_one_process(tiny_model_dirs):
             for output in llm.engine.step():
                 done[output.request_id] = output.outputs[0].token_ids
     assert [done["q"], done["l"]] == alone
+
+
+def test_plain_decode_batches_run_several_steps_per_host_sync(tiny_model_dirs):
+    llm = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=4)
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    llm.engine.core.add_request(Request("a", [5, 6, 7], params))
+    chunks = [len(o.new_token_ids) for _ in range(4) for o in llm.engine.core.step()]
+    assert chunks == [1, 4, 4, 1]  # prefill, two 4-step decodes, then the one token left (rest dropped)
+    single = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=1)
+    assert (single.generate([[5, 6, 7]], params)[0].outputs[0].token_ids
+            == llm.generate([[5, 6, 7]], params)[0].outputs[0].token_ids)
+
+
+def test_penalties_turn_multi_step_off(tiny_model_dirs):
+    llm = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=4)
+    llm.engine.core.add_request(Request("a", [5, 6, 7], SamplingParams(max_tokens=6, repetition_penalty=1.3)))
+    assert {len(o.new_token_ids) for _ in range(4) for o in llm.engine.core.step()} == {1}
