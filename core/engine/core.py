@@ -1,3 +1,4 @@
+import contextlib
 import logging
 import time
 
@@ -20,6 +21,16 @@ logger = logging.getLogger(__name__)
 CPU_KV_CACHE_BYTES = 1 << 30
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 class EngineCore:
     """The model, its KV cache, the scheduler and the runner: token ids in, token ids out."""
 
@@ -32,8 +43,8 @@ class EngineCore:
         start = time.perf_counter()
         torch.manual_seed(config.seed)
         try:
-            with torch.device(self.device):
-                model = model_cls(self.model_config).to(config.torch_dtype)
+            with torch.device(self.device), default_dtype(config.torch_dtype):
+                model = model_cls(self.model_config)  # allocated in its final dtype: no fp32 copy
             if config.load_format == "dummy":
                 for param in model.parameters():
                     param.data.uniform_(-1e-3, 1e-3)
