@@ -60,11 +60,3 @@ class BlockPool:
         if self.enable_prefix_caching and block.key is None:
             block.key = key
             self.cached.setdefault(key, block)
-
-    def reset_prefix_cache(self) -> bool:
-        if any(b.ref_cnt for b in self.blocks):
-            return False
-        for block in self.blocks:
-            block.key = None
-        self.cached.clear()
-        return True

@@ -10,8 +10,9 @@ logger = logging.getLogger(__name__)
 
 
 def batch_size_buckets(max_num_seqs: int) -> list[int]:
-    buckets = [1, 2, 4, 8] + list(range(16, 513, 16))
-    return [b for b in buckets if b < max_num_seqs] + [max_num_seqs] if max_num_seqs <= 512 else buckets
+    """1, 2, 4, 8, then every 16, up to max_num_seqs or 512; larger batches run eagerly."""
+    top = min(max_num_seqs, 512)
+    return [b for b in (1, 2, 4, 8, *range(16, 513, 16)) if b < top] + [top]
 
 
 class CUDAGraphRunner:
