@@ -51,7 +51,8 @@ class LLM:
     def _run(self, prompts, params, use_tqdm, add_special_tokens) -> list[RequestOutput]:
         ids = [str(next(self._ids)) for _ in prompts]
         for request_id, prompt, p in zip(ids, prompts, params):
-            self.engine.add_request(request_id, prompt, p, add_special_tokens=add_special_tokens)
+            self.engine.add_request(request_id, prompt, p, add_special_tokens=add_special_tokens,
+                                    final_only=True)
         finished: dict[str, RequestOutput] = {}
         progress = _progress(len(ids), use_tqdm)
         try:

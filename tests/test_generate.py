@@ -121,3 +121,13 @@ def test_penalties_turn_multi_step_off(tiny_model_dirs):
     llm = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=4)
     llm.engine.core.add_request(Request("a", [5, 6, 7], SamplingParams(max_tokens=6, repetition_penalty=1.3)))
     assert {len(o.new_token_ids) for _ in range(4) for o in llm.engine.core.step()} == {1}
+
+
+def test_final_only_requests_report_once_when_they_end(llm):
+    from corral.engine.output_processor import OutputProcessor
+    from corral.outputs import EngineCoreOutput
+    processor = OutputProcessor(llm.get_tokenizer())
+    processor.add_request("r", None, [5], SamplingParams(max_tokens=3), final_only=True)
+    reported = [processor.process([EngineCoreOutput("r", [t], finish_reason="length" if t == 9 else None)])[0]
+                for t in (7, 8, 9)]
+    assert reported[:2] == [[], []] and reported[2][0].outputs[0].token_ids == [7, 8, 9]

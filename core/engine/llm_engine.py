@@ -27,14 +27,15 @@ class LLMEngine:
         return list(prompt)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    delta: bool = False, add_special_tokens: bool = True):
+                    delta: bool = False, add_special_tokens: bool = True, final_only: bool = False):
+        """`delta`: outputs carry only what is new; `final_only`: one output, when the request ends."""
         prompt_ids = self.tokenize(prompt, add_special_tokens)
         requests = [Request(child_id, prompt_ids, child_params(params, i), self.eos_token_ids, time.monotonic())
                     for i, child_id in enumerate(self.output_processor.child_ids_for(request_id, params))]
         for request in requests:
             self.core.validate_request(request)
         self.output_processor.add_request(request_id, prompt if isinstance(prompt, str) else None,
-                                          prompt_ids, params, delta)
+                                          prompt_ids, params, delta, final_only)
         for request in requests:
             self.core.add_request(request)
 

@@ -28,6 +28,7 @@ class RequestState:
     params: SamplingParams
     delta: bool
     sequences: list[SequenceState]
+    final_only: bool = False
 
     @property
     def finished(self) -> bool:
@@ -48,7 +49,7 @@ class OutputProcessor:
         self.children: dict[str, tuple[RequestState, SequenceState]] = {}
 
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                    params: SamplingParams, delta: bool = False) -> list[str]:
+                    params: SamplingParams, delta: bool = False, final_only: bool = False) -> list[str]:
         """Registers the request; returns the engine request ids of its n sequences."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -56,7 +57,7 @@ class OutputProcessor:
                                    logprobs=[] if params.logprobs is not None else None,
                                    cumulative_logprob=0.0 if params.logprobs is not None else None)
                      for i in range(params.n)]
-        state = RequestState(request_id, prompt, prompt_token_ids, params, delta, sequences)
+        state = RequestState(request_id, prompt, prompt_token_ids, params, delta, sequences, final_only)
         self.requests[request_id] = state
         child_ids = self.child_ids_for(request_id, params)
         for child_id, seq in zip(child_ids, sequences):
@@ -108,8 +109,10 @@ class OutputProcessor:
             touched.setdefault(state.request_id, (state, []))[1].append(seq)
         results = []
         for state, seqs in touched.values():
-            results.append(self._make_output(state, seqs if state.delta else state.sequences))
-            if state.finished:
+            finished = state.finished
+            if finished or not state.final_only:
+                results.append(self._make_output(state, seqs if state.delta else state.sequences))
+            if finished:
                 self._drop(state)
         return results, to_abort
 
