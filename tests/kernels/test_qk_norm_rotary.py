@@ -26,14 +26,10 @@ def norm_weights(head_dim, dtype, device):
     return [(1 + torch.randn(head_dim, device=device) / 4).to(dtype) for _ in range(2)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim", [(2, 2, 64), (4, 2, 128), (6, 1, 64),
-                                                               (8, 1, 128), (8, 2, 64)])
-def test_qk_norm_rotary_matches_reference_on_fused_qkv_views(num_q_heads, num_kv_heads, head_dim,
-                                                             dtype, device):
-    tokens = 5
-    cache = build_cos_sin_cache(head_dim, 4096, 1e6, device=device)
-    positions = torch.randint(0, 4096, (tokens,), device=device)
+def check_against_reference(tokens, max_positions, num_q_heads, num_kv_heads, head_dim, dtype, device):
+    """The kernel on q/k views of a fused qkv tensor equals the reference; v and the row pad stay."""
+    cache = build_cos_sin_cache(head_dim, max_positions, 1e6, device=device)
+    positions = torch.randint(0, max_positions, (tokens,), device=device)
     qkv, q, k, v = fused_qkv(tokens, num_q_heads, num_kv_heads, head_dim, dtype, device)
     q_weight, k_weight = norm_weights(head_dim, dtype, device)
     v_before, pad_before = v.clone(), qkv[:, -3:].clone()
@@ -44,6 +40,14 @@ def test_qk_norm_rotary_matches_reference_on_fused_qkv_views(num_q_heads, num_kv
     torch.testing.assert_close(q, q_ref, rtol=TOL[dtype], atol=TOL[dtype])
     torch.testing.assert_close(k, k_ref, rtol=TOL[dtype], atol=TOL[dtype])
     assert torch.equal(v, v_before) and torch.equal(qkv[:, -3:], pad_before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim", [(2, 2, 64), (4, 2, 128), (6, 1, 64),
+                                                               (8, 1, 128), (8, 2, 64)])
+def test_qk_norm_rotary_matches_reference_on_fused_qkv_views(num_q_heads, num_kv_heads, head_dim,
+                                                             dtype, device):
+    check_against_reference(5, 4096, num_q_heads, num_kv_heads, head_dim, dtype, device)
 
 
 def test_reference_is_the_unfused_layer_path_to_the_bit_in_fp32(device):
@@ -95,17 +99,7 @@ def test_rejects_a_weight_of_the_wrong_size(device):
                                                                (64, 8, 128), (14, 2, 64), (8, 8, 64)])
 @pytest.mark.parametrize("tokens", [1, 7, 8192])
 def test_qk_norm_rotary_serving_shapes(tokens, num_q_heads, num_kv_heads, head_dim, dtype, device):
-    cache = build_cos_sin_cache(head_dim, 40960, 1e6, device=device)
-    positions = torch.randint(0, 40960, (tokens,), device=device)
-    qkv, q, k, v = fused_qkv(tokens, num_q_heads, num_kv_heads, head_dim, dtype, device)
-    q_weight, k_weight = norm_weights(head_dim, dtype, device)
-    v_before, pad_before = v.clone(), qkv[:, -3:].clone()
-    q_ref, k_ref = q.clone(), k.clone()
-    qk_norm_rotary(q, k, positions, cache, q_weight, k_weight, EPS)
-    qk_norm_rotary_ref(q_ref, k_ref, positions, cache, q_weight, k_weight, EPS)
-    torch.testing.assert_close(q, q_ref, rtol=TOL[dtype], atol=TOL[dtype])
-    torch.testing.assert_close(k, k_ref, rtol=TOL[dtype], atol=TOL[dtype])
-    assert torch.equal(v, v_before) and torch.equal(qkv[:, -3:], pad_before)
+    check_against_reference(tokens, 40960, num_q_heads, num_kv_heads, head_dim, dtype, device)
 
 
 @pytest.mark.gpu
