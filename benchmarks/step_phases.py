@@ -1,74 +1,112 @@
-"""Where one engine step's wall time goes: host phases timed with a device sync around each."""
+"""Where B1's wall time goes: every engine step of one full B1 run, timed by phase and grouped by
+the batch it ran.
+
+    python -m benchmarks.step_phases --model qwen3-0.6b
+
+The scheduler's `schedule` and `update` are pure host work (the device is idle: the runner ends
+each step by reading its sampled tokens); `execute` is input packing plus the device work. For
+decode groups the KV bytes read are printed beside the time, so the achieved bandwidth shows how
+far each batch size is from the attention floor.
+"""
 import argparse
 import time
 from collections import defaultdict
 
 import torch
 
-from benchmarks.common import model_dir
-from benchmarks.throughput import b1_workload
+from benchmarks.common import emit, environment, model_dir
+from benchmarks.throughput import b1_workload, run
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
-from corral.engine.sampler import SamplingMetadata
 from corral.sampling_params import SamplingParams
 
+BATCH_BINS = (1, 16, 64, 128, 192, 256, 513)
 
-def timed_step(engine: EngineCore, acc: dict):
-    runner, clock = engine.runner, time.perf_counter
 
-    def mark(name, start):
-        torch.cuda.synchronize()
-        now = clock()
-        acc[name] += now - start
-        return now
+def traced(fn, name: str, clock: dict):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        clock[name] = time.perf_counter() - start
+        return result
+    return wrapper
 
-    t = clock()
-    out = engine.scheduler.schedule()
-    t = mark("schedule", t)
-    input_ids, positions, metadata, rows = runner.prepare(out)
-    t = mark("prepare", t)
-    if runner.graph_runner is not None and runner.graph_runner.can_run(metadata, input_ids.shape[0]):
-        acc["graph_steps"] += 1
-    logits = runner._forward(input_ids, positions, metadata, rows)
-    t = mark("forward+lm_head", t)
-    requests = [s.request for s in out.scheduled if s.samples]
-    sampling = SamplingMetadata.build(requests, runner.vocab_size, runner.device)
-    t = mark("sampling_metadata", t)
-    result = runner.sampler(logits, sampling)
-    t = mark("sample", t)
-    tokens = result.sampled_token_ids.tolist()
-    t = mark("to_host", t)
-    engine.scheduler.update(out, [[t] for t in tokens])
-    mark("update", t)
-    acc["steps"] += 1
+
+def batch_bin(num_seqs: int) -> str:
+    for lo, hi in zip(BATCH_BINS, BATCH_BINS[1:]):
+        if lo <= num_seqs < hi:
+            return f"{lo}-{hi - 1}"
+    return "?"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-0.6b")
-    ap.add_argument("--num-requests", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--num-scheduler-steps", type=int, default=8)
     args = ap.parse_args()
     engine = EngineCore(EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=4096,
-                                     max_num_seqs=512, max_num_batched_tokens=16384))
-    prompts, params = b1_workload(args.num_requests)
-    warmup = [SamplingParams(ignore_eos=True, max_tokens=n) for n in range(1, 33)]
-    for i, (p, sp) in enumerate(zip(b1_workload(32, seed=1)[0], warmup)):
-        engine.add_request(Request(f"warmup-{i}", p, sp))
-    while engine.has_unfinished_requests():
-        engine.step()
+                                     max_num_seqs=512, max_num_batched_tokens=16384,
+                                     num_scheduler_steps=args.num_scheduler_steps))
+    kv_bytes = engine._kv_bytes_per_token()
+    warmup, _ = b1_workload(48, seed=1)
+    run(engine, warmup, [SamplingParams(ignore_eos=True, max_tokens=n) for n in range(1, 49)], "warmup")
+
+    clock, steps = {}, []
+    engine.scheduler.schedule = traced(engine.scheduler.schedule, "schedule", clock)
+    engine.scheduler.update = traced(engine.scheduler.update, "update", clock)
+    execute = engine.runner.execute
+
+    def execute_recorded(out, num_steps=1):
+        start = time.perf_counter()
+        result = execute(out, num_steps)
+        decode = all(s.num_new_tokens == 1 for s in out.scheduled)
+        context = sum(s.num_computed_tokens + s.num_new_tokens for s in out.scheduled)
+        steps.append(dict(execute=time.perf_counter() - start, num_steps=num_steps, decode=decode,
+                          num_seqs=len(out.scheduled), num_tokens=out.num_tokens,
+                          kv_read=kv_bytes * (num_steps * context + len(out.scheduled) * num_steps * (num_steps - 1) // 2)))
+        return result
+
+    engine.runner.execute = execute_recorded
+    prompts, params = b1_workload()
     for i, (p, sp) in enumerate(zip(prompts, params)):
         engine.add_request(Request(str(i), p, sp))
-    acc = defaultdict(float)
-    for _ in range(args.steps):
-        timed_step(engine, acc)
-    steps = acc.pop("steps")
-    graph_steps = acc.pop("graph_steps")
-    total = sum(acc.values())
-    print(f"{int(steps)} steps ({int(graph_steps)} from CUDA graphs), {total / steps * 1000:.2f} ms per step")
-    for name, seconds in acc.items():
-        print(f"  {name:18s} {seconds / steps * 1000:7.3f} ms  {seconds / total:6.1%}")
+    torch.cuda.synchronize()
+    wall_start, num_out, walls = time.perf_counter(), 0, []
+    while engine.has_unfinished_requests():
+        t = time.perf_counter()
+        num_out += sum(len(o.new_token_ids) for o in engine.step())
+        walls.append((time.perf_counter() - t, clock.get("schedule", 0.0), clock.get("update", 0.0)))
+    wall = time.perf_counter() - wall_start
+
+    groups = defaultdict(lambda: defaultdict(float))
+    for step, (step_wall, schedule, update) in zip(steps, walls):
+        g = groups["prefill+decode" if not step["decode"] else f"decode {batch_bin(step['num_seqs'])}"]
+        g["engine_steps"] += 1
+        g["model_steps"] += step["num_steps"]
+        g["wall"] += step_wall
+        g["execute"] += step["execute"]
+        g["host"] += step_wall - step["execute"]
+        g["schedule"] += schedule
+        g["update"] += update
+        g["tokens"] += step["num_tokens"]
+        g["kv_read"] += step["kv_read"]
+    print(f"B1 {args.model}: {num_out} output tokens in {wall:.2f} s = {num_out / wall:,.0f} tok/s; "
+          f"{len(steps)} engine steps, {sum(s['num_steps'] for s in steps)} model steps")
+    print(f"{'group':16s} {'steps':>6s} {'model':>6s} {'wall s':>7s} {'share':>6s} {'ms/model step':>13s} "
+          f"{'host ms/step':>12s} {'KV GB':>7s} {'KV TB/s':>7s}")
+    for name in sorted(groups, key=lambda n: (n[0] != "p", int(n.split()[-1].split("-")[0]) if n[0] == "d" else 0)):
+        g = groups[name]
+        print(f"{name:16s} {int(g['engine_steps']):6d} {int(g['model_steps']):6d} {g['wall']:7.2f} "
+              f"{g['wall'] / wall:6.1%} {g['execute'] / g['model_steps'] * 1e3:13.3f} "
+              f"{g['host'] / g['engine_steps'] * 1e3:12.3f} {g['kv_read'] / 1e9:7.1f} "
+              f"{g['kv_read'] / g['execute'] / 1e12:7.2f}")
+    host = sum(g["host"] for g in groups.values())
+    print(f"host outside execute: {host:.2f} s ({host / wall:.1%}); schedule "
+          f"{sum(g['schedule'] for g in groups.values()):.2f} s, update {sum(g['update'] for g in groups.values()):.2f} s")
+    emit(dict(environment(), benchmark="B1-phases", model=args.model, seconds=round(wall, 2),
+              output_tok_s=round(num_out / wall, 1), host_s=round(host, 2),
+              groups={k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in groups.items()}))
 
 
 if __name__ == "__main__":
