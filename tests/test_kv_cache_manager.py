@@ -32,10 +32,10 @@ def test_decode_grows_the_table_only_at_block_boundaries():
     kv = KVCacheManager(num_blocks=8, block_size=4)
     r = req("a", [1, 2, 3])
     admit(kv, r)
-    r.append_output_token(4)
+    r.append_output_tokens([4])
     assert len(kv.allocate(r, 1)) == 1
     r.num_computed_tokens += 1
-    r.append_output_token(5)
+    r.append_output_tokens([5])
     assert len(kv.allocate(r, 1)) == 2
 
 

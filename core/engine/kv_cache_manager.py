@@ -51,8 +51,14 @@ class KVCacheManager:
         Full blocks among computed + new join the prefix cache, since their KV is written
         by the end of this step.
         """
+        rid = request.request_id
+        blocks = self.req_blocks.get(rid, [])
+        if blocks and not computed_blocks:  # a running request: often nothing to add (decode)
+            total = request.num_computed_tokens + num_new_tokens
+            if (total <= len(blocks) * self.block_size
+                    and min(total, request.num_tokens) // self.block_size <= self.req_num_cached.get(rid, 0)):
+                return self.req_block_ids[rid]
         computed_blocks = computed_blocks or []
-        blocks = self.req_blocks.get(request.request_id, [])
         num_computed = request.num_computed_tokens if blocks else len(computed_blocks) * self.block_size
         total = num_computed + num_new_tokens
         num_required = -(-total // self.block_size) - len(blocks) - len(computed_blocks)
@@ -60,7 +66,6 @@ class KVCacheManager:
         if num_required > self.pool.num_free_blocks - evictable_hits:
             return None
         self.pool.touch(computed_blocks)
-        rid = request.request_id
         blocks = self.req_blocks.setdefault(rid, [])
         block_ids = self.req_block_ids.setdefault(rid, [])
         new_blocks = computed_blocks + (self.pool.take(num_required) if num_required > 0 else [])

@@ -21,13 +21,13 @@ class ModelRunner:
     """Turns a SchedulerOutput into one flat batch, runs the model and samples on the device."""
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
-                 block_size: int, device: torch.device, vocab_size: int):
+                 block_size: int, device: torch.device, vocab_size: int, seed: int = 0):
         self.model = model
         self.backend = backend
         self.block_size = block_size
         self.device = device
         self.vocab_size = vocab_size
-        self.sampler = Sampler()
+        self.sampler = Sampler(seed)
         self.graph_runner = None
         self.staging: torch.Tensor | None = None  # pinned host buffer for the step's inputs
         attention_layers = [m for m in model.modules() if isinstance(m, Attention)]

@@ -58,9 +58,9 @@ class Request:
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
-    def append_output_token(self, token_id: int):
-        self.output_token_ids.append(token_id)
-        self.all_token_ids.append(token_id)
+    def append_output_tokens(self, token_ids: list[int]):
+        self.output_token_ids.extend(token_ids)
+        self.all_token_ids.extend(token_ids)
 
     @property
     def finish_reason(self) -> str | None:

@@ -1,3 +1,4 @@
+import random
 from dataclasses import dataclass, field
 
 import torch
@@ -100,16 +101,30 @@ class SamplerOutput:
 class Sampler:
     """Picks one token per row in vLLM v1's order: logprobs of the raw logits; logit bias,
     min_tokens and penalties (`process_logits`); argmax for greedy rows; temperature, min-p,
-    top-k and top-p (`truncate_logits`) and an exponential race for the others."""
+    top-k and top-p (`truncate_logits`) and an exponential race for the others. On CUDA, rows that
+    need only a temperature are sampled by one Triton pass (Gumbel-max) seeded from `seed`."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
-        sampled = _sample(process_logits(logits, metadata), metadata)
+        logits = process_logits(logits, metadata)
+        if self._one_pass(logits, metadata):
+            from corral.kernels.sampling import gumbel_argmax
+            sampled = gumbel_argmax(logits, metadata.temperature, self.rng.getrandbits(31), GREEDY_EPS)
+        else:
+            sampled = _sample(logits, metadata)
         if raw_logprobs is None:
             return SamplerOutput(sampled)
         return SamplerOutput(sampled, *gather_logprobs(raw_logprobs, sampled, metadata.max_num_logprobs))
+
+    @staticmethod
+    def _one_pass(logits: torch.Tensor, md: SamplingMetadata) -> bool:
+        return (logits.is_cuda and not md.all_greedy and md.top_k is None and md.top_p is None
+                and md.min_p is None and not md.generators and logits.numel() < 2**31)
 
 
 def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:

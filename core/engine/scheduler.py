@@ -124,32 +124,36 @@ class Scheduler:
         for request, token_ids in zip(samplers, sampled_token_ids, strict=True):
             if request.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            appended = []
-            for token_id in token_ids:
-                request.append_output_token(token_id)
-                appended.append(token_id)
-                status = self._stop_status(request, token_id)
-                if status is not None:
-                    self.finish(request, status)
-                    break
-            else:
+            num_accepted, status = self._first_stop(request, token_ids)
+            appended = token_ids[:num_accepted]
+            request.append_output_tokens(appended)
+            if status is None:
                 request.num_computed_tokens += len(token_ids) - 1
+            else:
+                self.finish(request, status)
             updated.append((request, appended))
         return updated
 
-    def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
+    def _first_stop(self, request: Request, token_ids: list[int]) -> tuple[int, RequestStatus | None]:
+        """How many of token_ids the request takes, and how it finishes after them (None: it goes
+        on). A stop token counts once min_tokens are out; it wins over a length limit on the same
+        token, and sets stop_reason when it is one of the request's stop_token_ids."""
         params = request.sampling_params
-        if request.num_output_tokens >= params.min_tokens:
-            if not params.ignore_eos and token_id in request.eos_token_ids:
-                return RequestStatus.FINISHED_STOPPED
-            if token_id in params.stop_token_ids:
-                request.stop_reason = token_id
-                return RequestStatus.FINISHED_STOPPED
-        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if request.num_tokens >= self.max_model_len:
-            return RequestStatus.FINISHED_LENGTH
-        return None
+        num_output = request.num_output_tokens
+        room = self.max_model_len - request.num_tokens
+        if params.max_tokens is not None:
+            room = min(room, params.max_tokens - num_output)
+        stops = params.stop_token_ids if params.ignore_eos else (*params.stop_token_ids, *request.eos_token_ids)
+        if stops:
+            for i in range(max(0, params.min_tokens - num_output - 1), min(room, len(token_ids))):
+                token_id = token_ids[i]
+                if token_id in stops:
+                    if token_id in params.stop_token_ids and (params.ignore_eos or token_id not in request.eos_token_ids):
+                        request.stop_reason = token_id
+                    return i + 1, RequestStatus.FINISHED_STOPPED
+        if room <= len(token_ids):
+            return max(room, 1), RequestStatus.FINISHED_LENGTH
+        return len(token_ids), None
 
     def finish(self, request: Request, status: RequestStatus):
         """Finish (stop string, abort, ...) a request wherever it is, freeing its blocks."""
