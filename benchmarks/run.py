@@ -11,6 +11,7 @@ STEPS = {
     "kernels": [sys.executable, "-m", "pytest", "-q", "-x", "tests/kernels", "-p", "no:cacheprovider"],
     "check": [sys.executable, "-m", "benchmarks.engine_check"],
     "b1": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--model"],
+    "b1sync": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--no-async-scheduling", "--model"],
     "b1eager": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--enforce-eager", "--model"],
     "b1profile": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--profile", "--model"],
     "phases": [sys.executable, "-m", "benchmarks.step_phases", "--model"],

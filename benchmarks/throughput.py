@@ -64,12 +64,14 @@ def main():
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--num-scheduler-steps", type=int, default=8)
+    ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps)
+                          enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
+                          async_scheduling=args.async_scheduling)
     engine = EngineCore(config)
     prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
     # warm-up: compiles every Triton specialization the run will meet (odd and even sizes, chunked prefill)
@@ -89,7 +91,7 @@ def report(args, engine, prompts, seconds, num_out, repeat):
               output_tokens=num_out, output_tok_s=round(num_out / seconds, 1),
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
               num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager, repeat=repeat,
-              num_scheduler_steps=args.num_scheduler_steps))
+              num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class EngineConfig:
     attention_backend: str | None = None
     enforce_eager: bool = False
     num_scheduler_steps: int = 8  # decode steps per host sync when the batch allows it
+    async_scheduling: bool = True  # launch the next multi-step group before this one's tokens are back
     seed: int = 0
     load_format: str = "auto"  # "dummy": random weights, for benchmarks
     hf_config: dict = field(default_factory=dict)

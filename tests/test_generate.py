@@ -117,6 +117,51 @@ def test_plain_decode_batches_run_several_steps_per_host_sync(tiny_model_dirs):
             == llm.generate([[5, 6, 7]], params)[0].outputs[0].token_ids)
 
 
+def test_async_scheduling_gives_the_tokens_of_synchronous_steps(tiny_model_dirs):
+    model = str(tiny_model_dirs["qwen3"])
+    prompts = [[5, 6, 7], [9, 9], [11] * 30, [3, 1, 4, 1, 5]]
+    sync = LLM(model, num_scheduler_steps=4, async_scheduling=False)
+    free_run = sync.generate(prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+    # each request stops at a token it makes part-way through a 4-step group, or by length
+    params = [SamplingParams(temperature=0, max_tokens=13 + 7 * i, ignore_eos=True,
+                             stop_token_ids=[tokens(o)[9 + i]]) for i, o in enumerate(free_run)]
+    expected = sync.generate(prompts, params)
+    llm = LLM(model, num_scheduler_steps=4)
+    launch, continuations = llm.engine.core.runner.launch, []
+
+    def counted(out, num_steps=1, previous=None):
+        continuations.append(previous is not None)
+        return launch(out, num_steps, previous)
+
+    llm.engine.core.runner.launch = counted
+    actual = llm.generate(prompts, params)
+    assert any(continuations)
+    assert ([(tokens(o), o.outputs[0].finish_reason) for o in actual]
+            == [(tokens(o), o.outputs[0].finish_reason) for o in expected])
+    core = llm.engine.core
+    assert core.in_flight is None and core.kv_cache_manager.num_free_blocks == core.num_blocks
+
+
+def test_abort_while_the_next_group_runs(tiny_model_dirs):
+    model = str(tiny_model_dirs["qwen3"])
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    expected = LLM(model, num_scheduler_steps=4, async_scheduling=False).generate([[5, 6, 7]], params)[0]
+    core = LLM(model, num_scheduler_steps=4).engine.core
+    core.add_request(Request("keep", [5, 6, 7], params))
+    core.add_request(Request("drop", [9, 9], params))
+    out = {"keep": [], "drop": []}
+    while core.in_flight is None or len(core.in_flight[0].scheduled) < 2:
+        for o in core.step():
+            out[o.request_id] += o.new_token_ids
+    core.abort_requests(["drop"])
+    dropped_at = len(out["drop"])
+    while core.has_unfinished_requests():
+        for o in core.step():
+            out[o.request_id] += o.new_token_ids
+    assert out["keep"] == tokens(expected) and len(out["drop"]) == dropped_at
+    assert core.kv_cache_manager.num_free_blocks == core.num_blocks
+
+
 def test_penalties_turn_multi_step_off(tiny_model_dirs):
     llm = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=4)
     llm.engine.core.add_request(Request("a", [5, 6, 7], SamplingParams(max_tokens=6, repetition_penalty=1.3)))

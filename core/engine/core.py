@@ -7,10 +7,10 @@ import torch
 from corral.backends.base import get_backend
 from corral.config import ConfigError, EngineConfig
 from corral.engine.kv_cache_manager import KVCacheManager
-from corral.engine.model_runner import ModelRunner
+from corral.engine.model_runner import InFlight, ModelRunner
 from corral.engine.profiling import profile_peak_memory
 from corral.engine.request import Request, RequestStatus
-from corral.engine.scheduler import Scheduler
+from corral.engine.scheduler import Scheduler, SchedulerOutput
 from corral.model_config import ModelConfig
 from corral.model_loader import load_weights
 from corral.outputs import EngineCoreOutput, TokenLogprob
@@ -61,6 +61,7 @@ class EngineCore:
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len)
+        self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed)
         if self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
@@ -136,14 +137,21 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self.in_flight is not None
 
     def step(self) -> list[EngineCoreOutput]:
-        scheduler_output = self.scheduler.schedule()
-        if not scheduler_output.scheduled:
-            return []
-        num_steps = self._num_decode_steps(scheduler_output)
-        runner_output = self.runner.execute(scheduler_output, num_steps)
+        """Outputs of one step. A multi-step decode group is followed, when nothing waits and no
+        request finishes by length within it, by the next group launched before this one's tokens
+        come back (async scheduling): the device never waits for the host between groups."""
+        if self.in_flight is None:
+            scheduler_output = self.scheduler.schedule()
+            if not scheduler_output.scheduled:
+                return []
+            num_steps = self._num_decode_steps(scheduler_output)
+            self.in_flight = (scheduler_output, num_steps, self.runner.launch(scheduler_output, num_steps))
+        scheduler_output, num_steps, launched = self.in_flight
+        self.in_flight = self._launch_continuation(scheduler_output, num_steps, launched)
+        runner_output = launched.result()
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
         logprobs = runner_output.logprobs
         by_request = {}
@@ -160,6 +168,27 @@ class EngineCore:
             outputs.append(EngineCoreOutput(request.request_id, token_ids, new_logprobs,
                                             request.finish_reason, request.stop_reason))
         return outputs
+
+    def _launch_continuation(self, scheduler_output: SchedulerOutput, num_steps: int, launched: InFlight):
+        if num_steps <= 1 or not self.config.async_scheduling or self.scheduler.waiting:
+            return None
+        requests = []
+        for s in scheduler_output.scheduled:
+            request, params = s.request, s.request.sampling_params
+            if request.status != RequestStatus.RUNNING:
+                continue  # finished by a stop token in the group before, or aborted
+            room = self.config.max_model_len - request.num_tokens
+            if room < 2 * num_steps:
+                return None  # near max_model_len: the scheduler sees it first
+            left = params.max_tokens - request.num_output_tokens if params.max_tokens is not None else room
+            if left > num_steps:  # those that end by length in the running group are left out
+                requests.append(request)
+        if not requests:
+            return None
+        continuation = self.scheduler.schedule_continuation(requests, num_steps)
+        if continuation is None:
+            return None
+        return continuation, num_steps, self.runner.launch(continuation, num_steps, previous=launched)
 
     def _num_decode_steps(self, scheduler_output) -> int:
         """Multi-step decode: a batch of plain decodes runs several steps with one host sync, when

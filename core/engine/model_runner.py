@@ -10,6 +10,23 @@ from corral.layers.attention import Attention, ForwardContext
 
 
 @dataclass(slots=True)
+class InFlight:
+    """A launched step: its sampled tokens are on their way to pinned host memory."""
+
+    requests: list  # the requests that sampled, in row order
+    sampled: torch.Tensor  # [B, num_steps] on the device: the next continuation reads its last column
+    host: torch.Tensor  # the same, on the host once `copied` has fired
+    copied: torch.cuda.Event | None
+    sampler_output: object | None  # kept for logprobs (single steps only)
+
+    def result(self) -> "RunnerOutput":
+        if self.copied is not None:
+            self.copied.synchronize()
+        logprobs = ModelRunner._logprobs(self.requests, self.sampler_output) if self.sampler_output else None
+        return RunnerOutput(self.host.tolist(), logprobs)
+
+
+@dataclass(slots=True)
 class RunnerOutput:
     """One entry per request that sampled, in scheduled order."""
 
@@ -30,6 +47,7 @@ class ModelRunner:
         self.sampler = Sampler(seed)
         self.graph_runner = None
         self.staging: torch.Tensor | None = None  # pinned host buffer for the step's inputs
+        self.staging_copied: torch.cuda.Event | None = None  # its last copy to the device is done
         attention_layers = [m for m in model.modules() if isinstance(m, Attention)]
         for layer, cache in zip(attention_layers, kv_caches, strict=True):
             layer.kv_cache = cache
@@ -41,16 +59,23 @@ class ModelRunner:
                                             self.device)
         self.graph_runner.capture()
 
-    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
-        """Host arrays packed into one tensor, copied to the device once, then split."""
+    def prepare(self, out: SchedulerOutput, previous: InFlight | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Host arrays packed into one tensor, copied to the device once, then split. With
+        `previous` (a continuation, all decodes), each request's input token is the last one
+        `previous` sampled for it, read on the device: the host does not know it yet."""
         scheduled = out.scheduled
         num_seqs = len(scheduled)
         max_blocks = max(len(s.block_ids) for s in scheduled)
         block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
         input_ids, positions, query_start_loc, seq_lens, sample_rows = [], [], [0], [], []
+        if previous is not None:
+            row_of = {id(r): i for i, r in enumerate(previous.requests)}
+            input_ids = [row_of[id(s.request)] for s in scheduled]
         for i, s in enumerate(scheduled):
             start, end = s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens
-            input_ids.extend(s.request.all_token_ids[start:end])
+            if previous is None:
+                input_ids.extend(s.request.all_token_ids[start:end])
             positions.extend(range(start, end))
             query_start_loc.append(query_start_loc[-1] + s.num_new_tokens)
             seq_lens.append(end)
@@ -64,12 +89,17 @@ class ModelRunner:
         if self.device.type == "cuda":
             if self.staging is None or self.staging.numel() < host.size:
                 self.staging = torch.empty(max(host.size, 1 << 20), dtype=torch.long, pin_memory=True)
-            # the previous step's copy is done: each step ends by reading its sampled tokens
+            if self.staging_copied is not None:
+                self.staging_copied.synchronize()  # a launched step may not have read it yet
             staged = self.staging[:host.size]
             staged.numpy()[:] = host
             packed = staged.to(self.device, non_blocking=True)
+            self.staging_copied = torch.cuda.Event()
+            self.staging_copied.record()
         sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), block_tables.size]
         ids, pos, query_start, lens, rows, tables = packed.split(sizes)
+        if previous is not None:
+            ids = previous.sampled[:, -1][ids]
         tables = tables.view(num_seqs, max_blocks).int()
         query_lens = query_start[1:] - query_start[:-1]
         seq_index = torch.repeat_interleave(torch.arange(num_seqs, device=self.device), query_lens,
@@ -88,15 +118,19 @@ class ModelRunner:
         hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
         return self.model.compute_logits(hidden_states[sample_rows])
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput, num_steps: int = 1) -> RunnerOutput:
-        """One forward and sample; with num_steps > 1 (decode-only batches whose KV has room),
-        each sampled token is fed straight back on the device, with one host sync at the end."""
-        input_ids, positions, metadata, sample_rows = self.prepare(out)
+        return self.launch(out, num_steps).result()
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, num_steps: int = 1, previous: InFlight | None = None) -> InFlight:
+        """One forward and sample, enqueued; with num_steps > 1 (decode-only batches whose KV has
+        room), each sampled token is fed straight back on the device. Nothing here waits for the
+        device, so the host can prepare the next step while this one runs."""
+        input_ids, positions, metadata, sample_rows = self.prepare(out, previous)
         requests = [s.request for s in out.scheduled if s.samples]
         logits = self._forward(input_ids, positions, metadata, sample_rows)
         if not requests:
-            return RunnerOutput([])
+            return InFlight([], torch.empty(0, 1, dtype=torch.long), torch.empty(0, 1, dtype=torch.long), None, None)
         sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
         result = self.sampler(logits, sampling)
         steps = [result.sampled_token_ids]
@@ -105,8 +139,13 @@ class ModelRunner:
             metadata = self._advance(metadata, positions)
             logits = self._forward(steps[-1], positions, metadata, sample_rows)
             steps.append(self.sampler(logits, sampling).sampled_token_ids)
-        sampled = torch.stack(steps, dim=1).tolist()
-        return RunnerOutput(sampled, self._logprobs(requests, result) if num_steps == 1 else None)
+        sampled = torch.stack(steps, dim=1)
+        if self.device.type != "cuda":
+            return InFlight(requests, sampled, sampled, None, result if num_steps == 1 else None)
+        host = sampled.to("cpu", non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return InFlight(requests, sampled, host, copied, result if num_steps == 1 else None)
 
     def _advance(self, metadata: AttentionMetadata, positions: torch.Tensor) -> AttentionMetadata:
         """The metadata of the next decode step: every sequence one token longer."""

@@ -44,7 +44,7 @@ class SamplingMetadata:
         def optional(values, unused, dtype):
             if all(v == unused for v in values):
                 return None
-            return torch.tensor(values, dtype=dtype, device=device)
+            return _tensor(values, dtype, device)
 
         repetition = optional([p.repetition_penalty for p in params], 1.0, torch.float32)
         presence = optional([p.presence_penalty for p in params], 0.0, torch.float32)
@@ -64,8 +64,7 @@ class SamplingMetadata:
 
         wanted = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
-            temperature=torch.tensor([0.0 if g else p.temperature for p, g in rows],
-                                     dtype=torch.float32, device=device),
+            temperature=_tensor([0.0 if g else p.temperature for p, g in rows], torch.float32, device),
             all_greedy=all(greedy),
             all_random=not any(greedy),
             top_k=optional([0 if g else p.top_k for p, g in rows], 0, torch.int64),
@@ -78,11 +77,10 @@ class SamplingMetadata:
                               _padded([r.prompt_token_ids for r in requests], vocab_size, device)),
             output_token_ids=(None if not any_penalty else
                               _padded([r.output_token_ids for r in requests], vocab_size, device)),
-            logit_bias_index=(torch.tensor([[i for i, _, _ in bias], [t for _, t, _ in bias]],
-                                           dtype=torch.int64, device=device) if bias else None),
-            logit_bias=(torch.tensor([v for _, _, v in bias], dtype=torch.float32, device=device)
-                        if bias else None),
-            min_tokens_index=torch.tensor(list(zip(*masked)), dtype=torch.int64, device=device) if masked else None,
+            logit_bias_index=(_tensor([[i for i, _, _ in bias], [t for _, t, _ in bias]], torch.int64, device)
+                              if bias else None),
+            logit_bias=_tensor([v for _, _, v in bias], torch.float32, device) if bias else None,
+            min_tokens_index=_tensor(list(zip(*masked)), torch.int64, device) if masked else None,
             generators=generators,
             max_num_logprobs=max(wanted) if wanted else None,
         )
@@ -222,4 +220,9 @@ def _stop_token_ids(request: Request) -> set[int]:
 
 def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
     width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], dtype=torch.int64, device=device)
+    return _tensor([list(r) + [pad] * (width - len(r)) for r in rows], torch.int64, device)
+
+
+def _tensor(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # a blocking host-to-device copy would wait for every step already queued on the device
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

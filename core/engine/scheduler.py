@@ -114,6 +114,24 @@ class Scheduler:
                 return False
         return True
 
+    def schedule_continuation(self, requests: list[Request], num_steps: int) -> SchedulerOutput | None:
+        """The next group of num_steps decode steps for `requests`, scheduled while their current
+        group of num_steps is still running: each request's input is the last token that group
+        samples, which the host does not know yet. None if the pool cannot hold the new steps
+        (blocks already added stay with their requests). The current group's `update` and this
+        one's may come in either order."""
+        out = SchedulerOutput()
+        for request in requests:
+            block_ids = self.kv.allocate(request, 2 * num_steps - 1)
+            if block_ids is None:
+                return None
+            scheduled = ScheduledRequest(request, request.num_computed_tokens + num_steps - 1, 1, block_ids)
+            scheduled.samples = True
+            out.scheduled.append(scheduled)
+        for request in requests:
+            request.num_computed_tokens += 1
+        return out
+
     def update(self, scheduler_output: SchedulerOutput,
                sampled_token_ids: list[list[int]]) -> list[tuple[Request, list[int]]]:
         """Append the tokens sampled for each request that sampled (in scheduled order), one by one,
