@@ -37,13 +37,15 @@ class LlamaAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.position_qk(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, ctx))
+        q, k, kv_stored = self.position_qk(positions, q, k, v, ctx)
+        return self.o_proj(self.attn(q, k, v, ctx, kv_stored))
 
-    def position_qk(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """Everything between the qkv split and attention: q/k norm (if any), then rotary."""
+    def position_qk(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Everything between the qkv split and attention: q/k norm (if any), then rotary.
+        Returns q, k and whether k and v are already in the KV cache (a fused kernel's work)."""
         q, k = self.normalize_qk(q, k)
-        return self.rotary_emb(positions, q, k)  # in place; kernels take the strided views
+        return *self.rotary_emb(positions, q, k), False  # in place; kernels take the strided views
 
     def normalize_qk(self, q: torch.Tensor, k: torch.Tensor):
         return q, k

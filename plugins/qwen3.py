@@ -21,14 +21,15 @@ class Qwen3Attention(LlamaAttention):
     def normalize_qk(self, q: torch.Tensor, k: torch.Tensor):
         return self.q_norm(q), self.k_norm(k)
 
-    def position_qk(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+    def position_qk(self, positions, q, k, v, ctx):
         if not q.is_cuda:
-            return super().position_qk(positions, q, k)
+            return super().position_qk(positions, q, k, v, ctx)
         from corral.kernels.qk_norm_rotary import qk_norm_rotary
-        # one launch instead of three, in place on the qkv views
-        qk_norm_rotary(q, k, positions, self.rotary_emb.cos_sin_cache, self.q_norm.weight,
-                       self.k_norm.weight, self.q_norm.eps)
-        return q, k
+        # one launch instead of four, in place on the qkv views, storing k and v where the backend lets it
+        store = (v, self.attn.kv_cache, ctx.attn_metadata.slot_mapping) if ctx.backend.name == "triton" else ()
+        qk_norm_rotary(q, k, positions, self.rotary_emb.cos_sin_cache, self.q_norm.weight, self.k_norm.weight,
+                       self.q_norm.eps, *store)
+        return q, k, bool(store)
 
 
 class Qwen3DecoderLayer(LlamaDecoderLayer):

@@ -35,9 +35,9 @@ class AttentionBackend(Protocol):
     name: str
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        """Store k, v [T, Hkv, D] into kv_cache, then attend q [T, Hq, D] causally over each
-        sequence's whole context in the cache. Returns [T, Hq, D]."""
+                metadata: AttentionMetadata, scale: float, kv_stored: bool = False) -> torch.Tensor:
+        """Store k, v [T, Hkv, D] into kv_cache (unless kv_stored), then attend q [T, Hq, D]
+        causally over each sequence's whole context in the cache. Returns [T, Hq, D]."""
         ...
 
 

@@ -11,14 +11,15 @@ class TorchAttentionBackend:
     name = "torch"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+                metadata: AttentionMetadata, scale: float, kv_stored: bool = False) -> torch.Tensor:
         num_kv_heads, head_dim = k.shape[1], k.shape[2]
         block_size = kv_cache.shape[2]
         flat_cache = kv_cache.view(2, -1, num_kv_heads, head_dim)
-        valid = metadata.slot_mapping >= 0
-        slots = metadata.slot_mapping[valid]
-        flat_cache[0, slots] = k[valid]
-        flat_cache[1, slots] = v[valid]
+        if not kv_stored:
+            valid = metadata.slot_mapping >= 0
+            slots = metadata.slot_mapping[valid]
+            flat_cache[0, slots] = k[valid]
+            flat_cache[1, slots] = v[valid]
 
         device = q.device
         starts = metadata.query_start_loc[:-1].long()

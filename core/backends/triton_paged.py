@@ -11,8 +11,9 @@ class TritonAttentionBackend:
     name = "triton"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        store_kv_cache(k, v, kv_cache, metadata.slot_mapping)
+                metadata: AttentionMetadata, scale: float, kv_stored: bool = False) -> torch.Tensor:
+        if not kv_stored:
+            store_kv_cache(k, v, kv_cache, metadata.slot_mapping)
         if metadata.is_decode_only:
             return paged_attention_decode(q, kv_cache, metadata, scale)
         return paged_attention_prefill(q, kv_cache, metadata, scale)

@@ -31,16 +31,9 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
     """k, v [T, Hkv, D] (last dim contiguous) -> kv_cache [2, num_blocks, block_size, Hkv, D] at
     slot_mapping[t] = block * block_size + row; slot -1 is skipped."""
     num_tokens, num_kv_heads, head_dim = k.shape
+    check_kv_store(k, v, kv_cache)
     if num_tokens == 0:
         return
-    if k.stride(2) != 1 or v.stride(2) != 1:
-        raise ValueError("store_kv_cache needs the head dim of k and v to be contiguous")
-    cache_heads, cache_dim = kv_cache.shape[3:]
-    if (cache_heads, cache_dim) != (num_kv_heads, head_dim):
-        raise ValueError(f"kv_cache holds [{cache_heads}, {cache_dim}] per token, k is "
-                         f"[{num_kv_heads}, {head_dim}]")
-    if not kv_cache[0].is_contiguous():
-        raise ValueError("kv_cache must be contiguous within its K and V halves")
     _store_kv_cache_kernel[(num_tokens,)](
         k, v, kv_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -49,6 +42,17 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
         num_warps=4,
     )
+
+
+def check_kv_store(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor):
+    if k.stride(2) != 1 or v.stride(2) != 1:
+        raise ValueError("storing to the KV cache needs the head dim of k and v to be contiguous")
+    cache_heads, cache_dim = kv_cache.shape[3:]
+    if (cache_heads, cache_dim) != tuple(k.shape[1:]) or v.shape != k.shape:
+        raise ValueError(f"kv_cache holds [{cache_heads}, {cache_dim}] per token, k is "
+                         f"{list(k.shape[1:])}, v {list(v.shape[1:])}")
+    if not kv_cache[0].is_contiguous():
+        raise ValueError("kv_cache must be contiguous within its K and V halves")
 
 
 def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,

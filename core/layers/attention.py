@@ -22,6 +22,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
         self.kv_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        out = ctx.backend.forward(q, k, v, self.kv_cache, ctx.attn_metadata, self.scale)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
+                kv_stored: bool = False) -> torch.Tensor:
+        """kv_stored: k and v are already in the cache (a fused kernel wrote them)."""
+        out = ctx.backend.forward(q, k, v, self.kv_cache, ctx.attn_metadata, self.scale, kv_stored)
         return out.reshape(out.shape[0], -1)

@@ -50,6 +50,26 @@ def test_qk_norm_rotary_matches_reference_on_fused_qkv_views(num_q_heads, num_kv
     check_against_reference(5, 4096, num_q_heads, num_kv_heads, head_dim, dtype, device)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim", [(4, 2, 128), (6, 3, 64)])
+def test_qk_norm_rotary_stores_k_and_v_like_store_kv_cache(num_q_heads, num_kv_heads, head_dim, dtype, device):
+    from corral.kernels.kv_cache import store_kv_cache_ref
+    tokens, block_size, num_blocks = 6, 16, 4
+    cache = build_cos_sin_cache(head_dim, 512, 1e6, device=device)
+    positions = torch.randint(0, 512, (tokens,), device=device)
+    _, q, k, v = fused_qkv(tokens, num_q_heads, num_kv_heads, head_dim, dtype, device)
+    q_weight, k_weight = norm_weights(head_dim, dtype, device)
+    slots = torch.tensor([17, 3, -1, 63, 40, 0], device=device)  # -1: a padded row, not stored
+    kv_cache = torch.full((2, num_blocks, block_size, num_kv_heads, head_dim), SENTINEL, dtype=dtype, device=device)
+    expected = kv_cache.clone()
+    q_ref, k_ref = q.clone(), k.clone()
+    qk_norm_rotary(q, k, positions, cache, q_weight, k_weight, EPS, v, kv_cache, slots)
+    qk_norm_rotary_ref(q_ref, k_ref, positions, cache, q_weight, k_weight, EPS)
+    torch.testing.assert_close(q, q_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    store_kv_cache_ref(k, v, expected, slots)  # the kernel's own k: the cache holds exactly what q meets
+    assert torch.equal(kv_cache, expected)
+
+
 def test_reference_is_the_unfused_layer_path_to_the_bit_in_fp32(device):
     """q_norm, k_norm, then rotary, as Qwen3Attention runs them on a CPU."""
     tokens, num_q_heads, num_kv_heads, head_dim = 4, 4, 2, 64
