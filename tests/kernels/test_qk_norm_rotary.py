@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -6,7 +8,11 @@ from corral.kernels.rotary import build_cos_sin_cache
 from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# bf16: normed values reach about 4, where one rounding step of the intermediate the kernel and
+# the reference may round differently is 2**-7 * 4 = 0.03 (more after a rotation); the norm-wise
+# error stays far smaller
+TOL = {torch.float32: 1e-5, torch.bfloat16: 5e-2}
+NORM_TOL = {torch.float32: 1e-6, torch.bfloat16: 2e-2}  # the CPU interpreter truncates to bf16
 EPS = 1e-6
 SENTINEL = 7.0
 
@@ -20,6 +26,12 @@ def fused_qkv(tokens, num_q_heads, num_kv_heads, head_dim, dtype, device, pad=3)
     q, k, v, _ = qkv.split([q_size, kv_size, kv_size, pad], dim=-1)
     return (qkv, q.view(tokens, num_q_heads, head_dim), k.view(tokens, num_kv_heads, head_dim),
             v.view(tokens, num_kv_heads, head_dim))
+
+
+def assert_matches(out: torch.Tensor, ref: torch.Tensor):
+    torch.testing.assert_close(out, ref, rtol=TOL[out.dtype], atol=TOL[out.dtype])
+    error = (out.double() - ref.double()).norm() / ref.double().norm()
+    assert error < NORM_TOL[out.dtype], f"relative error {error:.2e}"
 
 
 def norm_weights(head_dim, dtype, device):
@@ -37,8 +49,8 @@ def check_against_reference(tokens, max_positions, num_q_heads, num_kv_heads, he
     qk_norm_rotary(q, k, positions, cache, q_weight, k_weight, EPS)
     qk_norm_rotary_ref(q_ref, k_ref, positions, cache, q_weight, k_weight, EPS)
     # on a GPU within one rounding; Triton's CPU interpreter truncates fp32 -> bf16
-    torch.testing.assert_close(q, q_ref, rtol=TOL[dtype], atol=TOL[dtype])
-    torch.testing.assert_close(k, k_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert_matches(q, q_ref)
+    assert_matches(k, k_ref)
     assert torch.equal(v, v_before) and torch.equal(qkv[:, -3:], pad_before)
 
 
@@ -65,7 +77,7 @@ def test_qk_norm_rotary_stores_k_and_v_like_store_kv_cache(num_q_heads, num_kv_h
     q_ref, k_ref = q.clone(), k.clone()
     qk_norm_rotary(q, k, positions, cache, q_weight, k_weight, EPS, v, kv_cache, slots)
     qk_norm_rotary_ref(q_ref, k_ref, positions, cache, q_weight, k_weight, EPS)
-    torch.testing.assert_close(q, q_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert_matches(q, q_ref)
     store_kv_cache_ref(k, v, expected, slots)  # the kernel's own k: the cache holds exactly what q meets
     assert torch.equal(kv_cache, expected)
 
@@ -140,11 +152,13 @@ def test_qwen3_attention_runs_the_fused_kernel_on_cuda_like_its_cpu_path(dtype):
     gpu.load_state_dict(cpu.state_dict())
     positions = torch.tensor([0, 5, 700])
     _, q, k, _ = fused_qkv(3, 8, 2, 64, dtype, "cpu")
-    expected_q, expected_k = cpu.position_qk(positions, q.clone(), k.clone())
+    unfused = SimpleNamespace(backend=SimpleNamespace(name="torch"), attn_metadata=None)  # no KV store
+    expected_q, expected_k, _ = cpu.position_qk(positions, q.clone(), k.clone(), None, unfused)
     _, q_gpu, k_gpu, _ = fused_qkv(3, 8, 2, 64, dtype, "cuda")
     q_gpu.copy_(q), k_gpu.copy_(k)
-    out_q, out_k = gpu.position_qk(positions.cuda(), q_gpu, k_gpu)
+    out_q, out_k, kv_stored = gpu.position_qk(positions.cuda(), q_gpu, k_gpu, None, unfused)
+    assert not kv_stored
     assert out_q.data_ptr() == q_gpu.data_ptr() and out_k.data_ptr() == k_gpu.data_ptr()
     # the CPU path rotates in x.dtype, the kernel in fp32
-    torch.testing.assert_close(out_q.cpu(), expected_q, rtol=TOL[dtype], atol=TOL[dtype])
-    torch.testing.assert_close(out_k.cpu(), expected_k, rtol=TOL[dtype], atol=TOL[dtype])
+    assert_matches(out_q.cpu(), expected_q)
+    assert_matches(out_k.cpu(), expected_k)
