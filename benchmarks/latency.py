@@ -7,6 +7,7 @@ import torch
 
 from benchmarks.common import emit, environment, model_dir
 from benchmarks.configs import CONFIGS, num_params
+from benchmarks.gpu_timeline import profiler_timeline
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
@@ -39,11 +40,22 @@ def decode_ms(engine: EngineCore, prompt_len: int, output_len: int, tag: str) ->
     return (time.perf_counter() - start) / num_tokens * 1000
 
 
+def profile(engine: EngineCore, prompt_len: int, output_len: int = 64):
+    """Kernel totals and GPU idle time over `output_len` batch-1 decode tokens."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        ms = decode_ms(engine, prompt_len, output_len, f"profile-{prompt_len}")
+    print(f"prompt {prompt_len}: {ms:.3f} ms per token over {output_len} tokens (profiled)")
+    print(profiler_timeline(prof).report(top=20))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-4b")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--num-scheduler-steps", type=int, default=8)
+    ap.add_argument("--profile", action="store_true", help="print kernel totals and GPU idle time instead")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=2048, max_num_seqs=8,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps)
@@ -53,6 +65,9 @@ def main():
     weight_bytes = num_params(c) * 2
     for n in (128, 1024, 77):
         decode_ms(engine, n, 8, f"warmup-{n}")
+    if args.profile:
+        profile(engine, 128)
+        return
     for prompt_len in (128, 1024):
         ms = decode_ms(engine, prompt_len, 512, f"b3-{prompt_len}")
         kv_bytes = engine._kv_bytes_per_token() * (prompt_len + 256)

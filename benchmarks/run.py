@@ -17,6 +17,7 @@ STEPS = {
     "phases": [sys.executable, "-m", "benchmarks.step_phases", "--model"],
     "b2": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B2", "--model"],
     "b3": [sys.executable, "-m", "benchmarks.latency", "--model"],
+    "b3profile": [sys.executable, "-m", "benchmarks.latency", "--profile", "--model"],
     "b3eager": [sys.executable, "-m", "benchmarks.latency", "--enforce-eager", "--model"],
     "b4": [sys.executable, "-m", "benchmarks.serving", "--model"],
     "b5": [sys.executable, "-m", "benchmarks.kernels"],

@@ -6,6 +6,7 @@ import time
 import torch
 
 from benchmarks.common import emit, environment, model_dir
+from benchmarks.gpu_timeline import profiler_timeline
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
@@ -51,6 +52,7 @@ def profile(engine: EngineCore, prompts, params):
             engine.step()
         torch.cuda.synchronize()
     print(f"30 steps: {(time.perf_counter() - start) * 1000 / 30:.2f} ms per step (profiled)")
+    print(profiler_timeline(prof).report())
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
 
