@@ -38,6 +38,10 @@ class IncrementalDetokenizer:
     def output_text(self) -> str:
         return self._text
 
+    @property
+    def has_stops(self) -> bool:
+        return bool(self._stops)
+
     def update(self, new_token_ids: list[int]) -> str | None:
         """Decodes the new tokens; returns the stop string the output now ends at, if any."""
         self._ids.extend(new_token_ids)
@@ -46,10 +50,12 @@ class IncrementalDetokenizer:
             return None
         return self._append(self._advance(text))
 
-    def flush(self):
-        """The output ended: take even an incomplete character, as the full decode shows it."""
+    def flush(self) -> str | None:
+        """The output ended: take even an incomplete character, as the full decode shows it.
+        Returns the stop string the output now ends at, if any."""
         if not self._stopped and self._read < len(self._ids):
-            self._append(self._advance(self._decode(self._ids)))
+            return self._append(self._advance(self._decode(self._ids)))
+        return None
 
     def get_delta(self, finished: bool) -> str:
         """Text not returned before; while not finished, holds back what may begin a stop string."""

@@ -1,0 +1,111 @@
+"""Async scheduling and multi-step decode: what a client sees must not depend on how many decode
+steps run per host sync, nor on whether the next group is launched before this one's tokens are read."""
+import pytest
+
+from corral import LLM, SamplingParams
+from corral.engine.output_processor import OutputProcessor
+from corral.engine.request import Request
+from corral.outputs import EngineCoreOutput
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dirs):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dirs["qwen3"])
+
+
+def _feed(tokenizer, chunks, finish_last, stop):
+    """The completion an OutputProcessor makes of `chunks` of token ids, as the engine would send them:
+    each chunk one step's output (a multi-step group gives several ids at once), the last with finish_last;
+    it stops early where it asks for an abort (a stop string), as LLMEngine.step does."""
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("r", None, [5, 6, 7], SamplingParams(max_tokens=64, stop=[stop]), final_only=True)
+    for i, chunk in enumerate(chunks):
+        finish = finish_last if i == len(chunks) - 1 else None
+        results, to_abort = processor.process([EngineCoreOutput("r", chunk, None, finish, None)])
+        if results:
+            c = results[0].outputs[0]
+            return c.token_ids, c.text, c.finish_reason, c.stop_reason
+    raise AssertionError("the request never finished")
+
+
+def test_stop_string_inside_a_multi_step_group_drops_the_tokens_after_it(tokenizer):
+    ids = tokenizer.encode("Hello world! How are you today?", add_special_tokens=False)
+    single = _feed(tokenizer, [[t] for t in ids], None, " world")
+    assert single[0] == ids[:2] and single[2:] == ("stop", " world")
+    # the same ids from one 8-step group: the tokens after the one that completes the stop string
+    # were never the client's (single steps would have aborted the request there)
+    assert _feed(tokenizer, [ids], None, " world") == single
+
+
+def test_stop_string_is_found_in_a_group_that_ends_inside_a_character(tokenizer):
+    # "... Paris", then the first byte of a 4-byte character: the group's text ends in U+FFFD
+    ids = tokenizer.encode("The capital of France is Paris", add_special_tokens=False)
+    partial = tokenizer.encode("\U0001F600", add_special_tokens=False)[:1]
+    single = _feed(tokenizer, [[t] for t in ids + partial], None, " Paris")
+    assert single == (ids, "The capital of France is", "stop", " Paris")
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("r", None, [5, 6, 7], SamplingParams(max_tokens=64, stop=[" Paris"]), final_only=True)
+    _, to_abort = processor.process([EngineCoreOutput("r", ids + partial, None, None, None)])
+    assert to_abort == ["r"]  # else the engine generates on past the stop string
+    # a group that also ends the request by length ends it at the stop string, as single steps do
+    assert _feed(tokenizer, [ids + partial], "length", " Paris") == single
+
+
+def test_stop_strings_give_the_tokens_of_single_steps(tiny_model_dirs):
+    """End to end on the tiny model: its text is full of partial characters."""
+    model = str(tiny_model_dirs["qwen3"])
+    single = LLM(model, max_model_len=256, num_scheduler_steps=1)
+    text = single.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[0]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[text.outputs[0].text[3:6]])
+    expected = single.generate([[5, 6, 7]], params)[0].outputs[0]
+    actual = LLM(model, max_model_len=256).generate([[5, 6, 7]], params)[0].outputs[0]
+    assert (actual.token_ids, actual.text, actual.finish_reason) == (expected.token_ids, expected.text, "stop")
+
+
+def _drive(core, arrivals, aborts=()):
+    """Steps `core` until done; requests join (and leave) at the given steps, some while a group runs."""
+    out, step = {}, 0
+    while step <= max(arrivals) or core.has_unfinished_requests():
+        for request in arrivals.get(step, []):
+            core.add_request(request)
+            out[request.request_id] = []
+        core.abort_requests([rid for at, rid in aborts if at == step])
+        for o in core.step():
+            out[o.request_id] += o.new_token_ids
+        step += 1
+    assert core.in_flight is None and core.kv_cache_manager.num_free_blocks == core.num_blocks
+    assert not core.kv_cache_manager.req_blocks
+    return out
+
+
+def test_arrivals_and_preemption_while_a_group_runs_match_single_steps(tiny_model_dirs):
+    """A small pool (preemptions), shared prefixes (prefix cache), requests arriving while a
+    continuation is in flight, stop tokens and max_model_len inside groups: the tokens of single steps."""
+    def arrivals():
+        greedy = dict(temperature=0, ignore_eos=True)
+        return {0: [Request("a", [5, 6, 7], SamplingParams(max_tokens=None, **greedy)),
+                    Request("b", list(range(10, 30)), SamplingParams(max_tokens=21, **greedy))],
+                3: [Request("c", list(range(10, 26)) + [4], SamplingParams(max_tokens=40, **greedy))],
+                5: [Request("d", [9, 9], SamplingParams(max_tokens=30, stop_token_ids=[188, 55], **greedy))],
+                6: [Request("e", [8] * 12, SamplingParams(max_tokens=30, temperature=1.0, seed=3,
+                                                           ignore_eos=True))]}
+    model = str(tiny_model_dirs["qwen3"])
+    cfg = dict(max_model_len=48, num_kv_blocks=10, block_size=8)
+    expected = _drive(LLM(model, num_scheduler_steps=1, **cfg).engine.core, arrivals())
+    core = LLM(model, num_scheduler_steps=4, **cfg).engine.core
+    launch, continuations = core.runner.launch, []
+
+    def counted(out, num_steps=1, previous=None):
+        continuations.append(previous is not None)
+        return launch(out, num_steps, previous)
+
+    core.runner.launch = counted
+    assert _drive(core, arrivals()) == expected
+    assert any(continuations) and core.scheduler.num_preemptions > 0
+    # and a request aborted while its continuation runs: blocks back, nothing after the abort
+    out = _drive(core, arrivals(), aborts=[(4, "a"), (7, "c"), (8, "e")])
+    for rid in ("b", "d"):
+        assert out[rid] == expected[rid]
+    for rid in ("a", "c", "e"):
+        assert out[rid] == expected[rid][:len(out[rid])]
