@@ -52,6 +52,7 @@ class EngineConfig:
             (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
             (self.max_num_batched_tokens >= 1,
              f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
+            (self.num_scheduler_steps >= 1, f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}"),
             (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
              f"block_size must be a power of two, got {self.block_size}"),
             (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),

@@ -30,6 +30,11 @@ def add_commands(subparsers):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-memory", dest="kv_cache_memory_bytes", metavar="SIZE",
                    help="KV cache size per model, e.g. 512MiB (default: from the GPU share; 1 GiB on CPU)")
+    p.add_argument("--num-scheduler-steps", type=int,
+                   help="decode steps per host sync (default 8): fewer host round trips; 1 streams each token "
+                        "as soon as it is sampled")
+    p.add_argument("--enforce-eager", action="store_true", default=None,
+                   help="no CUDA graphs (they are captured for decode batches by default)")
     p.add_argument("--load-format", choices=["auto", "dummy"],
                    help="dummy: random weights (config.json and a tokenizer suffice), for benchmarks")
     p.add_argument("--max-queue-len", type=int, help="requests waiting per model beyond a full batch "
@@ -52,7 +57,7 @@ def build_server_config(args, env=None):
     model_defaults = {k: getattr(args, k) for k in (
         "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
         "tensor_parallel_size", "dtype", "device", "kv_cache_memory_bytes", "max_queue_len", "keep_alive",
-        "source", "reasoning_parser", "load_format")}
+        "source", "reasoning_parser", "load_format", "num_scheduler_steps", "enforce_eager")}
     model_defaults["preload"] = None if args.lazy is None else not args.lazy
     return build_config(args.models, args.config, server, model_defaults, args.served_model_name, env)
 

@@ -52,6 +52,7 @@ class ModelSpec:
     block_size: int = 16
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    num_scheduler_steps: int = 8          # decode steps per host sync; 1 streams every token as it comes
     load_format: str = "auto"             # "dummy": random weights, for benchmarks
     tensor_parallel_size: int = 1
     num_threads: int | None = None
@@ -68,6 +69,7 @@ class ModelSpec:
                 "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
                 "block_size": self.block_size, "enable_prefix_caching": self.enable_prefix_caching,
                 "enforce_eager": self.enforce_eager, "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
+                "num_scheduler_steps": self.num_scheduler_steps,
                 "load_format": self.load_format,
                 "gpu_memory_utilization": self.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION}
 
@@ -200,7 +202,8 @@ def _model_spec(values: dict) -> ModelSpec:
             spec.aliases.append(spec.model)
     if spec.reasoning_parser not in ("auto", "qwen3", "none"):
         raise ConfigError(f"{spec.name}: reasoning_parser must be auto, qwen3 or none, got {spec.reasoning_parser!r}")
-    for key in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "block_size"):
+    for key in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "block_size",
+                "num_scheduler_steps"):
         if getattr(spec, key) < 1:
             raise ConfigError(f"{spec.name}: {key} must be >= 1, got {getattr(spec, key)}")
     unknown = set(spec.sampling) - set(SAMPLING_KEYS)

@@ -117,6 +117,15 @@ def test_load_format_dummy_reaches_the_engine_for_random_weight_benchmarks():
     assert spec.engine_args()["load_format"] == "auto"
 
 
+def test_engine_flags_reach_the_engine_and_are_checked():
+    (spec,) = build_server_config(serve_args("/models/q", "--num-scheduler-steps", "1", "--enforce-eager"), {}).models
+    assert spec.engine_args()["num_scheduler_steps"] == 1 and spec.engine_args()["enforce_eager"] is True
+    (spec,) = build_config(["/models/q"]).models
+    assert spec.engine_args()["num_scheduler_steps"] == 8 and spec.engine_args()["enforce_eager"] is False
+    with pytest.raises(ConfigError, match="num_scheduler_steps must be >= 1"):
+        build_server_config(serve_args("/models/q", "--num-scheduler-steps", "0"), {})
+
+
 def test_hub_references_are_served_under_their_repo_name():
     (spec,) = build_config(["hf:Qwen/Qwen3-4B@main"]).models
     assert spec.name == "Qwen/Qwen3-4B" and spec.aliases == ["hf:Qwen/Qwen3-4B@main"]
