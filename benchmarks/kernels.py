@@ -2,6 +2,7 @@
 and bf16 matmul rate measured in the same run.
 
     python -m benchmarks.kernels [--models qwen3-4b,llama-2-7b] [--kernels decode,prefill,...]
+    python -m benchmarks.kernels --decode-sweep --models qwen3-0.6b   # split counts at each batch size
 
 Each kernel's output is checked against its torch reference once per shape before it is timed.
 Timing, medians throughout: decode attention and the one-token cases run inside one CUDA graph (no
@@ -26,6 +27,7 @@ BLOCK_SIZE = 16
 DECODE = [(b, s) for b in (1, 64, 256) for s in (1024, 4096)]
 PREFILL = [[4096], [1024] * 8]
 TOKENS = (1, 8192)
+SWEEP_BATCHES = (1, 4, 16, 32, 64, 128, 256)
 KERNELS = ("decode", "prefill", "fused_add_rms_norm", "rotary", "qk_norm_rotary", "silu_and_mul", "store_kv_cache")
 
 
@@ -77,6 +79,40 @@ def decode_case(m: dict, batch: int, context: int):
     caches = [cache] + [torch.randn_like(cache) for _ in range(copies_for(kv_bytes) - 1)]
     calls = [lambda c=c: paged_attention_decode(q, c, md, scale, out) for c in caches]
     return label, calls, kv_bytes + 2 * q.numel() * DTYPE.itemsize, None, True
+
+
+def decode_sweep(name: str, m: dict, copy_bw: float):
+    """Decode attention over B1-like contexts (100..2048 tokens, varied) at each batch size, for every
+    split count: which one the default should pick on this GPU."""
+    import random
+
+    from corral.kernels.decode_attention import MAX_SPLITS, default_num_splits, paged_attention_decode
+    from corral.kernels.paged_attention import paged_attention_ref
+    rng = random.Random(0)
+    for batch in SWEEP_BATCHES:
+        lens = [rng.randint(100, 2048) for _ in range(batch)]
+        cache, md = paged_batch([1] * batch, lens, m["hkv"], m["d"])
+        q = torch.randn(batch, m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
+        out = torch.empty_like(q)
+        kv_bytes = sum(lens) * m["hkv"] * m["d"] * 2 * DTYPE.itemsize
+        default = default_num_splits(batch, m["hkv"], q.device)
+        caches = [cache] + [torch.randn_like(cache) for _ in range(copies_for(kv_bytes) - 1)]
+        row, expected = {}, paged_attention_ref(q, cache, md, m["d"] ** -0.5)
+        for splits in (s for s in (1, 2, 4, 8, 16, 32) if s <= MAX_SPLITS):
+            check(f"decode sweep B={batch} splits={splits}",
+                  [paged_attention_decode(q, cache, md, m["d"] ** -0.5, out, num_splits=splits)], [expected], 2e-2)
+            calls = [lambda c=c, s=splits: paged_attention_decode(q, c, md, m["d"] ** -0.5, out, num_splits=s)
+                     for c in caches]
+            row[splits] = kv_bytes / (time_ms(calls, graph=True) / 1e3)
+        best = max(row, key=row.get)
+        print(f"{name} decode B={batch:3d} varied: " + " ".join(
+            f"{s}{'*' if s == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
+            + f" TB/s (* default; best {best})", flush=True)
+        emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, default_splits=default,
+                  best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
+                  copy_tb_s=round(copy_bw / 1e12, 3)))
+        del caches, cache
+        torch.cuda.empty_cache()
 
 
 def prefill_case(m: dict, query_lens: list[int]):
@@ -189,6 +225,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-4b,llama-2-7b")
     ap.add_argument("--kernels", default=",".join(KERNELS), help=f"any of {', '.join(KERNELS)}")
+    ap.add_argument("--decode-sweep", action="store_true",
+                    help="only decode attention over varied contexts, for every split count")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks.kernels (B5) times Triton kernels on a CUDA GPU, and this machine has none")
@@ -197,6 +235,9 @@ def main():
     kernels = args.kernels.split(",")
     for name in args.models.split(","):
         m = model_shapes(name)
+        if args.decode_sweep:
+            decode_sweep(name, m, copy_bw)
+            continue
         cases = [lambda m=m, b=b, s=s: decode_case(m, b, s) for b, s in DECODE if "decode" in kernels]
         cases += [lambda m=m, q=q: prefill_case(m, q) for q in PREFILL if "prefill" in kernels]
         cases += [lambda m=m, k=k, t=t: small_case(k, m, t) for k in KERNELS[2:] if k in kernels for t in TOKENS
