@@ -17,6 +17,13 @@ CONFIGS = {
 }
 
 
+def decode_weight_bytes(c: dict, itemsize: int = 2) -> int:
+    """Weight bytes one decode step must read: every matrix once, the embedding table once (as the
+    LM head; an untied input embedding is only gathered from, one row per token)."""
+    untied_input_embedding = 0 if c["tie_word_embeddings"] else c["vocab_size"] * c["hidden_size"]
+    return (num_params(c) - untied_input_embedding) * itemsize
+
+
 def num_params(c: dict) -> int:
     q = c["num_attention_heads"] * c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
     kv = c["num_key_value_heads"] * c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])

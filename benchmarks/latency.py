@@ -6,7 +6,7 @@ import time
 import torch
 
 from benchmarks.common import emit, environment, model_dir
-from benchmarks.configs import CONFIGS, num_params
+from benchmarks.configs import CONFIGS, decode_weight_bytes
 from benchmarks.gpu_timeline import profiler_timeline
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
@@ -62,7 +62,7 @@ def main():
     engine = EngineCore(config)
     bandwidth = measure_copy_bandwidth()
     c = CONFIGS[args.model]
-    weight_bytes = num_params(c) * 2
+    weight_bytes = decode_weight_bytes(c)
     for n in (128, 1024, 77):
         decode_ms(engine, n, 8, f"warmup-{n}")
     if args.profile:
