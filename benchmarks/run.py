@@ -21,6 +21,7 @@ STEPS = {
     "b3eager": [sys.executable, "-m", "benchmarks.latency", "--enforce-eager", "--model"],
     "b4": [sys.executable, "-m", "benchmarks.serving", "--model"],
     "b5": [sys.executable, "-m", "benchmarks.kernels"],
+    "sweep": [sys.executable, "-m", "benchmarks.kernels", "--decode-sweep", "--models"],
     "b6": [sys.executable, "-m", "benchmarks.serving", "--models"],
     "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
 }
