@@ -38,9 +38,16 @@ class IncrementalDetokenizer:
     def output_text(self) -> str:
         return self._text
 
-    @property
-    def has_stops(self) -> bool:
-        return bool(self._stops)
+    def take(self, new_token_ids: list[int]) -> tuple[int, str | None]:
+        """How many of new_token_ids the output keeps, and the stop string it then ends at. Several
+        ids at once (a multi-step decode group) meet the stop strings one id at a time, as single
+        steps do: the output ends with the id that completes one."""
+        if len(new_token_ids) == 1 or not self._stops:
+            return len(new_token_ids), self.update(new_token_ids)
+        for i, token_id in enumerate(new_token_ids):
+            if (stop := self.update([token_id])) is not None:
+                return i + 1, stop
+        return len(new_token_ids), None
 
     def update(self, new_token_ids: list[int]) -> str | None:
         """Decodes the new tokens; returns the stop string the output now ends at, if any."""

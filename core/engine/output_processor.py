@@ -94,10 +94,10 @@ class OutputProcessor:
             state, seq = entry
             if seq.finish_reason is not None:
                 continue
-            new_ids, stop = self._detokenize(seq.detokenizer, out.new_token_ids)
-            seq.token_ids.extend(new_ids)
+            num_taken, stop = seq.detokenizer.take(out.new_token_ids)
+            seq.token_ids.extend(out.new_token_ids[:num_taken])
             if out.new_logprobs and seq.logprobs is not None:
-                new_logprobs = out.new_logprobs[:len(new_ids)]
+                new_logprobs = out.new_logprobs[:num_taken]
                 seq.logprobs.extend(new_logprobs)
                 seq.cumulative_logprob += sum(lp.logprob for lp in new_logprobs)
             if stop is None and out.finish_reason is not None:
@@ -117,18 +117,6 @@ class OutputProcessor:
             if finished:
                 self._drop(state)
         return results, to_abort
-
-    @staticmethod
-    def _detokenize(detokenizer: IncrementalDetokenizer, token_ids: list[int]) -> tuple[list[int], str | None]:
-        """The ids the output takes and the stop string it ends at. Several ids at once (a
-        multi-step decode group) meet the stop strings one id at a time, as single steps do: the
-        output ends with the id that completes one, and the ids after it were never the client's."""
-        if len(token_ids) == 1 or not detokenizer.has_stops:
-            return token_ids, detokenizer.update(token_ids)
-        for i, token_id in enumerate(token_ids):
-            if (stop := detokenizer.update([token_id])) is not None:
-                return token_ids[:i + 1], stop
-        return token_ids, None
 
     def _drop(self, state: RequestState):
         self.requests.pop(state.request_id, None)
