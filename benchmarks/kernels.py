@@ -63,20 +63,30 @@ def paged_batch(query_lens: list[int], seq_lens: list[int], hkv: int, d: int):
     return cache, metadata
 
 
+def decode_inputs(m: dict, seq_lens: list[int]):
+    """One query token per sequence over caches of these lengths: (q, out, metadata, the cache and
+    its random copies (four times L2 in all), KV bytes), or None where they do not fit."""
+    kv_bytes = sum(seq_lens) * m["hkv"] * m["d"] * 2 * DTYPE.itemsize
+    if kv_bytes > torch.cuda.mem_get_info()[0] / 3:  # the cache, its reference's gathers, the other copies
+        return None
+    cache, md = paged_batch([1] * len(seq_lens), seq_lens, m["hkv"], m["d"])
+    q = torch.randn(len(seq_lens), m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
+    caches = [cache] + [torch.randn_like(cache) for _ in range(copies_for(kv_bytes) - 1)]
+    return q, torch.empty_like(q), md, caches, kv_bytes
+
+
 def decode_case(m: dict, batch: int, context: int):
     """-> (label, calls over input copies, bytes per call, FLOPs per call or None, time in a CUDA graph),
     or None where the cache does not fit."""
     from corral.kernels.decode_attention import paged_attention_decode
     from corral.kernels.paged_attention import paged_attention_ref
-    kv_bytes = batch * context * m["hkv"] * m["d"] * 2 * DTYPE.itemsize
-    if kv_bytes > torch.cuda.mem_get_info()[0] / 3:  # the cache, its reference's gathers, the other copies
+    if (inputs := decode_inputs(m, [context] * batch)) is None:
         return None
-    cache, md = paged_batch([1] * batch, [context] * batch, m["hkv"], m["d"])
-    q = torch.randn(batch, m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
-    scale, out = m["d"] ** -0.5, torch.empty_like(q)
+    q, out, md, caches, kv_bytes = inputs
+    scale = m["d"] ** -0.5
     label = f"decode B={batch} S={context}"
-    check(label, [paged_attention_decode(q, cache, md, scale, out)], [paged_attention_ref(q, cache, md, scale)], 2e-2)
-    caches = [cache] + [torch.randn_like(cache) for _ in range(copies_for(kv_bytes) - 1)]
+    check(label, [paged_attention_decode(q, caches[0], md, scale, out)],
+          [paged_attention_ref(q, caches[0], md, scale)], 2e-2)
     calls = [lambda c=c: paged_attention_decode(q, c, md, scale, out) for c in caches]
     return label, calls, kv_bytes + 2 * q.numel() * DTYPE.itemsize, None, True
 
@@ -88,20 +98,18 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
 
     from corral.kernels.decode_attention import MAX_SPLITS, default_num_splits, paged_attention_decode
     from corral.kernels.paged_attention import paged_attention_ref
-    rng = random.Random(0)
+    rng, scale = random.Random(0), m["d"] ** -0.5
     for batch in SWEEP_BATCHES:
-        lens = [rng.randint(100, 2048) for _ in range(batch)]
-        cache, md = paged_batch([1] * batch, lens, m["hkv"], m["d"])
-        q = torch.randn(batch, m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
-        out = torch.empty_like(q)
-        kv_bytes = sum(lens) * m["hkv"] * m["d"] * 2 * DTYPE.itemsize
+        if (inputs := decode_inputs(m, [rng.randint(100, 2048) for _ in range(batch)])) is None:
+            print(f"{name}: decode sweep B={batch} skipped, its cache does not fit", flush=True)
+            continue
+        q, out, md, caches, kv_bytes = inputs
         default = default_num_splits(batch, m["hkv"], q.device)
-        caches = [cache] + [torch.randn_like(cache) for _ in range(copies_for(kv_bytes) - 1)]
-        row, expected = {}, paged_attention_ref(q, cache, md, m["d"] ** -0.5)
+        row, expected = {}, paged_attention_ref(q, caches[0], md, scale)
         for splits in (s for s in (1, 2, 4, 8, 16, 32) if s <= MAX_SPLITS):
             check(f"decode sweep B={batch} splits={splits}",
-                  [paged_attention_decode(q, cache, md, m["d"] ** -0.5, out, num_splits=splits)], [expected], 2e-2)
-            calls = [lambda c=c, s=splits: paged_attention_decode(q, c, md, m["d"] ** -0.5, out, num_splits=s)
+                  [paged_attention_decode(q, caches[0], md, scale, out, num_splits=splits)], [expected], 2e-2)
+            calls = [lambda c=c, s=splits: paged_attention_decode(q, c, md, scale, out, num_splits=s)
                      for c in caches]
             row[splits] = kv_bytes / (time_ms(calls, graph=True) / 1e3)
         best = max(row, key=row.get)
@@ -111,7 +119,7 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
         emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, default_splits=default,
                   best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
                   copy_tb_s=round(copy_bw / 1e12, 3)))
-        del caches, cache
+        del inputs, caches
         torch.cuda.empty_cache()
 
 
