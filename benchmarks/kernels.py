@@ -104,7 +104,7 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
             print(f"{name}: decode sweep B={batch} skipped, its cache does not fit", flush=True)
             continue
         q, out, md, caches, kv_bytes = inputs
-        default = default_num_splits(batch, m["hkv"], q.device)
+        default = default_num_splits(batch, m["hkv"])
         row, expected = {}, paged_attention_ref(q, caches[0], md, scale)
         for splits in (s for s in (1, 2, 4, 8, 16, 32) if s <= MAX_SPLITS):
             check(f"decode sweep B={batch} splits={splits}",

@@ -2,7 +2,7 @@
 import torch
 
 from corral.backends.base import AttentionMetadata
-from corral.kernels.decode_attention import paged_attention_decode
+from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
 from corral.kernels.kv_cache import store_kv_cache
 from corral.kernels.paged_attention import paged_attention_prefill
 
@@ -10,10 +10,13 @@ from corral.kernels.paged_attention import paged_attention_prefill
 class TritonAttentionBackend:
     name = "triton"
 
+    def __init__(self):
+        self.decode_workspace = DecodeWorkspace()
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                 metadata: AttentionMetadata, scale: float, kv_stored: bool = False) -> torch.Tensor:
         if not kv_stored:
             store_kv_cache(k, v, kv_cache, metadata.slot_mapping)
         if metadata.is_decode_only:
-            return paged_attention_decode(q, kv_cache, metadata, scale)
+            return paged_attention_decode(q, kv_cache, metadata, scale, workspace=self.decode_workspace)
         return paged_attention_prefill(q, kv_cache, metadata, scale)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from corral.kernels.decode_attention import paged_attention_decode
+from corral.kernels.decode_attention import MAX_SPLITS, DecodeWorkspace, paged_attention_decode
 from corral.kernels.paged_attention import paged_attention_ref
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -20,11 +20,13 @@ def _inputs(make_batch, seq_lens, group, head_dim, dtype, block_size=16, seed=0)
     return q, cache, metadata
 
 
-def _run(make_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16):
+def _run(make_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, min_split_len=1):
+    """min_split_len 1 (slices of one tile) splits these short test contexts as far as num_splits allows."""
     q, cache, metadata = _inputs(make_batch, seq_lens, group, head_dim, dtype, block_size)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
-    paged_attention_decode(q, cache, metadata, scale, out=out, num_splits=num_splits)
+    paged_attention_decode(q, cache, metadata, scale, out=out, num_splits=num_splits,
+                           min_split_len=min_split_len)
     expected = paged_attention_ref(q, cache, metadata, scale)
     torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
@@ -36,14 +38,35 @@ def test_decode_matches_reference(group, head_dim, dtype, make_batch):
     _run(make_batch, SEQ_LENS, group=group, head_dim=head_dim, dtype=dtype, num_splits=4)
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 16])
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 16])
 def test_split_counts_give_the_same_answer(num_splits, make_batch):
     # 16 splits of a short context leave most of them empty
     _run(make_batch, SEQ_LENS, group=4, head_dim=64, dtype=torch.float32, num_splits=num_splits)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unsplit(dtype, make_batch):
+    _run(make_batch, SEQ_LENS, group=2, head_dim=64, dtype=dtype, num_splits=1)
+
+
+@pytest.mark.parametrize("min_split_len", [1, 100, 129, 10_000])
+def test_minimum_slice_lengths(min_split_len, make_batch):
+    _run(make_batch, [300, 7, 129, 64], group=2, head_dim=64, dtype=torch.float32, num_splits=8,
+         min_split_len=min_split_len)
+
+
 def test_default_split_count(make_batch):
-    _run(make_batch, [300, 7], group=2, head_dim=64, dtype=torch.bfloat16)
+    _run(make_batch, [300, 7], group=2, head_dim=64, dtype=torch.bfloat16, min_split_len=128)
+
+
+def test_a_workspace_is_left_ready_for_the_next_call(make_batch):
+    q, cache, metadata = _inputs(make_batch, [300, 7, 200], 2, 64, torch.float32)
+    workspace, expected = DecodeWorkspace(), paged_attention_ref(q, cache, metadata, 0.125)
+    for _ in range(2):
+        out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, workspace=workspace,
+                                     min_split_len=1)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        assert not workspace.counters.any()
 
 
 @pytest.mark.parametrize("block_size", [32, 64, 128])
@@ -70,7 +93,7 @@ def test_padding_sequences_without_a_query_row_write_nothing(num_splits, make_ba
     metadata.seq_lens = torch.cat([metadata.seq_lens, metadata.seq_lens.new_tensor([5, 9])])
     metadata.block_tables = torch.cat([metadata.block_tables, metadata.block_tables[:2]])
     out = torch.full_like(q, float("nan"))
-    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits)
+    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits, min_split_len=1)
     expected = paged_attention_ref(q, cache, metadata, 0.125)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
@@ -78,15 +101,16 @@ def test_padding_sequences_without_a_query_row_write_nothing(num_splits, make_ba
 def test_empty_context_gives_zeros(make_batch):
     q, cache, metadata = _inputs(make_batch, [30, 1], 2, 64, torch.float32)
     metadata.seq_lens[1] = 0
-    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4)
+    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, min_split_len=1)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     torch.testing.assert_close(out[0], paged_attention_ref(q, cache, metadata, 0.125)[0])
 
 
-def test_rejects_split_counts_that_are_not_powers_of_two(make_batch):
+@pytest.mark.parametrize("num_splits", [0, MAX_SPLITS + 1])
+def test_rejects_split_counts_out_of_range(num_splits, make_batch):
     q, cache, metadata = _inputs(make_batch, [4], 1, 64, torch.float32)
-    with pytest.raises(ValueError, match="power of two"):
-        paged_attention_decode(q, cache, metadata, 1.0, num_splits=3)
+    with pytest.raises(ValueError, match="num_splits must be between 1 and"):
+        paged_attention_decode(q, cache, metadata, 1.0, num_splits=num_splits)
 
 
 @pytest.mark.gpu
@@ -105,12 +129,12 @@ def test_cuda_graph_replays_with_new_seq_lens(make_batch):
     """Captured once, replayed after seq_lens and block tables change: lengths live on the device."""
     q, cache, metadata = _inputs(make_batch, [4000, 3000, 2000, 1000], 4, 128, torch.bfloat16)
     scale = 128 ** -0.5
-    out = torch.empty_like(q)
-    paged_attention_decode(q, cache, metadata, scale, out=out)  # compile outside the capture
+    out, workspace = torch.empty_like(q), DecodeWorkspace()
+    paged_attention_decode(q, cache, metadata, scale, out=out, workspace=workspace)  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        paged_attention_decode(q, cache, metadata, scale, out=out)
+        paged_attention_decode(q, cache, metadata, scale, out=out, workspace=workspace)
     for seq_lens in ([1, 17, 4000, 3999], [2500, 1, 64, 65]):
         metadata.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
         metadata.block_tables.copy_(metadata.block_tables.flip(0))
