@@ -22,6 +22,7 @@ STEPS = {
     "b4": [sys.executable, "-m", "benchmarks.serving", "--model"],
     "b5": [sys.executable, "-m", "benchmarks.kernels"],
     "sweep": [sys.executable, "-m", "benchmarks.kernels", "--decode-sweep", "--models"],
+    "gemv": [sys.executable, "-m", "benchmarks.gemv", "--models"],
     "b6": [sys.executable, "-m", "benchmarks.serving", "--models"],
     "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
 }

@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+SKINNY_MAX_ROWS = 8  # up to here (decode of a few sequences) the Triton GEMV beats cuBLAS; see benchmarks.gemv
+
 
 class Linear(nn.Module):
     """y = x W^T + b, with the output split into named or numbered shards that are loaded
@@ -9,6 +11,7 @@ class Linear(nn.Module):
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
                  shard_names: list | None = None):
         super().__init__()
+        self.skinny_workspace = None  # the Triton GEMV's split-K scratch, made on first use
         self.output_sizes = output_sizes
         self.shard_names = shard_names or list(range(len(output_sizes)))
         self.weight = nn.Parameter(torch.empty(sum(output_sizes), input_size), requires_grad=False)
@@ -32,4 +35,9 @@ class Linear(nn.Module):
         target.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and 0 < x.numel() <= SKINNY_MAX_ROWS * x.shape[-1]:
+            from corral.kernels.gemv import SkinnyLinearWorkspace, skinny_linear
+            if self.skinny_workspace is None:
+                self.skinny_workspace = SkinnyLinearWorkspace()
+            return skinny_linear(x, self.weight, self.bias, self.skinny_workspace)
         return nn.functional.linear(x, self.weight, self.bias)
