@@ -2,7 +2,7 @@
 and bf16 matmul rate measured in the same run.
 
     python -m benchmarks.kernels [--models qwen3-4b,llama-2-7b] [--kernels decode,prefill,...]
-    python -m benchmarks.kernels --decode-sweep --models qwen3-0.6b   # split counts at each batch size
+    python -m benchmarks.kernels --decode-sweep --models qwen3-0.6b   # split counts and slice lengths by batch size
 
 Each kernel's output is checked against its torch reference once per shape before it is timed.
 Timing, medians throughout: decode attention and the one-token cases run inside one CUDA graph (no
@@ -28,6 +28,7 @@ DECODE = [(b, s) for b in (1, 64, 256) for s in (1024, 4096)]
 PREFILL = [[4096], [1024] * 8]
 TOKENS = (1, 8192)
 SWEEP_BATCHES = (1, 4, 16, 32, 64, 128, 256)
+SWEEP_MIN_SPLIT_LENS = (64, 128, 256)
 KERNELS = ("decode", "prefill", "fused_add_rms_norm", "rotary", "qk_norm_rotary", "silu_and_mul", "store_kv_cache")
 
 
@@ -93,32 +94,34 @@ def decode_case(m: dict, batch: int, context: int):
 
 def decode_sweep(name: str, m: dict, copy_bw: float):
     """Decode attention over B1-like contexts (100..2048 tokens, varied) at each batch size, for every
-    split count: which one the default should pick on this GPU."""
+    split count and minimum slice length: which ones the defaults should pick on this GPU."""
     import random
 
-    from corral.kernels.decode_attention import MAX_SPLITS, default_num_splits, paged_attention_decode
+    from corral.kernels.decode_attention import DecodeWorkspace, default_num_splits, paged_attention_decode
     from corral.kernels.paged_attention import paged_attention_ref
-    rng, scale = random.Random(0), m["d"] ** -0.5
+    rng, scale, workspace = random.Random(0), m["d"] ** -0.5, DecodeWorkspace()
     for batch in SWEEP_BATCHES:
         if (inputs := decode_inputs(m, [rng.randint(100, 2048) for _ in range(batch)])) is None:
             print(f"{name}: decode sweep B={batch} skipped, its cache does not fit", flush=True)
             continue
         q, out, md, caches, kv_bytes = inputs
         default = default_num_splits(batch, m["hkv"])
-        row, expected = {}, paged_attention_ref(q, caches[0], md, scale)
-        for splits in (s for s in (1, 2, 4, 8, 16, 32) if s <= MAX_SPLITS):
-            check(f"decode sweep B={batch} splits={splits}",
-                  [paged_attention_decode(q, caches[0], md, scale, out, num_splits=splits)], [expected], 2e-2)
-            calls = [lambda c=c, s=splits: paged_attention_decode(q, c, md, scale, out, num_splits=s)
-                     for c in caches]
-            row[splits] = kv_bytes / (time_ms(calls, graph=True) / 1e3)
-        best = max(row, key=row.get)
-        print(f"{name} decode B={batch:3d} varied: " + " ".join(
-            f"{s}{'*' if s == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
-            + f" TB/s (* default; best {best})", flush=True)
-        emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, default_splits=default,
-                  best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
-                  copy_tb_s=round(copy_bw / 1e12, 3)))
+        expected = paged_attention_ref(q, caches[0], md, scale)
+        for min_len in SWEEP_MIN_SPLIT_LENS:
+            row = {}
+            for splits in (1, 2, 4, 8, 16, 32):
+                kwargs = dict(num_splits=splits, workspace=workspace, min_split_len=min_len)
+                check(f"decode sweep B={batch} splits={splits} min_split_len={min_len}",
+                      [paged_attention_decode(q, caches[0], md, scale, out, **kwargs)], [expected], 2e-2)
+                calls = [lambda c=c, kw=kwargs: paged_attention_decode(q, c, md, scale, out, **kw) for c in caches]
+                row[splits] = kv_bytes / (time_ms(calls, graph=True) / 1e3)
+            best = max(row, key=row.get)
+            print(f"{name} decode B={batch:3d} varied, slices >= {min_len:3d} keys: " + " ".join(
+                f"{s}{'*' if s == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
+                + f" TB/s (* default; best {best})", flush=True)
+            emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, min_split_len=min_len,
+                      default_splits=default, best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
+                      copy_tb_s=round(copy_bw / 1e12, 3)))
         del inputs, caches
         torch.cuda.empty_cache()
 
