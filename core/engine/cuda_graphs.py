@@ -17,11 +17,10 @@ def batch_size_buckets(max_num_seqs: int) -> list[int]:
 
 class CUDAGraphRunner:
     """Decode steps (one query token per sequence) replayed from CUDA graphs captured per
-    batch-size bucket. Inputs are copied into static buffers; padded rows write no KV. Each
-    graph's logits stay where its capture allocated them, rewritten by every replay."""
+    batch-size bucket. Inputs are copied into static buffers; padded rows write no KV."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, max_num_seqs: int,
-                 max_blocks_per_seq: int, device: torch.device):
+                 max_blocks_per_seq: int, hidden_size: int, device: torch.device):
         self.model, self.backend = model, backend
         self.buckets = batch_size_buckets(max_num_seqs)
         n = self.buckets[-1]
@@ -32,8 +31,10 @@ class CUDAGraphRunner:
             self.seq_lens = torch.ones(n, dtype=torch.int32)
             self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
             self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
+            dtype = next(model.parameters()).dtype
+            self.hidden = torch.zeros(n, hidden_size, dtype=dtype)
+            self.logits = torch.zeros(n, model.config.vocab_size, dtype=dtype)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
         self.pool = None
 
     def metadata(self, batch_size: int) -> AttentionMetadata:
@@ -48,8 +49,8 @@ class CUDAGraphRunner:
             ctx = ForwardContext(self.metadata(bs), self.backend)
             for capturing in (False, True):  # a warm-up run, then the capture
                 with torch.cuda.graph(graph, self.pool) if capturing else contextlib.nullcontext():
-                    hidden = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
-                    self.logits[bs] = self.model.compute_logits(hidden)
+                    self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                    self.logits[:bs] = self.model.compute_logits(self.hidden[:bs])
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs] = graph
@@ -60,8 +61,9 @@ class CUDAGraphRunner:
         return (metadata.is_decode_only and num_tokens <= self.buckets[-1]
                 and metadata.block_tables.shape[1] <= self.block_tables.shape[1])
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        """Logits of the n sequences (every decode row is sampled), valid until the next replay."""
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
+            metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, logits) of the n sequences; every decode row is sampled."""
         n = input_ids.shape[0]
         bs = next(b for b in self.buckets if b >= n)
         self.input_ids[:n] = input_ids
@@ -73,4 +75,4 @@ class CUDAGraphRunner:
         width = metadata.block_tables.shape[1]
         self.block_tables[:n, :width] = metadata.block_tables
         self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        return self.hidden[:n], self.logits[:n]

@@ -52,10 +52,11 @@ class ModelRunner:
         for layer, cache in zip(attention_layers, kv_caches, strict=True):
             layer.kv_cache = cache
 
-    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int):
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int, hidden_size: int):
         from corral.engine.cuda_graphs import CUDAGraphRunner
         max_blocks = -(-max_model_len // self.block_size)
-        self.graph_runner = CUDAGraphRunner(self.model, self.backend, max_num_seqs, max_blocks, self.device)
+        self.graph_runner = CUDAGraphRunner(self.model, self.backend, max_num_seqs, max_blocks, hidden_size,
+                                            self.device)
         self.graph_runner.capture()
 
     def prepare(self, out: SchedulerOutput, previous: InFlight | None = None
@@ -113,7 +114,7 @@ class ModelRunner:
     def _forward(self, input_ids, positions, metadata, sample_rows) -> torch.Tensor:
         """Logits of the sampled rows; a CUDA graph computes those of decode batches."""
         if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0]):
-            return self.graph_runner.run(input_ids, positions, metadata)
+            return self.graph_runner.run(input_ids, positions, metadata)[1]
         hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
         return self.model.compute_logits(hidden_states[sample_rows])
 
