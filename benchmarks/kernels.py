@@ -28,7 +28,7 @@ DECODE = [(b, s) for b in (1, 64, 256) for s in (1024, 4096)]
 PREFILL = [[4096], [1024] * 8]
 TOKENS = (1, 8192)
 SWEEP_BATCHES = (1, 4, 16, 32, 64, 128, 256)
-SWEEP_MIN_SPLIT_LENS = (64, 128, 256)
+SWEEP_SPLIT_LENS = (64, 128, 256)
 KERNELS = ("decode", "prefill", "fused_add_rms_norm", "rotary", "qk_norm_rotary", "silu_and_mul", "store_kv_cache")
 
 
@@ -79,22 +79,24 @@ def decode_inputs(m: dict, seq_lens: list[int]):
 def decode_case(m: dict, batch: int, context: int):
     """-> (label, calls over input copies, bytes per call, FLOPs per call or None, time in a CUDA graph),
     or None where the cache does not fit."""
-    from corral.kernels.decode_attention import paged_attention_decode
+    from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
     from corral.kernels.paged_attention import paged_attention_ref
     if (inputs := decode_inputs(m, [context] * batch)) is None:
         return None
     q, out, md, caches, kv_bytes = inputs
     scale = m["d"] ** -0.5
     label = f"decode B={batch} S={context}"
-    check(label, [paged_attention_decode(q, caches[0], md, scale, out)],
+    workspace = DecodeWorkspace()  # held across calls, as the engine's backend holds one
+    check(label, [paged_attention_decode(q, caches[0], md, scale, out, workspace=workspace)],
           [paged_attention_ref(q, caches[0], md, scale)], 2e-2)
-    calls = [lambda c=c: paged_attention_decode(q, c, md, scale, out) for c in caches]
+    calls = [lambda c=c: paged_attention_decode(q, c, md, scale, out, workspace=workspace) for c in caches]
     return label, calls, kv_bytes + 2 * q.numel() * DTYPE.itemsize, None, True
 
 
 def decode_sweep(name: str, m: dict, copy_bw: float):
     """Decode attention over B1-like contexts (100..2048 tokens, varied) at each batch size, for every
-    split count and minimum slice length: which ones the defaults should pick on this GPU."""
+    split count and longest slice (split_len): which ones the defaults should pick on this GPU. An
+    unsplit launch ignores split_len, so it is timed once per batch."""
     import random
 
     from corral.kernels.decode_attention import DecodeWorkspace, default_num_splits, paged_attention_decode
@@ -107,19 +109,21 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
         q, out, md, caches, kv_bytes = inputs
         default = default_num_splits(batch, m["hkv"])
         expected = paged_attention_ref(q, caches[0], md, scale)
-        for min_len in SWEEP_MIN_SPLIT_LENS:
-            row = {}
-            for splits in (1, 2, 4, 8, 16, 32):
-                kwargs = dict(num_splits=splits, workspace=workspace, min_split_len=min_len)
-                check(f"decode sweep B={batch} splits={splits} min_split_len={min_len}",
+        unsplit = None
+        for split_len in SWEEP_SPLIT_LENS:
+            row = {1: unsplit} if unsplit else {}
+            for splits in (s for s in (1, 2, 4, 8, 16, 32) if s not in row):
+                kwargs = dict(num_splits=splits, workspace=workspace, split_len=split_len)
+                check(f"decode sweep B={batch} splits={splits} split_len={split_len}",
                       [paged_attention_decode(q, caches[0], md, scale, out, **kwargs)], [expected], 2e-2)
                 calls = [lambda c=c, kw=kwargs: paged_attention_decode(q, c, md, scale, out, **kw) for c in caches]
                 row[splits] = kv_bytes / (time_ms(calls, graph=True) / 1e3)
+            unsplit = row[1]
             best = max(row, key=row.get)
-            print(f"{name} decode B={batch:3d} varied, slices >= {min_len:3d} keys: " + " ".join(
+            print(f"{name} decode B={batch:3d} varied, slices <= {split_len:3d} keys: " + " ".join(
                 f"{s}{'*' if s == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
                 + f" TB/s (* default; best {best})", flush=True)
-            emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, min_split_len=min_len,
+            emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, split_len=split_len,
                       default_splits=default, best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
                       copy_tb_s=round(copy_bw / 1e12, 3)))
         del inputs, caches

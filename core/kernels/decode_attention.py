@@ -2,8 +2,8 @@
 
 Grid (num_seqs, num_kv_heads, max_splits): one program takes the GROUP query heads that share a
 KV head (padded to 16 rows for tl.dot) over one contiguous slice of the context. A sequence is cut
-into at most max_splits slices of at least min_split_len keys, so short contexts use fewer
-programs and the rest return at once. An unsplit sequence writes its output directly; otherwise
+into slices of at most split_len keys (whole tiles), or into max_splits longer ones where that
+would need more, so short contexts use fewer programs and the rest return at once. An unsplit sequence writes its output directly; otherwise
 each slice writes a partial output with its log-sum-exp and counts itself in a per-(sequence, KV
 head) counter, and the last slice to arrive merges them and resets the counter: no second kernel.
 Slices are computed on the device from seq_lens, so the launch depends only on the batch shape:
@@ -47,10 +47,10 @@ def _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices,
 @triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, part_out_ptr, part_lse_ptr, counters_ptr,
-    block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale, max_splits, min_split_len,
+    block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale, max_splits, target_split_len,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_blk, stride_row, stride_kvh, stride_bt,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -60,7 +60,7 @@ def _decode_kernel(
         return
     tok = tok.to(tl.int64)
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_slices = tl.minimum(max_splits, tl.maximum(tl.cdiv(seq_len, min_split_len), 1))
+    num_slices = tl.minimum(max_splits, tl.maximum(tl.cdiv(seq_len, target_split_len), 1))
     split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_slices), BLOCK_N) * BLOCK_N, BLOCK_N)
     num_slices = tl.maximum(tl.cdiv(seq_len, split_len), 1)
     if split >= num_slices:
@@ -94,7 +94,9 @@ def _decode_kernel(
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     out_ptrs = out_ptr + tok * stride_ot + (head * stride_oh)[:, None] + d[None, :]
-    if num_slices == 1:
+    if not SPLIT:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+    elif num_slices == 1:
         tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
     else:
         row0 = (seq * tl.num_programs(1) * GROUP + head).to(tl.int64) * max_splits
@@ -121,12 +123,12 @@ def _block_n(head_dim: int, num_splits: int, index: int | None) -> int:
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int) -> int:
-    """At most 2048 programs in all, halving the splits as the batch doubles: on an H200 over
-    B1-like contexts (100..2048 keys, slices of 256 or more) this was within 3% of the best split
-    count at every batch from 1 to 256. Depends on the batch shape only, so a CUDA graph captured
-    for a batch size keeps it."""
-    want = triton.cdiv(2048, num_seqs * num_kv_heads)
-    return max(1, min(32, triton.next_power_of_2(want)))
+    """A power of two, at most 32, with at most 2048 programs in all: the splits halve as the
+    batch doubles. On an H200 over B1-like contexts (100..2048 keys, slices of up to 256) this was
+    within 3% of the best split count at batches 1, 16, 32, 64 and 128 (docs/benchmarks.md).
+    Depends on the batch shape only, so a CUDA graph captured for a batch size keeps it."""
+    programs = num_seqs * num_kv_heads
+    return min(32, 1 << max(2048 // programs, 1).bit_length() - 1)
 
 
 class DecodeWorkspace:
@@ -149,13 +151,13 @@ class DecodeWorkspace:
 
 def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                            scale: float, out: torch.Tensor | None = None, num_splits: int | None = None,
-                           workspace: DecodeWorkspace | None = None, *, min_split_len: int = 256,
+                           workspace: DecodeWorkspace | None = None, *, split_len: int = 256,
                            block_n: int | None = None, num_warps: int = 4,
                            num_stages: int = 2) -> torch.Tensor:
     """q [B', Hq, D], one query token per sequence, at row query_start_loc[i]; a sequence with no
     query row (query_start_loc[i + 1] == query_start_loc[i], CUDA-graph padding) is skipped, and
-    one with seq_len 0 gets zeros. num_splits caps the slices per sequence; each slice has at least
-    min_split_len keys. Pass a workspace held across calls (and across CUDA-graph replays); without
+    one with seq_len 0 gets zeros. A sequence is cut into slices of at most split_len keys, but
+    into no more than num_splits. Pass a workspace held across calls (and across CUDA-graph replays); without
     one, fresh counters are zeroed for this call. Reads no host-side lengths: safe to capture in a
     CUDA graph. block_n, num_warps and num_stages are for tuning benchmarks."""
     group, block_size = check_attention_shapes(q, kv_cache)
@@ -168,8 +170,8 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
         num_splits = default_num_splits(num_seqs, num_kv_heads)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be between 1 and {MAX_SPLITS}, got {num_splits}")
-    if min_split_len < 1:
-        raise ValueError(f"min_split_len must be positive, got {min_split_len}")
+    if split_len < 1:
+        raise ValueError(f"split_len must be positive, got {split_len}")
     part_out, part_lse, counters = out, out, metadata.seq_lens  # placeholders of the right types when unsplit
     if num_splits > 1:
         part_out = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32,
@@ -180,11 +182,11 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, part_out, part_lse, counters,
         metadata.block_tables, metadata.seq_lens, metadata.query_start_loc, scale * LOG2E,
-        num_splits, min_split_len,
+        num_splits, split_len,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), metadata.block_tables.stride(0),
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=block_n or _block_n(head_dim, num_splits, q.device.index), BLOCK_SIZE=block_size,
-        PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        SPLIT=num_splits > 1, PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -221,6 +221,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                          f"{'' if bias is None else ', ' + str(bias.dtype)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if bias is not None:
+        bias = bias.contiguous()  # the kernel reads it at unit stride
     if any(t is not None and t.device != x.device for t in (weight, bias, out)):
         raise ValueError("x, weight, bias and out must be on one device")
     if k > 1 and weight.stride(1) != 1:

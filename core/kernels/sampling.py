@@ -11,8 +11,10 @@ Noise: column c of row r takes word c % 4 of Philox4x32-10 at counter (c // 4, r
 draw does not depend on the block size. A word w, read as u = (w + 1/2) / 2**32 in (0, 1), gives
 the exponential E = -log(1 - u) (by a series where u is small, so that the small E, the ones that
 win, keep their precision and E is never 0) and the key log2(e) * logits / T - log2(E), which is
-log2(e) * (logits / T + Gumbel noise) up to a constant. -inf logits stay -inf and are never picked
-(nor is the one word in 2**25 whose u rounds to 1.0 in float32: E = inf, key -inf). The next
+log2(e) * (logits / T + Gumbel noise) up to a constant. -inf logits stay -inf. One word in 2**25
+rounds u to 1.0 in float32 (E = inf, key -inf): that column is not picked, and a row whose every
+finite logit drew such a word (only thinkable with one or two finite logits) falls back to the
+first column. The next
 chunk's load is issued before the current chunk's noise is computed, to overlap the two.
 """
 import os

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from corral.kernels.decode_attention import MAX_SPLITS, DecodeWorkspace, paged_attention_decode
+from corral.kernels.decode_attention import MAX_SPLITS, DecodeWorkspace, default_num_splits, paged_attention_decode
 from corral.kernels.paged_attention import paged_attention_ref
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -20,13 +20,13 @@ def _inputs(make_batch, seq_lens, group, head_dim, dtype, block_size=16, seed=0)
     return q, cache, metadata
 
 
-def _run(make_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, min_split_len=1):
-    """min_split_len 1 (slices of one tile) splits these short test contexts as far as num_splits allows."""
+def _run(make_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, split_len=1):
+    """split_len 1 (slices of one tile) splits these short test contexts as far as num_splits allows."""
     q, cache, metadata = _inputs(make_batch, seq_lens, group, head_dim, dtype, block_size)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
     paged_attention_decode(q, cache, metadata, scale, out=out, num_splits=num_splits,
-                           min_split_len=min_split_len)
+                           split_len=split_len)
     expected = paged_attention_ref(q, cache, metadata, scale)
     torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
@@ -49,14 +49,19 @@ def test_unsplit(dtype, make_batch):
     _run(make_batch, SEQ_LENS, group=2, head_dim=64, dtype=dtype, num_splits=1)
 
 
-@pytest.mark.parametrize("min_split_len", [1, 100, 129, 10_000])
-def test_minimum_slice_lengths(min_split_len, make_batch):
+@pytest.mark.parametrize("split_len", [1, 100, 129, 10_000])
+def test_slice_lengths(split_len, make_batch):
     _run(make_batch, [300, 7, 129, 64], group=2, head_dim=64, dtype=torch.float32, num_splits=8,
-         min_split_len=min_split_len)
+         split_len=split_len)
 
 
 def test_default_split_count(make_batch):
-    _run(make_batch, [300, 7], group=2, head_dim=64, dtype=torch.bfloat16, min_split_len=128)
+    _run(make_batch, [300, 7], group=2, head_dim=64, dtype=torch.bfloat16, split_len=128)
+
+
+@pytest.mark.parametrize("num_seqs, expected", [(1, 32), (16, 16), (32, 8), (64, 4), (128, 2), (240, 1), (512, 1)])
+def test_default_split_counts_launch_at_most_2048_programs(num_seqs, expected):
+    assert default_num_splits(num_seqs, num_kv_heads=8) == expected
 
 
 def test_a_workspace_is_left_ready_for_the_next_call(make_batch):
@@ -64,7 +69,7 @@ def test_a_workspace_is_left_ready_for_the_next_call(make_batch):
     workspace, expected = DecodeWorkspace(), paged_attention_ref(q, cache, metadata, 0.125)
     for _ in range(2):
         out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, workspace=workspace,
-                                     min_split_len=1)
+                                     split_len=1)
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
         assert not workspace.counters.any()
 
@@ -93,7 +98,7 @@ def test_padding_sequences_without_a_query_row_write_nothing(num_splits, make_ba
     metadata.seq_lens = torch.cat([metadata.seq_lens, metadata.seq_lens.new_tensor([5, 9])])
     metadata.block_tables = torch.cat([metadata.block_tables, metadata.block_tables[:2]])
     out = torch.full_like(q, float("nan"))
-    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits, min_split_len=1)
+    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits, split_len=1)
     expected = paged_attention_ref(q, cache, metadata, 0.125)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
@@ -101,7 +106,7 @@ def test_padding_sequences_without_a_query_row_write_nothing(num_splits, make_ba
 def test_empty_context_gives_zeros(make_batch):
     q, cache, metadata = _inputs(make_batch, [30, 1], 2, 64, torch.float32)
     metadata.seq_lens[1] = 0
-    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, min_split_len=1)
+    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, split_len=1)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     torch.testing.assert_close(out[0], paged_attention_ref(q, cache, metadata, 0.125)[0])
 

@@ -172,3 +172,9 @@ def test_linear_layers_take_the_kernel_for_a_few_rows(m):
     x = torch.randn(m, 256, device="cuda", dtype=torch.bfloat16)
     _check(layer(x), x, layer.weight, layer.bias)
     assert (layer.skinny_workspace is not None) == (m <= SKINNY_MAX_ROWS)
+
+
+def test_a_strided_bias_is_read_right(device):
+    x, weight, _ = _inputs(2, 40, 64, torch.bfloat16, device)
+    bias = torch.randn(80, device=device).to(torch.bfloat16)[::2]
+    _check(skinny_linear(x, weight, bias), x, weight, bias)
