@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from corral.backends.base import AttentionMetadata
+from corral.kernels.arrival import last_to_arrive, reset
 from corral.kernels.paged_attention import LOG2E, _attend_tile, check_attention_shapes, dot_precision
 
 MAX_SPLITS = 64
@@ -30,10 +31,9 @@ def _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices,
     total = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
     for i in range(num_slices):
-        # .cv: other programs wrote these; never serve them from this SM's L1
-        lse = tl.load(part_lse_ptr + row0 + i, mask=h_ok, other=float("-inf"), cache_modifier=".cv")
+        lse = tl.load(part_lse_ptr + row0 + i, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
         part = tl.load(part_out_ptr + (row0 + i)[:, None] * HEAD_DIM + d[None, :], mask=h_ok[:, None],
-                       other=0.0, cache_modifier=".cv")
+                       other=0.0, cache_modifier=".cg")
         m_new = tl.maximum(m, lse)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m - m_safe)
@@ -103,12 +103,11 @@ def _decode_kernel(
         tl.store(part_out_ptr + (row0 + split)[:, None] * HEAD_DIM + d[None, :], out, mask=h_ok[:, None])
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         tl.store(part_lse_ptr + row0 + split, lse, mask=h_ok)
-        tl.debug_barrier()  # every thread's partial is written before the release below
         counter = counters_ptr + seq * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_slices - 1:
+        if last_to_arrive(counter, num_slices):
             out = _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices, BLOCK_H, HEAD_DIM)
             tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+            reset(counter)
 
 
 @functools.cache

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from corral.kernels.arrival import last_to_arrive, reset
+
 MAX_M = 16
 
 
@@ -79,16 +81,14 @@ def _skinny_linear_kernel(
     if SPLIT:
         part_rows = (pid_k * M + rm).to(tl.int64) * N
         tl.store(part_ptr + part_rows[None, :] + rn[:, None], acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial is written before the release below
-        counter = count_ptr + pid_n
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == split_k - 1:
+        if last_to_arrive(count_ptr + pid_n, split_k):
             acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
             part_ptrs = part_ptr + rm.to(tl.int64)[None, :] * N + rn[:, None]
             for _ in range(0, split_k):
                 acc += tl.load(part_ptrs, mask=out_mask, other=0.0, cache_modifier=".cg")
                 part_ptrs += M * N
             _write_out(acc, b_ptr, y_ptr, rn, rm, N, stride_ym, out_mask, HAS_BIAS)
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+            reset(count_ptr + pid_n)
     else:
         _write_out(acc, b_ptr, y_ptr, rn, rm, N, stride_ym, out_mask, HAS_BIAS)
 
