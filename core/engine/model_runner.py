@@ -7,6 +7,7 @@ from corral.backends.base import AttentionBackend, AttentionMetadata
 from corral.engine.sampler import Sampler, SamplingMetadata
 from corral.engine.scheduler import SchedulerOutput
 from corral.layers.attention import Attention, ForwardContext
+from corral.layers.linear import Linear
 
 
 @dataclass(slots=True)
@@ -51,6 +52,12 @@ class ModelRunner:
         attention_layers = [m for m in model.modules() if isinstance(m, Attention)]
         for layer, cache in zip(attention_layers, kv_caches, strict=True):
             layer.kv_cache = cache
+        if device.type == "cuda":
+            from corral.kernels.gemv import SkinnyLinearWorkspace
+            shared = SkinnyLinearWorkspace()  # one stream runs the layers in turn: one split-K scratch serves all
+            for module in model.modules():
+                if isinstance(module, Linear):
+                    module.skinny_workspace = shared
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int, hidden_size: int):
         from corral.engine.cuda_graphs import CUDAGraphRunner

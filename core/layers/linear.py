@@ -11,7 +11,7 @@ class Linear(nn.Module):
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
                  shard_names: list | None = None):
         super().__init__()
-        self.skinny_workspace = None  # the Triton GEMV's split-K scratch, made on first use
+        self.skinny_workspace = None  # the Triton GEMV's split-K scratch: the engine shares one, else made on first use
         self.output_sizes = output_sizes
         self.shard_names = shard_names or list(range(len(output_sizes)))
         self.weight = nn.Parameter(torch.empty(sum(output_sizes), input_size), requires_grad=False)
