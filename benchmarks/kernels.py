@@ -241,7 +241,7 @@ def main():
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-4b,llama-2-7b")
     ap.add_argument("--kernels", default=",".join(KERNELS), help=f"any of {', '.join(KERNELS)}")
     ap.add_argument("--decode-sweep", action="store_true",
-                    help="only decode attention over varied contexts, for every split count")
+                    help="only decode attention over varied contexts, for every split count and split_len")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks.kernels (B5) times Triton kernels on a CUDA GPU, and this machine has none")

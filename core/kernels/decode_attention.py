@@ -3,9 +3,10 @@
 Grid (num_seqs, num_kv_heads, max_splits): one program takes the GROUP query heads that share a
 KV head (padded to 16 rows for tl.dot) over one contiguous slice of the context. A sequence is cut
 into slices of at most split_len keys (whole tiles), or into max_splits longer ones where that
-would need more, so short contexts use fewer programs and the rest return at once. An unsplit sequence writes its output directly; otherwise
-each slice writes a partial output with its log-sum-exp and counts itself in a per-(sequence, KV
-head) counter, and the last slice to arrive merges them and resets the counter: no second kernel.
+would need more, so short contexts use fewer programs and the rest return at once. An unsplit
+sequence writes its output directly; otherwise each slice writes a partial output with its
+log-sum-exp and counts itself in a per-(sequence, KV head) counter, and the last slice to arrive
+merges them and resets the counter (kernels/arrival.py): no second kernel.
 Slices are computed on the device from seq_lens, so the launch depends only on the batch shape:
 it replays in a CUDA graph while seq_lens grow.
 """
@@ -156,9 +157,9 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
     """q [B', Hq, D], one query token per sequence, at row query_start_loc[i]; a sequence with no
     query row (query_start_loc[i + 1] == query_start_loc[i], CUDA-graph padding) is skipped, and
     one with seq_len 0 gets zeros. A sequence is cut into slices of at most split_len keys, but
-    into no more than num_splits. Pass a workspace held across calls (and across CUDA-graph replays); without
-    one, fresh counters are zeroed for this call. Reads no host-side lengths: safe to capture in a
-    CUDA graph. block_n, num_warps and num_stages are for tuning benchmarks."""
+    into no more than num_splits. Pass a workspace held across calls (and across CUDA-graph
+    replays); without one, fresh counters are zeroed for this call. Reads no host-side lengths:
+    safe to capture in a CUDA graph. block_n, num_warps and num_stages are for tuning benchmarks."""
     group, block_size = check_attention_shapes(q, kv_cache)
     num_seqs = metadata.num_seqs
     num_q_heads, head_dim = q.shape[1:]

@@ -14,8 +14,8 @@ win, keep their precision and E is never 0) and the key log2(e) * logits / T - l
 log2(e) * (logits / T + Gumbel noise) up to a constant. -inf logits stay -inf. One word in 2**25
 rounds u to 1.0 in float32 (E = inf, key -inf): that column is not picked, and a row whose every
 finite logit drew such a word (only thinkable with one or two finite logits) falls back to the
-first column. The next
-chunk's load is issued before the current chunk's noise is computed, to overlap the two.
+first column. The next chunk's load is issued before the current chunk's noise is computed, to
+overlap the two.
 """
 import os
 
