@@ -21,7 +21,7 @@ from triton.runtime.errors import OutOfResources
 
 from benchmarks.common import emit, environment
 from benchmarks.configs import CONFIGS
-from benchmarks.kernels import copies_for
+from benchmarks.kernels import copies_for, copy_bandwidth
 
 DEVICE = "cuda"
 CALLS_PER_GRAPH = 128
@@ -98,12 +98,6 @@ def check(what: str, actual: torch.Tensor, expected: torch.Tensor):
     err = ((actual.float() - expected).norm() / expected.norm()).item()
     if not err < 1e-2:  # bf16 output rounding is about 2e-3; NaN fails too
         raise AssertionError(f"gemv {what}: relative error {err:.2e} against F.linear in fp32")
-
-
-def copy_bandwidth() -> float:
-    from triton.testing import do_bench
-    src, dst = (torch.empty(2**30, dtype=torch.uint8, device=DEVICE) for _ in range(2))
-    return 2 * 2**30 / (do_bench(lambda: dst.copy_(src), return_mode="median") / 1e3)
 
 
 def bench_layer(name: str, layer: str, m: int, n: int, k: int, dtype: torch.dtype, sweep: bool,
