@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from triton.runtime.errors import OutOfResources
 
 from benchmarks.common import emit, environment
-from benchmarks.configs import CONFIGS
-from benchmarks.kernels import copies_for, copy_bandwidth
+from benchmarks.kernels import copies_for, copy_bandwidth, model_shapes
 
 DEVICE = "cuda"
 CALLS_PER_GRAPH = 128
@@ -33,11 +32,10 @@ STAGES = {True: (1, 2, 3, 4), False: (3, 4, 5, 6)}
 
 def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
     """{layer: (N, K)} for the model's decode linears (weights [N, K])."""
-    c = CONFIGS[name]
-    hidden, hq, hkv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
-    d = c.get("head_dim", hidden // hq)
-    return {"qkv": ((hq + 2 * hkv) * d, hidden), "o_proj": (hidden, hq * d),
-            "gate_up": (2 * c["intermediate_size"], hidden), "down": (hidden, c["intermediate_size"])}
+    m = model_shapes(name)
+    hidden, inter, d = m["hidden"], m["inter"], m["d"]
+    return {"qkv": ((m["hq"] + 2 * m["hkv"]) * d, hidden), "o_proj": (hidden, m["hq"] * d),
+            "gate_up": (2 * inter, hidden), "down": (hidden, inter)}
 
 
 def sweep_configs(m: int, n: int, k: int, limits: tuple) -> list[dict]:
