@@ -99,7 +99,7 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
     unsplit launch ignores split_len, so it is timed once per batch."""
     import random
 
-    from corral.kernels.decode_attention import DecodeWorkspace, default_num_splits, paged_attention_decode
+    from corral.kernels.decode_attention import DecodeWorkspace, default_split, paged_attention_decode
     from corral.kernels.paged_attention import paged_attention_ref
     rng, scale, workspace = random.Random(0), m["d"] ** -0.5, DecodeWorkspace()
     for batch in SWEEP_BATCHES:
@@ -107,7 +107,7 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
             print(f"{name}: decode sweep B={batch} skipped, its cache does not fit", flush=True)
             continue
         q, out, md, caches, kv_bytes = inputs
-        default = default_num_splits(batch, m["hkv"])
+        default = default_split(batch, m["hkv"])
         expected = paged_attention_ref(q, caches[0], md, scale)
         unsplit = None
         for split_len in SWEEP_SPLIT_LENS:
@@ -121,10 +121,10 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
             unsplit = row[1]
             best = max(row, key=row.get)
             print(f"{name} decode B={batch:3d} varied, slices <= {split_len:3d} keys: " + " ".join(
-                f"{s}{'*' if s == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
+                f"{s}{'*' if (s, split_len) == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
                 + f" TB/s (* default; best {best})", flush=True)
             emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, split_len=split_len,
-                      default_splits=default, best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
+                      default_splits=default.num_splits, default_split_len=default.split_len, best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
                       copy_tb_s=round(copy_bw / 1e12, 3)))
         del inputs, caches
         torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ Slices are computed on the device from seq_lens, so the launch depends only on t
 it replays in a CUDA graph while seq_lens grow.
 """
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -122,13 +123,24 @@ def _block_n(head_dim: int, num_splits: int, index: int | None) -> int:
     return 128 if big_smem and num_splits == 1 else 64
 
 
-def default_num_splits(num_seqs: int, num_kv_heads: int) -> int:
-    """A power of two, at most 32, with at most 2048 programs in all: the splits halve as the
-    batch doubles. On an H200 over B1-like contexts (100..2048 keys, slices of up to 256) this was
-    within 3% of the best split count at batches 1, 16, 32, 64 and 128 (docs/benchmarks.md).
-    Depends on the batch shape only, so a CUDA graph captured for a batch size keeps it."""
+class DecodeSplit(NamedTuple):
+    num_splits: int  # the most slices a sequence is cut into
+    split_len: int  # the longest slice, in keys, before num_splits caps the count
+
+
+def default_split(num_seqs: int, num_kv_heads: int) -> DecodeSplit:
+    """Measured on an H200 (docs/benchmarks.md). Up to 64 (sequence, KV head) pairs, as in
+    single-stream decode, slices of 64 keys (one tile), at most 16 per sequence for 8 pairs or
+    fewer, else 8: each slice is short, so a few hundred keys already fill the GPU; at batch 1 over
+    200-1600 keys this took 6.4-11.5 us against 9.0-13.2 with the large-batch rule. Above that,
+    slices of up to 256 keys and a power of two, at most 32, of splits with at most 2048 programs
+    in all: the splits halve as the batch doubles, within 3% of the best over B1-like contexts
+    (100..2048 keys) at batches 16-128. Depends on the batch shape only, so a CUDA graph captured
+    for a batch size keeps it."""
     programs = num_seqs * num_kv_heads
-    return min(32, 1 << max(2048 // programs, 1).bit_length() - 1)
+    if programs <= 64:
+        return DecodeSplit(16 if programs <= 8 else 8, 64)
+    return DecodeSplit(min(32, 1 << max(2048 // programs, 1).bit_length() - 1), 256)
 
 
 class DecodeWorkspace:
@@ -151,7 +163,7 @@ class DecodeWorkspace:
 
 def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                            scale: float, out: torch.Tensor | None = None, num_splits: int | None = None,
-                           workspace: DecodeWorkspace | None = None, *, split_len: int = 256,
+                           workspace: DecodeWorkspace | None = None, *, split_len: int | None = None,
                            block_n: int | None = None, num_warps: int = 4,
                            num_stages: int = 2) -> torch.Tensor:
     """q [B', Hq, D], one query token per sequence, at row query_start_loc[i]; a sequence with no
@@ -166,8 +178,9 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
     num_kv_heads = kv_cache.shape[3]
     if out is None:
         out = torch.empty_like(q)
-    if num_splits is None:
-        num_splits = default_num_splits(num_seqs, num_kv_heads)
+    default = default_split(num_seqs, num_kv_heads)
+    num_splits = default.num_splits if num_splits is None else num_splits
+    split_len = default.split_len if split_len is None else split_len
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be between 1 and {MAX_SPLITS}, got {num_splits}")
     if split_len < 1:

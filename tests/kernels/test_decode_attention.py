@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from corral.kernels.decode_attention import MAX_SPLITS, DecodeWorkspace, default_num_splits, paged_attention_decode
+from corral.kernels.decode_attention import MAX_SPLITS, DecodeWorkspace, default_split, paged_attention_decode
 from corral.kernels.paged_attention import paged_attention_ref
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -59,9 +59,11 @@ def test_default_split_count(make_batch):
     _run(make_batch, [300, 7], group=2, head_dim=64, dtype=torch.bfloat16, split_len=128)
 
 
-@pytest.mark.parametrize("num_seqs, expected", [(1, 32), (16, 16), (32, 8), (64, 4), (128, 2), (240, 1), (512, 1)])
-def test_default_split_counts_launch_at_most_2048_programs(num_seqs, expected):
-    assert default_num_splits(num_seqs, num_kv_heads=8) == expected
+@pytest.mark.parametrize("num_seqs, expected", [(1, (16, 64)), (2, (8, 64)), (8, (8, 64)), (9, (16, 256)),
+                                                (16, (16, 256)), (32, (8, 256)), (64, (4, 256)),
+                                                (128, (2, 256)), (240, (1, 256)), (512, (1, 256))])
+def test_default_splits_launch_at_most_2048_programs(num_seqs, expected):
+    assert default_split(num_seqs, num_kv_heads=8) == expected
 
 
 def test_a_workspace_is_left_ready_for_the_next_call(make_batch):
