@@ -149,7 +149,7 @@ def bench_layer(name: str, layer: str, m: int, n: int, k: int, dtype: torch.dtyp
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="qwen3-4b,qwen3-0.6b,llama-2-7b")
-    ap.add_argument("--m", default="1,2,4,8", help="token counts (rows of x), 1 to 16")
+    ap.add_argument("--m", default="1,2,4,8", help="token counts (rows of x), 1 to 64")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--no-sweep", action="store_true", help="time cuBLAS and the default only")
     args = ap.parse_args()

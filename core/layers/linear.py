@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-SKINNY_MAX_ROWS = 8  # up to here (decode of a few sequences) the Triton GEMV beats cuBLAS; see benchmarks.gemv
+SKINNY_MAX_ROWS = 32  # up to here (decode of up to 32 sequences) the Triton GEMV beats cuBLAS; see benchmarks.gemv
 
 
 class Linear(nn.Module):

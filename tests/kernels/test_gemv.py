@@ -32,7 +32,7 @@ def _run(m, n, k, dtype, device, bias=False, workspace=None, seed=0, **config):
 
 @pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("m", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_matches_reference(dtype, m, bias, split_k, device):
     # 130 = 4 tiles of 32 and a ragged 2; 300 = 4 chunks of 64 and a ragged 44, which 3 splits
@@ -41,7 +41,7 @@ def test_matches_reference(dtype, m, bias, split_k, device):
          block_k=64)
 
 
-@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("m", [1, 5, 40])
 @pytest.mark.parametrize("n, k", [(1, 1), (3, 17), (33, 300), (300, 129), (40, 1100)])
 def test_odd_shapes_with_the_default_config(n, k, m, device):
     _run(m, n, k, torch.bfloat16, device, bias=True, workspace=SkinnyLinearWorkspace())
@@ -88,7 +88,7 @@ def test_empty_inputs(device):
 @pytest.mark.parametrize("args, match", [
     (dict(x=(1, 32), w=(8, 32), dtype=torch.float32), "fp16 or bf16"),
     (dict(x=(1, 32), w=(8, 31)), "disagree on K"),
-    (dict(x=(17, 32), w=(8, 32)), "1 to 16 rows"),
+    (dict(x=(65, 32), w=(8, 32)), "1 to 64 rows"),
     (dict(x=(1, 32), w=(8, 32), bias=(7,)), "bias must have shape"),
     (dict(x=(1, 32), w=(32, 8), transposed=True), "contiguous"),
     (dict(x=(2, 32), w=(8, 32), block_n=8), "at least 16"),
@@ -162,9 +162,9 @@ def test_replays_in_a_cuda_graph(m, split_k, device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 8, 9])
+@pytest.mark.parametrize("m", [1, 8, 32, 33])
 def test_linear_layers_take_the_kernel_for_a_few_rows(m):
-    """corral's Linear runs decode batches of up to 8 rows through skinny_linear, more through cuBLAS."""
+    """corral's Linear runs decode batches of up to 32 rows through skinny_linear, more through cuBLAS."""
     from corral.layers.linear import SKINNY_MAX_ROWS, Linear
     layer = Linear(256, [96, 32], bias=True).to("cuda", torch.bfloat16)
     torch.nn.init.normal_(layer.weight, std=256 ** -0.5)
