@@ -24,6 +24,7 @@ STEPS = {
     "sweep": [sys.executable, "-m", "benchmarks.kernels", "--decode-sweep", "--models"],
     "gemv": [sys.executable, "-m", "benchmarks.gemv", "--models"],
     "b6": [sys.executable, "-m", "benchmarks.serving", "--models"],
+    "ceiling": [sys.executable, "-m", "benchmarks.ceiling"],
     "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
 }
 
