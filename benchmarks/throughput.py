@@ -83,6 +83,7 @@ def main():
         profile(engine, prompts[:128], params[:128])
         return
     for repeat in range(args.repeat):
+        engine.reset_prefix_cache()  # each timed run prefills its prompts, none reuses the last one's
         seconds, num_out = run(engine, prompts, params, f"timed{repeat}")
         report(args, engine, prompts, seconds, num_out, repeat)
 

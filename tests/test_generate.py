@@ -176,3 +176,21 @@ def test_final_only_requests_report_once_when_they_end(llm):
     reported = [processor.process([EngineCoreOutput("r", [t], finish_reason="length" if t == 9 else None)])[0]
                 for t in (7, 8, 9)]
     assert reported[:2] == [[], []] and reported[2][0].outputs[0].token_ids == [7, 8, 9]
+
+
+def test_reset_prefix_cache_makes_the_next_run_cold(llm):
+    core, prompt = llm.engine.core, list(range(3, 3 + 70))  # four full blocks of 16
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    first = llm.generate([prompt], params)[0]
+    hits = core.stats()["prefix_cache_hit_tokens"]
+    assert tokens(llm.generate([prompt], params)[0]) == tokens(first)
+    assert core.stats()["prefix_cache_hit_tokens"] - hits == 64
+    core.reset_prefix_cache()
+    hits = core.stats()["prefix_cache_hit_tokens"]
+    assert tokens(llm.generate([prompt], params)[0]) == tokens(first)
+    assert core.stats()["prefix_cache_hit_tokens"] == hits
+    core.add_request(Request("busy", prompt, params))
+    with pytest.raises(RuntimeError, match="idle engine"):
+        core.reset_prefix_cache()
+    while core.has_unfinished_requests():
+        core.step()

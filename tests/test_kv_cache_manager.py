@@ -74,6 +74,22 @@ def test_freed_blocks_stay_cached_until_reused():
     assert num_computed == 8
 
 
+def test_reset_prefix_cache_forgets_prefixes_only_when_no_block_is_in_use():
+    kv = KVCacheManager(num_blocks=8, block_size=4)
+    a, b = req("a", list(range(9))), req("b", list(range(100, 109)))
+    admit(kv, a)
+    admit(kv, b)
+    kv.free(a)
+    assert not kv.reset_prefix_cache()  # b still holds its blocks
+    assert kv.get_computed_blocks(req("a2", list(range(9))))[1] == 8
+    kv.free(b)
+    assert kv.reset_prefix_cache()
+    assert kv.get_computed_blocks(req("a3", list(range(9))))[1] == 0
+    assert kv.num_free_blocks == 8
+    admit(kv, req("c", list(range(9))))  # blocks are handed out as before
+    assert kv.num_free_blocks == 5
+
+
 def test_eviction_takes_least_recently_freed_blocks_first():
     kv = KVCacheManager(num_blocks=4, block_size=4)
     old, new = req("old", [1, 1, 1, 1, 0]), req("new", [2, 2, 2, 2, 0])

@@ -60,3 +60,13 @@ class BlockPool:
         if self.enable_prefix_caching and block.key is None:
             block.key = key
             self.cached.setdefault(key, block)
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix, so later requests recompute them (benchmarks use this to
+        start each timed run cold). Refused (False) while any block is in use."""
+        if len(self.free_queue) < len(self.blocks):
+            return False
+        for block in self.blocks:
+            block.key = None
+        self.cached.clear()
+        return True

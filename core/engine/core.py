@@ -136,6 +136,11 @@ class EngineCore:
     def abort_requests(self, request_ids: list[str]):
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
+    def reset_prefix_cache(self):
+        """Forget the prefix cache (benchmarks: each timed run starts cold). Only when idle."""
+        if self.has_unfinished_requests() or not self.kv_cache_manager.reset_prefix_cache():
+            raise RuntimeError("reset_prefix_cache needs an idle engine: requests still hold KV blocks")
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests() or self.in_flight is not None
 

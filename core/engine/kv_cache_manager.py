@@ -25,6 +25,9 @@ class KVCacheManager:
     def num_free_blocks(self) -> int:
         return self.pool.num_free_blocks
 
+    def reset_prefix_cache(self) -> bool:
+        return self.pool.reset_prefix_cache()
+
     def block_ids(self, request_id: str) -> list[int]:
         return self.req_block_ids.get(request_id, [])
 
