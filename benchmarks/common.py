@@ -48,3 +48,25 @@ def emit(record: dict):
     if out:
         with open(Path(out) / "results.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def triton_variants() -> dict[str, int]:
+    """{kernel: compiled variants so far} for corral's Triton kernels: a count that grows during a
+    timed run means the warm-up missed a specialization and the run paid for its compile."""
+    import importlib
+    import pkgutil
+
+    import corral.kernels
+    from triton.runtime.jit import JITFunction
+    counts = {}
+    for info in pkgutil.iter_modules(corral.kernels.__path__):
+        module = importlib.import_module(f"corral.kernels.{info.name}")
+        for name, fn in vars(module).items():
+            if isinstance(fn, JITFunction) and fn.__module__ == module.__name__:
+                caches = getattr(fn, "device_caches", {})
+                counts[f"{info.name}.{name}"] = sum(len(cache[0]) for cache in caches.values())
+    return counts
+
+
+def new_variants(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}

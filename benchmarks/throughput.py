@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from benchmarks.common import emit, environment, model_dir
+from benchmarks.common import emit, environment, model_dir, new_variants, triton_variants
 from benchmarks.gpu_timeline import profiler_timeline
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
@@ -76,25 +76,28 @@ def main():
                           async_scheduling=args.async_scheduling)
     engine = EngineCore(config)
     prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
-    # warm-up: compiles every Triton specialization the run will meet (odd and even sizes, chunked prefill)
-    warmup_prompts, _ = b1_workload(48, seed=1)  # other prompts: the timed run starts with a cold prefix cache
-    run(engine, warmup_prompts, [SamplingParams(ignore_eos=True, max_tokens=n) for n in range(1, 49)], "warmup")
+    # warm-up: the same workload on other prompts, so that every Triton specialization, cuBLAS
+    # algorithm and allocator block the timed runs meet already exists
+    warmup_prompts, warmup_params = b1_workload(seed=1) if args.workload == "B1" else b2_workload(256, seed=1)
+    run(engine, warmup_prompts, warmup_params, "warmup")
     if args.profile:
         profile(engine, prompts[:128], params[:128])
         return
     for repeat in range(args.repeat):
         engine.reset_prefix_cache()  # each timed run prefills its prompts, none reuses the last one's
+        compiled = triton_variants()
         seconds, num_out = run(engine, prompts, params, f"timed{repeat}")
-        report(args, engine, prompts, seconds, num_out, repeat)
+        report(args, engine, prompts, seconds, num_out, repeat, new_variants(compiled, triton_variants()))
 
 
-def report(args, engine, prompts, seconds, num_out, repeat):
+def report(args, engine, prompts, seconds, num_out, repeat, compiled):
     num_in = sum(map(len, prompts))
     emit(dict(environment(), benchmark=args.workload, model=args.model, seconds=round(seconds, 2),
               output_tokens=num_out, output_tok_s=round(num_out / seconds, 1),
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
               num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager, repeat=repeat,
-              num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling))
+              num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling,
+              compiled_during_run=compiled))
 
 
 if __name__ == "__main__":
