@@ -90,7 +90,9 @@ class ModelRunner:
             if s.samples:
                 sample_rows.append(query_start_loc[-1] - 1)
         num_tokens = len(input_ids)
-        host = np.concatenate([np.array(input_ids + positions + query_start_loc + seq_lens + sample_rows,
+        # positions first: kernels read them in place, and a view at an odd int64 offset would
+        # compile them a second time for the unaligned pointer
+        host = np.concatenate([np.array(positions + input_ids + query_start_loc + seq_lens + sample_rows,
                                         dtype=np.int64), block_tables.ravel()])
         packed = torch.from_numpy(host)
         if self.device.type == "cuda":
@@ -104,7 +106,7 @@ class ModelRunner:
             self.staging_copied = torch.cuda.Event()
             self.staging_copied.record()
         sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), block_tables.size]
-        ids, pos, query_start, lens, rows, tables = packed.split(sizes)
+        pos, ids, query_start, lens, rows, tables = packed.split(sizes)
         if previous is not None:
             ids = previous.sampled[:, -1][ids]
         tables = tables.view(num_seqs, max_blocks).int()
