@@ -57,13 +57,13 @@ def triton_variants() -> dict[str, int]:
     import pkgutil
 
     import corral.kernels
-    from triton.runtime.jit import JITFunction
+    from triton.runtime.jit import KernelInterface  # a JITFunction, or under TRITON_INTERPRET its stand-in
     counts = {}
     for info in pkgutil.iter_modules(corral.kernels.__path__):
         module = importlib.import_module(f"corral.kernels.{info.name}")
         for name, fn in vars(module).items():
-            if isinstance(fn, JITFunction) and fn.__module__ == module.__name__:
-                caches = getattr(fn, "device_caches", {})
+            if isinstance(fn, KernelInterface) and getattr(fn, "fn", None) and fn.fn.__module__ == module.__name__:
+                caches = getattr(fn, "device_caches", {})  # the interpreter compiles nothing
                 counts[f"{info.name}.{name}"] = sum(len(cache[0]) for cache in caches.values())
     return counts
 
