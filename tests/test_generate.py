@@ -194,3 +194,14 @@ def test_reset_prefix_cache_makes_the_next_run_cold(llm):
         core.reset_prefix_cache()
     while core.has_unfinished_requests():
         core.step()
+
+
+def test_positions_reach_the_model_16_byte_aligned(tiny_model_dirs):
+    # kernels specialize on pointer alignment: a positions view at an odd int64 offset compiled a
+    # second variant mid-run on the GPU
+    llm = LLM(str(tiny_model_dirs["llama"]))
+    offsets = []
+    rotary = llm.engine.core.runner.model.model.layers[0].self_attn.rotary_emb
+    rotary.register_forward_pre_hook(lambda module, args: offsets.append(args[0].data_ptr() % 16))
+    llm.generate([[5, 6, 7]], SamplingParams(max_tokens=3, ignore_eos=True))  # steps of 3 and 1 tokens
+    assert offsets and set(offsets) == {0}
