@@ -16,11 +16,10 @@ from collections import defaultdict
 import torch
 
 from benchmarks.common import emit, environment, model_dir
-from benchmarks.throughput import b1_workload, run
+from benchmarks.throughput import b1_workload, warm_up
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
-from corral.sampling_params import SamplingParams
 
 BATCH_BINS = (1, 16, 64, 128, 192, 256, 513)
 
@@ -52,8 +51,7 @@ def main():
                                      num_scheduler_steps=args.num_scheduler_steps,
                                      async_scheduling=args.async_scheduling))
     kv_bytes = engine._kv_bytes_per_token()
-    warmup, _ = b1_workload(48, seed=1)
-    run(engine, warmup, [SamplingParams(ignore_eos=True, max_tokens=n) for n in range(1, 49)], "warmup")
+    warm_up(engine)
 
     clock, groups_launched = {}, []
     engine.scheduler.schedule = traced(engine.scheduler.schedule, "schedule", clock)

@@ -27,6 +27,14 @@ def b2_workload(num_requests=1000, seed=0):
     return prompts, [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=128)] * num_requests
 
 
+def warm_up(engine: EngineCore, workload: str = "B1"):
+    """The workload's shape on other prompts, so that every Triton specialization, cuBLAS
+    algorithm and allocator block a timed run meets already exists; then an empty prefix cache."""
+    prompts, params = b1_workload(seed=1) if workload == "B1" else b2_workload(256, seed=1)
+    run(engine, prompts, params, "warmup")
+    engine.reset_prefix_cache()
+
+
 def run(engine: EngineCore, prompts, params, tag: str) -> tuple[float, int]:
     for i, (p, sp) in enumerate(zip(prompts, params)):
         engine.add_request(Request(f"{tag}-{i}", p, sp))
@@ -76,10 +84,7 @@ def main():
                           async_scheduling=args.async_scheduling)
     engine = EngineCore(config)
     prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
-    # warm-up: the same workload on other prompts, so that every Triton specialization, cuBLAS
-    # algorithm and allocator block the timed runs meet already exists
-    warmup_prompts, warmup_params = b1_workload(seed=1) if args.workload == "B1" else b2_workload(256, seed=1)
-    run(engine, warmup_prompts, warmup_params, "warmup")
+    warm_up(engine, args.workload)
     if args.profile:
         profile(engine, prompts[:128], params[:128])
         return
