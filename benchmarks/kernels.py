@@ -124,7 +124,8 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
                 f"{s}{'*' if (s, split_len) == default else ''}:{bw / 1e12:.2f}" for s, bw in row.items())
                 + f" TB/s (* default; best {best})", flush=True)
             emit(dict(environment(), benchmark="B5-decode-sweep", model=name, batch=batch, split_len=split_len,
-                      default_splits=default.num_splits, default_split_len=default.split_len, best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
+                      default_splits=default.num_splits, default_split_len=default.split_len,
+                      best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
                       copy_tb_s=round(copy_bw / 1e12, 3)))
         del inputs, caches
         torch.cuda.empty_cache()

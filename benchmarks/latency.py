@@ -8,23 +8,11 @@ import torch
 from benchmarks.common import emit, environment, model_dir
 from benchmarks.configs import CONFIGS, decode_weight_bytes
 from benchmarks.gpu_timeline import profiler_timeline
+from benchmarks.kernels import copy_bandwidth
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
 from corral.sampling_params import SamplingParams
-
-
-def measure_copy_bandwidth() -> float:
-    x = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(10):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    return 2 * x.numel() * 10 / (time.perf_counter() - start)
 
 
 def decode_ms(engine: EngineCore, prompt_len: int, output_len: int, tag: str) -> float:
@@ -60,7 +48,7 @@ def main():
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=2048, max_num_seqs=8,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps)
     engine = EngineCore(config)
-    bandwidth = measure_copy_bandwidth()
+    bandwidth = copy_bandwidth()
     c = CONFIGS[args.model]
     weight_bytes = decode_weight_bytes(c)
     for n in (128, 1024, 77):
