@@ -3,6 +3,7 @@ and bf16 matmul rate measured in the same run.
 
     python -m benchmarks.kernels [--models qwen3-4b,llama-2-7b] [--kernels decode,prefill,...]
     python -m benchmarks.kernels --decode-sweep --models qwen3-0.6b   # split counts and slice lengths by batch size
+    python -m benchmarks.kernels --prefill-sweep                      # prefill attention tiles, warps, stages
 
 Each kernel's output is checked against its torch reference once per shape before it is timed.
 Timing, medians throughout: decode attention and the one-token cases run inside one CUDA graph (no
@@ -29,6 +30,9 @@ PREFILL = [[4096], [1024] * 8]
 TOKENS = (1, 8192)
 SWEEP_BATCHES = (1, 4, 16, 32, 64, 128, 256)
 SWEEP_SPLIT_LENS = (64, 128, 256)
+# (block_m, block_n, num_warps, num_stages) for prefill attention
+PREFILL_SWEEP = [(bm, bn, w, st) for bm in (64, 128) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3)] \
+    + [(256, 64, 8, 3)]
 KERNELS = ("decode", "prefill", "fused_add_rms_norm", "rotary", "qk_norm_rotary", "silu_and_mul", "store_kv_cache")
 
 
@@ -144,6 +148,50 @@ def prefill_case(m: dict, query_lens: list[int]):
     return label, calls, kv_bytes + 2 * q.numel() * DTYPE.itemsize, flops, False
 
 
+def b1_chunk_lens(tokens: int = 16384, seed: int = 0) -> list[int]:
+    """Prompt lengths of one B1 prefill chunk: uniform 100..1024, the last one cut to fill it."""
+    import random
+    rng, lens = random.Random(seed), []
+    while sum(lens) < tokens:
+        lens.append(min(rng.randint(100, 1024), tokens - sum(lens)))
+    return lens
+
+
+def prefill_sweep(name: str, m: dict, matmul_rate: float):
+    """Prefill attention over B1's prefill chunk, one long prompt, eight 1024-token prompts and a
+    2048-token chunk over 6144 tokens of cached context: TFLOP/s of each configuration in
+    PREFILL_SWEEP against the default's."""
+    from corral.kernels.paged_attention import paged_attention_prefill, paged_attention_ref
+    from triton.runtime.errors import OutOfResources
+    shapes = {"B1 chunk": (b1_chunk_lens(), None), "1x4096": ([4096], None), "8x1024": ([1024] * 8, None),
+              "2048 over 8192": ([2048], [8192])}
+    for label, (query_lens, seq_lens) in shapes.items():
+        seq_lens = seq_lens or query_lens
+        cache, md = paged_batch(query_lens, seq_lens, m["hkv"], m["d"])
+        q = torch.randn(sum(query_lens), m["hq"], m["d"], device=DEVICE, dtype=DTYPE)
+        scale, out = m["d"] ** -0.5, torch.empty_like(q)
+        expected = paged_attention_ref(q, cache, md, scale)
+        flops = sum(4 * n * (s - n + (n + 1) / 2) * m["hq"] * m["d"] for n, s in zip(query_lens, seq_lens))
+        results = {}
+        for cfg in [None] + PREFILL_SWEEP:
+            kwargs = dict(zip(("block_m", "block_n", "num_warps", "num_stages"), cfg or ()))
+            call = functools.partial(paged_attention_prefill, q, cache, md, scale, out, **kwargs)
+            try:
+                out.fill_(float("nan"))
+                check(f"prefill sweep {label} {cfg}", [call()], [expected], 2e-2)
+                results[cfg or "default"] = flops / (time_ms([call], graph=False) / 1e3)
+            except OutOfResources:
+                continue
+        ranked = sorted(results, key=results.get, reverse=True)
+        print(f"{name} prefill {label}: default {results['default'] / 1e12:.0f} TFLOP/s; best " + " ".join(
+            f"{results[c] / 1e12:.0f}{list(c) if c != 'default' else '(default)'}" for c in ranked[:5]), flush=True)
+        emit(dict(environment(), benchmark="B5-prefill-sweep", model=name, case=label,
+                  tflop_s={str(c): round(v / 1e12, 1) for c, v in results.items()},
+                  matmul_tflop_s=round(matmul_rate / 1e12, 1)))
+        del cache, q, out, expected
+        torch.cuda.empty_cache()
+
+
 def small_inputs(kernel: str, m: dict, tokens: int, seed: int) -> tuple:
     """Inputs as the model layers pass them: q, k, v are strided views of one fused qkv output."""
     gen = torch.Generator(DEVICE).manual_seed(seed)
@@ -249,6 +297,8 @@ def main():
     ap.add_argument("--kernels", default=",".join(KERNELS), help=f"any of {', '.join(KERNELS)}")
     ap.add_argument("--decode-sweep", action="store_true",
                     help="only decode attention over varied contexts, for every split count and split_len")
+    ap.add_argument("--prefill-sweep", action="store_true",
+                    help="only prefill attention at B1 and long-prompt shapes, for each tile, warp and stage count")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks.kernels (B5) times Triton kernels on a CUDA GPU, and this machine has none")
@@ -259,6 +309,9 @@ def main():
         m = model_shapes(name)
         if args.decode_sweep:
             decode_sweep(name, m, copy_bw)
+            continue
+        if args.prefill_sweep:
+            prefill_sweep(name, m, matmul_rate)
             continue
         cases = [lambda m=m, b=b, s=s: decode_case(m, b, s) for b, s in DECODE if "decode" in kernels]
         cases += [lambda m=m, q=q: prefill_case(m, q) for q in PREFILL if "prefill" in kernels]

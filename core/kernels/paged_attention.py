@@ -126,17 +126,22 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def paged_attention_prefill(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                            scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention of q [T, Hq, D] over each sequence's cached context. Any query lengths."""
+                            scale: float, out: torch.Tensor | None = None, *, block_m: int | None = None,
+                            block_n: int | None = None, num_warps: int | None = None,
+                            num_stages: int | None = None) -> torch.Tensor:
+    """Causal attention of q [T, Hq, D] over each sequence's cached context. Any query lengths.
+    block_m (query rows per program: query tokens times the padded GQA group), block_n (keys per
+    tile), num_warps and num_stages override the defaults, for tuning benchmarks."""
     group, block_size = check_attention_shapes(q, kv_cache)
     head_dim = q.shape[2]
     if out is None:
         out = torch.empty_like(q)
     group_p2 = triton.next_power_of_2(group)
-    # H100 bf16, D=128: (128, 128, 8 warps, 3 stages) measured best; fp32 and D=256 need less smem
-    block_m, block_n, warps, stages = 128, 128, 8, 3
-    if head_dim > 128 or q.element_size() > 2:
-        block_m, block_n, warps, stages = 64, 32 if head_dim > 128 else 64, 4, 2
+    # H200 bf16, D=128 (benchmarks.kernels --prefill-sweep): 64 x 64 tiles on 4 warps, 2 stages, at
+    # least as fast as 128 x 128 on 8 warps, 3 stages at every shape and 19-24% faster on B1's
+    # prefill chunks; D=256 takes half the keys per tile for shared memory
+    block_m, block_n = block_m or 64, block_n or (32 if head_dim > 128 else 64)
+    warps, stages = num_warps or 4, num_stages or 2
     block_m = min(block_m, max(16, triton.next_power_of_2(metadata.max_query_len * group_p2)))
     block_q = max(1, block_m // group_p2)
     grid = (metadata.num_seqs, triton.cdiv(metadata.max_query_len, block_q), kv_cache.shape[3])

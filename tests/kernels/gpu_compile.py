@@ -22,7 +22,7 @@ from triton.runtime.jit import JITFunction
 TARGET = GPUTarget("cuda", 90, 32)
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32",
                  torch.int32: "*i32", torch.int64: "*i64", torch.bool: "*i1", torch.uint8: "*u8"}
-OPTIONS = ("num_warps", "num_stages", "num_ctas")
+OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl")
 
 
 def launch_spec(fn: JITFunction, args: tuple, kwargs: dict) -> tuple:
