@@ -9,7 +9,7 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 NUM_KV_HEADS = 2
 
 
-def _run(make_batch, query_lens, seq_lens, *, group, head_dim, dtype, block_size=16, seed=0):
+def _run(make_batch, query_lens, seq_lens, *, group, head_dim, dtype, block_size=16, seed=0, **tiles):
     cache, metadata = make_batch(query_lens, seq_lens, block_size=block_size,
                                  num_kv_heads=NUM_KV_HEADS, head_dim=head_dim, dtype=dtype,
                                  seed=seed)
@@ -17,7 +17,7 @@ def _run(make_batch, query_lens, seq_lens, *, group, head_dim, dtype, block_size
                     generator=torch.Generator().manual_seed(seed + 1)).to(cache.device, dtype)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
-    paged_attention_prefill(q, cache, metadata, scale, out=out)
+    paged_attention_prefill(q, cache, metadata, scale, out=out, **tiles)
     expected = paged_attention_ref(q, cache, metadata, scale)
     torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
@@ -47,6 +47,13 @@ def test_lengths_around_block_and_tile_edges(seq_len, make_batch):
 @pytest.mark.parametrize("query_len,seq_len", [(150, 150), (130, 200), (1, 200)])
 def test_long_queries_span_several_query_blocks(query_len, seq_len, make_batch):
     _run(make_batch, [query_len], [seq_len], group=1, head_dim=64, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("block_m, block_n, num_warps, num_stages",
+                         [(16, 16, 4, 1), (32, 32, 4, 2), (128, 128, 8, 3), (256, 64, 8, 3)])
+def test_forced_tiles_match_reference(block_m, block_n, num_warps, num_stages, make_batch):
+    _run(make_batch, [70, 7, 33, 1], [70, 40, 100, 9], group=4, head_dim=64, dtype=torch.bfloat16,
+         block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
 
 
 @pytest.mark.parametrize("group", [3, 5, 6])
