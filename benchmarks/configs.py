@@ -25,8 +25,5 @@ def decode_weight_bytes(c: dict, itemsize: int = 2) -> int:
 
 
 def num_params(c: dict) -> int:
-    q = c["num_attention_heads"] * c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
-    kv = c["num_key_value_heads"] * c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
-    per_layer = c["hidden_size"] * (2 * q + 2 * kv) + 3 * c["hidden_size"] * c["intermediate_size"]
-    embeddings = c["vocab_size"] * c["hidden_size"] * (1 if c["tie_word_embeddings"] else 2)
-    return c["num_hidden_layers"] * per_layer + embeddings
+    from corral.model_config import ModelConfig
+    return ModelConfig.from_hf(c).num_weight_params()

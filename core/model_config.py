@@ -50,3 +50,11 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)),
         )
+
+    def num_weight_params(self) -> int:
+        """Parameters in the weight matrices and embeddings (norm scales and biases left out: a
+        fraction of a percent): what the weights' memory is counted from."""
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        per_layer = self.hidden_size * (2 * q + 2 * kv) + 3 * self.hidden_size * self.intermediate_size
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * per_layer + embeddings

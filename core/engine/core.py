@@ -7,6 +7,7 @@ import torch
 from corral.backends.base import get_backend
 from corral.config import ConfigError, EngineConfig
 from corral.engine.kv_cache_manager import KVCacheManager
+from corral.engine.memory import does_not_fit_message, kv_cache_budget
 from corral.engine.model_runner import InFlight, ModelRunner
 from corral.engine.profiling import profile_peak_memory
 from corral.engine.request import Request, RequestStatus
@@ -73,14 +74,10 @@ class EngineCore:
         return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * itemsize
 
     def _does_not_fit(self, model_cls) -> str:
-        mc = self.model_config
-        params = mc.num_hidden_layers * (4 * mc.hidden_size ** 2 + 3 * mc.hidden_size * mc.intermediate_size) \
-            + 2 * mc.vocab_size * mc.hidden_size
         itemsize = torch.empty(0, dtype=self.config.torch_dtype).element_size()
         total = torch.cuda.get_device_properties(self.device).total_memory
-        return (f"{model_cls.__name__} does not fit: its weights need about {params * itemsize / 2**30:.1f} GiB, "
-                f"its share is {total * self.config.gpu_memory_utilization / 2**30:.1f} GiB "
-                f"(gpu_memory_utilization {self.config.gpu_memory_utilization} of {total / 2**30:.1f} GiB)")
+        return does_not_fit_message(model_cls.__name__, self.model_config, itemsize, total,
+                                    self.config.gpu_memory_utilization)
 
     def _num_kv_blocks(self, peak_bytes: int) -> int:
         config = self.config
@@ -103,13 +100,7 @@ class EngineCore:
     def _kv_budget(self, peak_bytes: int) -> int:
         """This model's share of the GPU, less its weights and peak activations."""
         free, total = torch.cuda.mem_get_info(self.device)
-        share = int(total * self.config.gpu_memory_utilization)
-        budget = min(share - peak_bytes, int(free * 0.98))
-        if budget <= 0:
-            raise ConfigError(f"no room for a KV cache: weights and activations take {peak_bytes / 2**30:.2f} GiB "
-                              f"of a {share / 2**30:.2f} GiB share (gpu_memory_utilization "
-                              f"{self.config.gpu_memory_utilization}); raise it or lower max_num_batched_tokens")
-        return budget
+        return kv_cache_budget(total, free, self.config.gpu_memory_utilization, peak_bytes)
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
