@@ -44,9 +44,11 @@ def main():
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--num-scheduler-steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="print kernel totals and GPU idle time instead")
+    ap.add_argument("--attention-backend", help="triton, triton-balanced or torch (default: by device)")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=2048, max_num_seqs=8,
-                          enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps)
+                          enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
+                          attention_backend=args.attention_backend)
     engine = EngineCore(config)
     bandwidth = copy_bandwidth()
     c = CONFIGS[args.model]
@@ -63,7 +65,7 @@ def main():
         emit(dict(environment(), benchmark="B3", model=args.model, prompt_len=prompt_len, output_len=512,
                   ms_per_token=round(ms, 3), floor_ms=round(floor_ms, 3), floor_fraction=round(floor_ms / ms, 3),
                   copy_bandwidth_tb_s=round(bandwidth / 1e12, 2), enforce_eager=args.enforce_eager,
-                  num_scheduler_steps=args.num_scheduler_steps))
+                  num_scheduler_steps=args.num_scheduler_steps, attention_backend=args.attention_backend))
 
 
 if __name__ == "__main__":

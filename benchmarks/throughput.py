@@ -77,11 +77,12 @@ def main():
     ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
+    ap.add_argument("--attention-backend", help="triton, triton-balanced or torch (default: by device)")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
-                          async_scheduling=args.async_scheduling)
+                          async_scheduling=args.async_scheduling, attention_backend=args.attention_backend)
     engine = EngineCore(config)
     prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
     warm_up(engine, args.workload)
@@ -102,7 +103,7 @@ def report(args, engine, prompts, seconds, num_out, repeat, compiled):
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
               num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager, repeat=repeat,
               num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling,
-              compiled_during_run=compiled))
+              attention_backend=args.attention_backend, compiled_during_run=compiled))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def get_backend(name: str | None, device: torch.device) -> AttentionBackend:
     if name == "torch":
         from corral.backends.torch_sdpa import TorchAttentionBackend
         return TorchAttentionBackend()
-    if name == "triton":
+    if name in ("triton", "triton-balanced"):
         from corral.backends.triton_paged import TritonAttentionBackend
-        return TritonAttentionBackend()
-    raise ValueError(f"unknown attention backend {name!r}; choose 'torch' or 'triton'")
+        return TritonAttentionBackend("balanced" if name == "triton-balanced" else "split")
+    raise ValueError(f"unknown attention backend {name!r}; choose 'torch', 'triton' or 'triton-balanced' "
+                     "(the Triton backend with decode attention balanced over the batch)")

@@ -26,28 +26,35 @@ OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl")
 
 
 def launch_spec(fn: JITFunction, args: tuple, kwargs: dict) -> tuple:
-    """(kernel module, kernel name, signature, constexprs, options) of one launch: hashable, and
-    picklable for the compiling processes."""
+    """(kernel module, kernel name, signature, constexprs, divisible, options) of one launch:
+    hashable, and picklable for the compiling processes. `divisible` holds the indices of the
+    arguments the JIT would specialize as multiples of 16 (16-byte aligned pointers, integers
+    divisible by 16): without them the compiler vectorizes no load and pipelines no loop, so the
+    code checked would not be the code the GPU runs."""
     options = {k: kwargs.pop(k) for k in OPTIONS if k in kwargs}
     bound = fn.signature.bind(*args, **kwargs)
     bound.apply_defaults()
     constexpr_names = {p.name for p in fn.params if p.is_constexpr}
-    signature, constexprs = {}, {}
-    for name, value in bound.arguments.items():
+    signature, constexprs, divisible = {}, {}, []
+    for index, (name, value) in enumerate(bound.arguments.items()):
         if name in constexpr_names or value is None:
             signature[name], constexprs[name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             signature[name] = POINTER_TYPES[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                divisible.append(index)
         elif isinstance(value, bool):
             signature[name] = "i1"
         elif isinstance(value, int):
             signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                divisible.append(index)
         elif isinstance(value, float):
             signature[name] = "fp32"
         else:
             raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
     return (fn.fn.__module__, fn.fn.__name__, tuple(signature.items()), tuple(constexprs.items()),
-            tuple(sorted(options.items())))
+            tuple(divisible), tuple(sorted(options.items())))
 
 
 def record_launches(calls) -> list[tuple]:
@@ -67,10 +74,12 @@ def record_launches(calls) -> list[tuple]:
 
 def engine_calls():
     """Each kernel wrapper as the engine calls it, per dtype: Qwen3-like heads (GQA 4, head_dim
-    128), a paged cache of 16-token blocks, decode split and unsplit, GEMV for one and several rows."""
+    128), a paged cache of 16-token blocks, decode split, unsplit and balanced over the batch, GEMV for
+    one and several rows."""
     from corral.backends.base import AttentionMetadata
     from corral.kernels.activation import silu_and_mul
     from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
+    from corral.kernels.decode_attention_balanced import paged_attention_decode_balanced
     from corral.kernels.gemv import SkinnyLinearWorkspace, skinny_linear
     from corral.kernels.kv_cache import store_kv_cache
     from corral.kernels.norm import fused_add_rms_norm, rms_norm
@@ -108,6 +117,7 @@ def engine_calls():
             lambda: paged_attention_prefill(q, kv_cache, prefill, d ** -0.5),
             lambda: paged_attention_decode(q, kv_cache, metadata, d ** -0.5, num_splits=1),
             lambda: paged_attention_decode(q, kv_cache, metadata, d ** -0.5, num_splits=4, workspace=workspace),
+            lambda: paged_attention_decode_balanced(q, kv_cache, metadata, d ** -0.5, num_programs=3),
             lambda: gumbel_argmax(new(3, 1000), torch.tensor([0.0, 0.6, 1.0]), seed=1),
         ]
         if dtype != torch.float32:  # the GEMV serves 16-bit models only
@@ -121,10 +131,12 @@ def engine_calls():
 
 
 def compile_one(launch: tuple) -> str | None:
-    module, name, signature, constexprs, options = launch
+    module, name, signature, constexprs, divisible, options = launch
     fn = getattr(importlib.import_module(module), name)
+    attrs = {(index,): [["tt.divisibility", 16]] for index in divisible}
     try:
-        triton.compile(ASTSource(fn, dict(signature), dict(constexprs)), target=TARGET, options=dict(options))
+        triton.compile(ASTSource(fn, dict(signature), dict(constexprs), attrs=attrs), target=TARGET,
+                       options=dict(options))
     except Exception as error:  # noqa: BLE001 - every failure is reported, not raised
         types = ", ".join(f"{k}: {v}" for k, v in signature if v != "constexpr")
         last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
