@@ -143,11 +143,10 @@ def decode_compare(name: str, m: dict, copy_bw: float):
     import random
 
     from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
-    from corral.kernels.decode_attention_balanced import (BalancedDecodeWorkspace, default_block_n,
-                                                          paged_attention_decode_balanced, plan_decode)
+    from corral.kernels.decode_attention_balanced import default_block_n, paged_attention_decode_balanced, plan_decode
     from corral.kernels.paged_attention import paged_attention_ref
     rng, scale = random.Random(0), m["d"] ** -0.5
-    split_ws, balanced_ws = DecodeWorkspace(), BalancedDecodeWorkspace()
+    split_ws, balanced_ws = DecodeWorkspace(), DecodeWorkspace()
     for batch in SWEEP_BATCHES:
         if (inputs := decode_inputs(m, [rng.randint(100, 2048) for _ in range(batch)])) is None:
             print(f"{name}: decode B={batch} skipped, its cache does not fit", flush=True)

@@ -3,8 +3,8 @@ import torch
 
 from corral.backends.base import AttentionMetadata
 from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
-from corral.kernels.decode_attention_balanced import (BalancedDecodeWorkspace, DecodePlan, default_block_n,
-                                                      paged_attention_decode_balanced, plan_decode)
+from corral.kernels.decode_attention_balanced import (DecodePlan, default_block_n, paged_attention_decode_balanced,
+                                                      plan_decode)
 from corral.kernels.kv_cache import store_kv_cache
 from corral.kernels.paged_attention import paged_attention_prefill
 
@@ -22,7 +22,6 @@ class TritonAttentionBackend:
             raise ValueError(f"unknown decode kernel {decode_kernel!r}; choose one of {', '.join(DECODE_KERNELS)}")
         self.decode_kernel = decode_kernel
         self.decode_workspace = DecodeWorkspace()
-        self.balanced_workspace = BalancedDecodeWorkspace()
         self._plan: tuple[AttentionMetadata, DecodePlan] | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
@@ -34,7 +33,7 @@ class TritonAttentionBackend:
         if self.decode_kernel == "split":
             return paged_attention_decode(q, kv_cache, metadata, scale, workspace=self.decode_workspace)
         return paged_attention_decode_balanced(q, kv_cache, metadata, scale, plan=self._plan_for(metadata, q, kv_cache),
-                                               workspace=self.balanced_workspace)
+                                               workspace=self.decode_workspace)
 
     def _plan_for(self, metadata: AttentionMetadata, q: torch.Tensor, kv_cache: torch.Tensor) -> DecodePlan:
         if self._plan is None or self._plan[0] is not metadata:

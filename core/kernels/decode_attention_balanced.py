@@ -21,7 +21,7 @@ import triton.language as tl
 
 from corral.backends.base import AttentionMetadata
 from corral.kernels.arrival import last_to_arrive, reset
-from corral.kernels.decode_attention import _merge_slices
+from corral.kernels.decode_attention import DecodeWorkspace, _merge_slices
 from corral.kernels.paged_attention import LOG2E, _attend_tile, check_attention_shapes, dot_precision
 
 
@@ -161,32 +161,17 @@ def default_num_programs(num_kv_heads: int, device: torch.device) -> int:
     return max(1, 3 * sms // num_kv_heads)
 
 
-class BalancedDecodeWorkspace:
-    """The per-(sequence, KV head) arrival counters, zero between launches (each launch leaves
-    them so), grown as batches grow; outgrown ones stay alive for the CUDA graphs that use them."""
-
-    def __init__(self):
-        self.counters: torch.Tensor | None = None
-        self.retired: list[torch.Tensor] = []
-
-    def get(self, size: int, device: torch.device) -> torch.Tensor:
-        if self.counters is None or self.counters.numel() < size or self.counters.device != device:
-            if self.counters is not None:
-                self.retired.append(self.counters)
-            self.counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
-        return self.counters
-
-
 def paged_attention_decode_balanced(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                                     scale: float, out: torch.Tensor | None = None,
                                     plan: DecodePlan | None = None,
-                                    workspace: BalancedDecodeWorkspace | None = None, *,
+                                    workspace: DecodeWorkspace | None = None, *,
                                     num_programs: int | None = None, block_n: int | None = None,
                                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Decode attention as paged_attention_decode computes it (one query row per sequence at
     query_start_loc[i]; a sequence without a query row is skipped), with the work balanced over
     the batch. Pass the step's plan (plan_decode, shared by every layer) and a workspace held
-    across calls; without them both are made for this call. num_programs (per KV head), block_n,
+    across calls (its counters, one per sequence and KV head, serve either decode kernel); without
+    them both are made for this call. num_programs (per KV head), block_n,
     num_warps and num_stages are for tuning benchmarks. No host syncs: safe in a CUDA graph."""
     group, block_size = check_attention_shapes(q, kv_cache)
     num_seqs = metadata.num_seqs
@@ -204,7 +189,7 @@ def paged_attention_decode_balanced(q: torch.Tensor, kv_cache: torch.Tensor, met
     parts_per_head = num_programs + num_seqs
     part_out = torch.empty(q.shape[1] * parts_per_head, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(q.shape[1] * parts_per_head, dtype=torch.float32, device=q.device)
-    counters = (workspace or BalancedDecodeWorkspace()).get(num_seqs * num_kv_heads, q.device)
+    counters = (workspace or DecodeWorkspace()).get(num_seqs * num_kv_heads, q.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _balanced_decode_kernel[(num_programs, num_kv_heads)](
         q, k_cache, v_cache, out, part_out, part_lse, counters,

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from corral.kernels.decode_attention_balanced import (BalancedDecodeWorkspace, paged_attention_decode_balanced,
-                                                      plan_decode)
+from corral.kernels.decode_attention import DecodeWorkspace
+from corral.kernels.decode_attention_balanced import paged_attention_decode_balanced, plan_decode
 from corral.kernels.paged_attention import paged_attention_ref
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -55,7 +55,7 @@ def test_plan_lays_the_tiles_end_to_end(make_batch):
 
 def test_one_plan_serves_every_layer_and_the_workspace_is_left_ready(make_batch):
     q, cache, metadata = _inputs(make_batch, [300, 7, 200], 2, 64, torch.float32)
-    plan, workspace = plan_decode(metadata, 64, 16), BalancedDecodeWorkspace()
+    plan, workspace = plan_decode(metadata, 64, 16), DecodeWorkspace()
     expected = paged_attention_ref(q, cache, metadata, 0.125)
     for _ in range(2):
         out = paged_attention_decode_balanced(q, cache, metadata, 0.125, plan=plan, workspace=workspace,
@@ -113,7 +113,7 @@ def test_cuda_graph_replays_with_new_seq_lens(make_batch):
     """The plan is captured with the kernel: replays follow new lengths and block tables."""
     q, cache, metadata = _inputs(make_batch, [4000, 3000, 2000, 1000], 4, 128, torch.bfloat16)
     scale = 128 ** -0.5
-    out, workspace = torch.empty_like(q), BalancedDecodeWorkspace()
+    out, workspace = torch.empty_like(q), DecodeWorkspace()
     paged_attention_decode_balanced(q, cache, metadata, scale, out=out, workspace=workspace)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
