@@ -15,44 +15,39 @@ import sys
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
+from triton.runtime.jit import JITFunction, native_specialize_impl
 
 TARGET = GPUTarget("cuda", 90, 32)
-POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32",
-                 torch.int32: "*i32", torch.int64: "*i64", torch.bool: "*i1", torch.uint8: "*u8"}
 OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl")
 
 
 def launch_spec(fn: JITFunction, args: tuple, kwargs: dict) -> tuple:
     """(kernel module, kernel name, signature, constexprs, divisible, options) of one launch:
-    hashable, and picklable for the compiling processes. `divisible` holds the indices of the
-    arguments the JIT would specialize as multiples of 16 (16-byte aligned pointers, integers
-    divisible by 16): without them the compiler vectorizes no load and pipelines no loop, so the
-    code checked would not be the code the GPU runs."""
+    hashable, and picklable for the compiling processes. Arguments are typed and specialized by
+    triton's own JIT rule (native_specialize_impl): integers equal to 1 become constants, and
+    `divisible` holds the indices of 16-byte aligned pointers and integers divisible by 16.
+    Without that the compiler vectorizes no load and pipelines no loop, so the code checked would
+    not be the code the GPU runs."""
     options = {k: kwargs.pop(k) for k in OPTIONS if k in kwargs}
     bound = fn.signature.bind(*args, **kwargs)
     bound.apply_defaults()
-    constexpr_names = {p.name for p in fn.params if p.is_constexpr}
+    params = {p.name: p for p in fn.params}
     signature, constexprs, divisible = {}, {}, []
     for index, (name, value) in enumerate(bound.arguments.items()):
-        if name in constexpr_names or value is None:
+        param = params[name]
+        if param.is_constexpr or value is None:
             signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = POINTER_TYPES[value.dtype]
-            if value.data_ptr() % 16 == 0:
-                divisible.append(index)
-        elif isinstance(value, bool):
-            signature[name] = "i1"
-        elif isinstance(value, int):
-            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                divisible.append(index)
-        elif isinstance(value, float):
-            signature[name] = "fp32"
+            continue
+        kind, key = native_specialize_impl(BaseBackend, value, False, not param.do_not_specialize,
+                                           not param.do_not_specialize_on_alignment)
+        if kind == "constexpr":
+            signature[name], constexprs[name] = "constexpr", key
         else:
-            raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
+            signature[name] = kind
+            if key == "D":
+                divisible.append(index)
     return (fn.fn.__module__, fn.fn.__name__, tuple(signature.items()), tuple(constexprs.items()),
             tuple(divisible), tuple(sorted(options.items())))
 
