@@ -22,7 +22,7 @@ class TritonAttentionBackend:
             raise ValueError(f"unknown decode kernel {decode_kernel!r}; choose one of {', '.join(DECODE_KERNELS)}")
         self.decode_kernel = decode_kernel
         self.decode_workspace = DecodeWorkspace()
-        self._plan: tuple[AttentionMetadata, DecodePlan] | None = None
+        self._plan: tuple[AttentionMetadata, bool, DecodePlan] | None = None  # for metadata, made in a capture?
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                 metadata: AttentionMetadata, scale: float, kv_stored: bool = False) -> torch.Tensor:
@@ -36,6 +36,10 @@ class TritonAttentionBackend:
                                                workspace=self.decode_workspace)
 
     def _plan_for(self, metadata: AttentionMetadata, q: torch.Tensor, kv_cache: torch.Tensor) -> DecodePlan:
-        if self._plan is None or self._plan[0] is not metadata:
-            self._plan = (metadata, plan_decode(metadata, default_block_n(q.shape[2]), kv_cache.shape[2]))
-        return self._plan[1]
+        # a CUDA graph is captured right after a warm-up run on the same metadata: the capture
+        # must make its own plan, or its replays would read the warm-up's
+        capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
+        if self._plan is None or self._plan[0] is not metadata or self._plan[1] != capturing:
+            plan = plan_decode(metadata, default_block_n(q.shape[2]), kv_cache.shape[2])
+            self._plan = (metadata, capturing, plan)
+        return self._plan[2]
