@@ -66,7 +66,7 @@ class EngineCore:
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed)
         if self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
-            self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len, self.model_config.hidden_size)
+            self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
 
     def _kv_bytes_per_token(self) -> int:
         mc = self.model_config

@@ -20,7 +20,7 @@ class CUDAGraphRunner:
     batch-size bucket. Inputs are copied into static buffers; padded rows write no KV."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, max_num_seqs: int,
-                 max_blocks_per_seq: int, hidden_size: int, device: torch.device):
+                 max_blocks_per_seq: int, device: torch.device):
         self.model, self.backend = model, backend
         self.buckets = batch_size_buckets(max_num_seqs)
         n = self.buckets[-1]
@@ -31,9 +31,7 @@ class CUDAGraphRunner:
             self.seq_lens = torch.ones(n, dtype=torch.int32)
             self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
             self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
-            dtype = next(model.parameters()).dtype
-            self.hidden = torch.zeros(n, hidden_size, dtype=dtype)
-            self.logits = torch.zeros(n, model.config.vocab_size, dtype=dtype)
+            self.logits = torch.zeros(n, model.config.vocab_size, dtype=next(model.parameters()).dtype)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 
@@ -49,8 +47,8 @@ class CUDAGraphRunner:
             ctx = ForwardContext(self.metadata(bs), self.backend)
             for capturing in (False, True):  # a warm-up run, then the capture
                 with torch.cuda.graph(graph, self.pool) if capturing else contextlib.nullcontext():
-                    self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
-                    self.logits[:bs] = self.model.compute_logits(self.hidden[:bs])
+                    hidden = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                    self.logits[:bs] = self.model.compute_logits(hidden)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs] = graph
@@ -61,9 +59,8 @@ class CUDAGraphRunner:
         return (metadata.is_decode_only and num_tokens <= self.buckets[-1]
                 and metadata.block_tables.shape[1] <= self.block_tables.shape[1])
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
-            metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states, logits) of the n sequences; every decode row is sampled."""
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        """Logits of the n sequences (every decode row is sampled), valid until the next replay."""
         n = input_ids.shape[0]
         bs = next(b for b in self.buckets if b >= n)
         self.input_ids[:n] = input_ids
@@ -75,4 +72,4 @@ class CUDAGraphRunner:
         width = metadata.block_tables.shape[1]
         self.block_tables[:n, :width] = metadata.block_tables
         self.graphs[bs].replay()
-        return self.hidden[:n], self.logits[:n]
+        return self.logits[:n]

@@ -59,11 +59,10 @@ class ModelRunner:
                 if isinstance(module, Linear):
                     module.skinny_workspace = shared
 
-    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int, hidden_size: int):
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int):
         from corral.engine.cuda_graphs import CUDAGraphRunner
         max_blocks = -(-max_model_len // self.block_size)
-        self.graph_runner = CUDAGraphRunner(self.model, self.backend, max_num_seqs, max_blocks, hidden_size,
-                                            self.device)
+        self.graph_runner = CUDAGraphRunner(self.model, self.backend, max_num_seqs, max_blocks, self.device)
         self.graph_runner.capture()
 
     def prepare(self, out: SchedulerOutput, previous: InFlight | None = None
@@ -123,7 +122,7 @@ class ModelRunner:
     def _forward(self, input_ids, positions, metadata, sample_rows) -> torch.Tensor:
         """Logits of the sampled rows; a CUDA graph computes those of decode batches."""
         if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0]):
-            return self.graph_runner.run(input_ids, positions, metadata)[1]
+            return self.graph_runner.run(input_ids, positions, metadata)
         hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
         return self.model.compute_logits(hidden_states[sample_rows])
 
