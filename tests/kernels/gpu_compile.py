@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction, native_specialize_impl
 
 TARGET = GPUTarget("cuda", 90, 32)
-OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl")
+OPTIONS = ("num_warps", "num_stages", "num_ctas")
 
 
 def launch_spec(fn: JITFunction, args: tuple, kwargs: dict) -> tuple:
