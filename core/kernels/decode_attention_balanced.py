@@ -13,6 +13,7 @@ The plan (which sequence, and which of its tiles, each position of the run is) i
 device from seq_lens, once per step for all layers (`DecodePlan`): a CUDA graph replays it as the
 lengths grow.
 """
+import functools
 from typing import NamedTuple
 
 import torch
@@ -53,6 +54,14 @@ def plan_decode(metadata: AttentionMetadata, block_n: int, block_size: int) -> D
 
 
 @triton.jit
+def _store_output(out, seq, out_ptr, query_start_loc_ptr, head, h_ok, d, stride_ot, stride_oh):
+    """`seq`'s attention output [BLOCK_H, HEAD_DIM] into its query row."""
+    tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
+    tl.store(out_ptr + tok * stride_ot + (head * stride_oh)[:, None] + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+
+
+@triton.jit
 def _finish_seq(seq, prog, per, acc, l_i, m_i, out_ptr, part_out_ptr, part_lse_ptr, query_start_loc_ptr,
                 tile_bounds_ptr, kv_head, parts_per_head, stride_ot, stride_oh,
                 GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
@@ -66,9 +75,7 @@ def _finish_seq(seq, prog, per, acc, l_i, m_i, out_ptr, part_out_ptr, part_lse_p
     last = tl.load(tile_bounds_ptr + seq + 1) - 1
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     if first // per == last // per:
-        tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
-        tl.store(out_ptr + tok * stride_ot + (head * stride_oh)[:, None] + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+        _store_output(out, seq, out_ptr, query_start_loc_ptr, head, h_ok, d, stride_ot, stride_oh)
     else:
         row = head.to(tl.int64) * parts_per_head + prog + seq
         tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=h_ok[:, None])
@@ -92,9 +99,7 @@ def _merge_if_last(seq, per, out_ptr, part_out_ptr, part_lse_ptr, counters_ptr, 
             head = kv_head * GROUP + h
             row0 = head.to(tl.int64) * parts_per_head + first_prog + seq
             out = _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_parts, BLOCK_H, HEAD_DIM)
-            tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
-            tl.store(out_ptr + tok * stride_ot + (head * stride_oh)[:, None] + d[None, :],
-                     out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+            _store_output(out, seq, out_ptr, query_start_loc_ptr, head, h_ok, d, stride_ot, stride_oh)
             reset(counter)
 
 
@@ -129,12 +134,13 @@ def _balanced_decode_kernel(
     for t in range(t_start, t_end):
         next_seq = tl.load(tile_seq_ptr + t)
         start = tl.load(tile_pos_ptr + t) * BLOCK_N
-        if next_seq != seq:
+        new_seq = next_seq != seq
+        if new_seq:
             _finish_seq(seq, prog, per, acc, l_i, m_i, out_ptr, part_out_ptr, part_lse_ptr,
                         query_start_loc_ptr, tile_bounds_ptr, kv_head, parts_per_head, stride_ot, stride_oh,
                         GROUP, BLOCK_H, HEAD_DIM)
         # a new sequence starts from a running max of -inf, which scales l_i and acc to zero
-        m_i = tl.where(next_seq != seq, float("-inf"), m_i)
+        m_i = tl.where(new_seq, float("-inf"), m_i)
         seq = next_seq
         tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
         q = tl.load(q_ptr + tok * stride_qt + (head * stride_qh)[:, None] + d[None, :],
@@ -155,8 +161,10 @@ def _balanced_decode_kernel(
                        GROUP, BLOCK_H, HEAD_DIM)
 
 
+@functools.cache
 def default_num_programs(num_kv_heads: int, device: torch.device) -> int:
-    """Programs per KV head: about three per SM in all (each holds two 32 KiB K/V stages)."""
+    """Programs per KV head: about three per SM in all (each holds two 32 KiB K/V stages). Cached:
+    every layer of every step asks."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
     return max(1, 3 * sms // num_kv_heads)
 
