@@ -87,3 +87,16 @@ def make_batch(device):
     def make(query_lens, seq_lens, **kwargs):
         return build_batch(query_lens, seq_lens, device=device, **kwargs)
     return make
+
+
+@pytest.fixture
+def make_decode_batch(make_batch):
+    """(q, cache, metadata): one query token per sequence over contexts of seq_lens, in
+    num_kv_heads KV heads of `group` query heads each."""
+    def make(seq_lens, group, head_dim, dtype, block_size=16, seed=0, num_kv_heads=2):
+        cache, metadata = make_batch([1] * len(seq_lens), seq_lens, block_size=block_size,
+                                     num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, seed=seed)
+        q = torch.randn(len(seq_lens), num_kv_heads * group, head_dim,
+                        generator=torch.Generator().manual_seed(seed + 1)).to(cache.device, dtype)
+        return q, cache, metadata
+    return make
