@@ -146,7 +146,7 @@ def decode_compare(name: str, m: dict, copy_bw: float):
     from corral.kernels.decode_attention_balanced import default_block_n, paged_attention_decode_balanced, plan_decode
     from corral.kernels.paged_attention import paged_attention_ref
     rng, scale = random.Random(0), m["d"] ** -0.5
-    split_ws, balanced_ws = DecodeWorkspace(), DecodeWorkspace()
+    workspace = DecodeWorkspace()  # both kernels' counters, as the backend shares one
     for batch in SWEEP_BATCHES:
         if (inputs := decode_inputs(m, [rng.randint(100, 2048) for _ in range(batch)])) is None:
             print(f"{name}: decode B={batch} skipped, its cache does not fit", flush=True)
@@ -155,11 +155,11 @@ def decode_compare(name: str, m: dict, copy_bw: float):
         expected = paged_attention_ref(q, caches[0], md, scale)
 
         def split(cache):
-            return paged_attention_decode(q, cache, md, scale, out, workspace=split_ws)
+            return paged_attention_decode(q, cache, md, scale, out, workspace=workspace)
 
         def balanced(cache):
             plan = plan_decode(md, default_block_n(m["d"]), BLOCK_SIZE)
-            return paged_attention_decode_balanced(q, cache, md, scale, out, plan=plan, workspace=balanced_ws)
+            return paged_attention_decode_balanced(q, cache, md, scale, out, plan=plan, workspace=workspace)
 
         tb_s = {}
         for label, fn in (("split", split), ("balanced", balanced)):
