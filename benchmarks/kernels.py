@@ -4,7 +4,6 @@ and bf16 matmul rate measured in the same run.
     python -m benchmarks.kernels [--models qwen3-4b,llama-2-7b] [--kernels decode,prefill,...]
     python -m benchmarks.kernels --decode-sweep --models qwen3-0.6b   # split counts and slice lengths by batch size
     python -m benchmarks.kernels --prefill-sweep                      # prefill attention tiles, warps, stages
-    python -m benchmarks.kernels --decode-compare                     # split against batch-balanced decode
 
 Each kernel's output is checked against its torch reference once per shape before it is timed.
 Timing, medians throughout: decode attention and the one-token cases run inside one CUDA graph (no
@@ -132,43 +131,6 @@ def decode_sweep(name: str, m: dict, copy_bw: float):
                       default_splits=default.num_splits, default_split_len=default.split_len,
                       best_splits=best, tb_s={s: round(bw / 1e12, 3) for s, bw in row.items()},
                       copy_tb_s=round(copy_bw / 1e12, 3)))
-        del inputs, caches
-        torch.cuda.empty_cache()
-
-
-def decode_compare(name: str, m: dict, copy_bw: float):
-    """Decode attention over B1-like contexts (100..2048 tokens, varied) at each batch size: the
-    split kernel at its defaults against the batch-balanced one (its plan made once per call, as
-    the backend makes it once per step)."""
-    import random
-
-    from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
-    from corral.kernels.decode_attention_balanced import default_block_n, paged_attention_decode_balanced, plan_decode
-    from corral.kernels.paged_attention import paged_attention_ref
-    rng, scale = random.Random(0), m["d"] ** -0.5
-    workspace = DecodeWorkspace()  # both kernels' counters, as the backend shares one
-    for batch in SWEEP_BATCHES:
-        if (inputs := decode_inputs(m, [rng.randint(100, 2048) for _ in range(batch)])) is None:
-            print(f"{name}: decode B={batch} skipped, its cache does not fit", flush=True)
-            continue
-        q, out, md, caches, kv_bytes = inputs
-        expected = paged_attention_ref(q, caches[0], md, scale)
-
-        def split(cache):
-            return paged_attention_decode(q, cache, md, scale, out, workspace=workspace)
-
-        def balanced(cache):
-            plan = plan_decode(md, default_block_n(m["d"]), BLOCK_SIZE)
-            return paged_attention_decode_balanced(q, cache, md, scale, out, plan=plan, workspace=workspace)
-
-        tb_s = {}
-        for label, fn in (("split", split), ("balanced", balanced)):
-            check(f"decode B={batch} {label}", [fn(caches[0])], [expected], 2e-2)
-            tb_s[label] = kv_bytes / (time_ms([lambda c=c: fn(c) for c in caches], graph=True) / 1e3) / 1e12
-        print(f"{name} decode B={batch:3d} varied: split {tb_s['split']:.2f} TB/s, balanced {tb_s['balanced']:.2f} "
-              f"TB/s ({tb_s['balanced'] / tb_s['split']:.2f}x)", flush=True)
-        emit(dict(environment(), benchmark="B5-decode-compare", model=name, batch=batch,
-                  tb_s={k: round(v, 3) for k, v in tb_s.items()}, copy_tb_s=round(copy_bw / 1e12, 3)))
         del inputs, caches
         torch.cuda.empty_cache()
 
@@ -335,8 +297,6 @@ def main():
     ap.add_argument("--kernels", default=",".join(KERNELS), help=f"any of {', '.join(KERNELS)}")
     ap.add_argument("--decode-sweep", action="store_true",
                     help="only decode attention over varied contexts, for every split count and split_len")
-    ap.add_argument("--decode-compare", action="store_true",
-                    help="only decode attention over varied contexts: the split kernel against the batch-balanced one")
     ap.add_argument("--prefill-sweep", action="store_true",
                     help="only prefill attention at B1 and long-prompt shapes, for each tile, warp and stage count")
     args = ap.parse_args()
@@ -352,9 +312,6 @@ def main():
             continue
         if args.prefill_sweep:
             prefill_sweep(name, m, matmul_rate)
-            continue
-        if args.decode_compare:
-            decode_compare(name, m, copy_bw)
             continue
         cases = [lambda m=m, b=b, s=s: decode_case(m, b, s) for b, s in DECODE if "decode" in kernels]
         cases += [lambda m=m, q=q: prefill_case(m, q) for q in PREFILL if "prefill" in kernels]

@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--num-scheduler-steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="print kernel totals and GPU idle time instead")
-    ap.add_argument("--attention-backend", help="triton, triton-balanced or torch (default: by device)")
+    ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=2048, max_num_seqs=8,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,

@@ -77,7 +77,7 @@ def main():
     ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
-    ap.add_argument("--attention-backend", help="triton, triton-balanced or torch (default: by device)")
+    ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,

@@ -48,8 +48,7 @@ def get_backend(name: str | None, device: torch.device) -> AttentionBackend:
     if name == "torch":
         from corral.backends.torch_sdpa import TorchAttentionBackend
         return TorchAttentionBackend()
-    if name in ("triton", "triton-balanced"):
+    if name == "triton":
         from corral.backends.triton_paged import TritonAttentionBackend
-        return TritonAttentionBackend("balanced" if name == "triton-balanced" else "split")
-    raise ValueError(f"unknown attention backend {name!r}; choose 'torch', 'triton' or 'triton-balanced' "
-                     "(the Triton backend with decode attention balanced over the batch)")
+        return TritonAttentionBackend()
+    raise ValueError(f"unknown attention backend {name!r}; choose 'torch' or 'triton'")
