@@ -25,30 +25,23 @@ MAX_SPLITS = 64
 
 
 @triton.jit
-def _merge_slices(part_out_ptr, part_lse_ptr, head0, max_splits, num_slices, GROUP: tl.constexpr,
-                  GROUP_P2: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Softmax-weighted sum of the num_slices partial outputs of heads head0 .. head0 + GROUP - 1,
-    [GROUP_P2, HEAD_DIM] (rows past GROUP are zero). Each step loads CHUNK slices of every head at
-    once: the merge waits on L2 once per CHUNK slices, not once per slice."""
-    g = tl.arange(0, GROUP_P2)
-    c = tl.arange(0, CHUNK)
+def _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices,
+                  BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Softmax-weighted sum of num_slices partial outputs [BLOCK_H, HEAD_DIM] starting at row0."""
     d = tl.arange(0, HEAD_DIM)
-    rows0 = (head0 + g).to(tl.int64) * max_splits
-    m = tl.full([GROUP_P2], float("-inf"), tl.float32)
-    total = tl.zeros([GROUP_P2], tl.float32)
-    acc = tl.zeros([GROUP_P2, HEAD_DIM], tl.float32)
-    for start in range(0, num_slices, CHUNK):
-        ok = (g < GROUP)[:, None] & (start + c < num_slices)[None, :]
-        rows = rows0[:, None] + start + c[None, :]
-        lse = tl.load(part_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        part = tl.load(part_out_ptr + rows[:, :, None] * HEAD_DIM + d[None, None, :], mask=ok[:, :, None],
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    for i in range(num_slices):
+        lse = tl.load(part_lse_ptr + row0 + i, mask=h_ok, other=float("-inf"), cache_modifier=".cg")
+        part = tl.load(part_out_ptr + (row0 + i)[:, None] * HEAD_DIM + d[None, :], mask=h_ok[:, None],
                        other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m, tl.max(lse, axis=1))
+        m_new = tl.maximum(m, lse)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m - m_safe)
-        w = tl.exp2(lse - m_safe[:, None])
-        acc = acc * alpha[:, None] + tl.sum(part * w[:, :, None], axis=1)
-        total = total * alpha + tl.sum(w, axis=1)
+        w = tl.exp2(lse - m_safe)
+        acc = acc * alpha[:, None] + part * w[:, None]
+        total = total * alpha + w
         m = m_new
     return acc / tl.where(total > 0, total, 1.0)[:, None]
 
@@ -59,8 +52,7 @@ def _decode_kernel(
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale, max_splits, target_split_len,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_blk, stride_row, stride_kvh, stride_bt,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, GROUP_P2: tl.constexpr,
-    MERGE_CHUNK: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -115,13 +107,8 @@ def _decode_kernel(
         tl.store(part_lse_ptr + row0 + split, lse, mask=h_ok)
         counter = counters_ptr + seq * tl.num_programs(1) + kv_head
         if last_to_arrive(counter, num_slices):
-            first_head = kv_head * GROUP
-            head0 = seq.to(tl.int64) * tl.num_programs(1) * GROUP + first_head
-            merged = _merge_slices(part_out_ptr, part_lse_ptr, head0, max_splits, num_slices, GROUP, GROUP_P2,
-                                   MERGE_CHUNK, HEAD_DIM)
-            g = tl.arange(0, GROUP_P2)
-            tl.store(out_ptr + tok * stride_ot + ((first_head + g) * stride_oh)[:, None] + d[None, :],
-                     merged.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+            out = _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices, BLOCK_H, HEAD_DIM)
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
             reset(counter)
 
 
@@ -134,13 +121,6 @@ def _block_n(head_dim: int, num_splits: int, index: int | None) -> int:
         return 32
     big_smem = torch.cuda.is_available() and torch.cuda.get_device_capability(index) in ((8, 0), (9, 0), (10, 0))
     return 128 if big_smem and num_splits == 1 else 64
-
-
-def _merge_chunk(group: int, head_dim: int, num_splits: int) -> int:
-    """Slices the merge loads at once: up to 4096 fp32 partial values (32 registers a thread on 4
-    warps), no more than a launch has slices."""
-    per_slice = triton.next_power_of_2(group) * head_dim
-    return max(1, min(4096 // per_slice, triton.next_power_of_2(num_splits)))
 
 
 class DecodeSplit(NamedTuple):
@@ -184,15 +164,14 @@ class DecodeWorkspace:
 def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                            scale: float, out: torch.Tensor | None = None, num_splits: int | None = None,
                            workspace: DecodeWorkspace | None = None, *, split_len: int | None = None,
-                           block_n: int | None = None, num_warps: int = 4, num_stages: int = 2,
-                           merge_chunk: int | None = None) -> torch.Tensor:
+                           block_n: int | None = None, num_warps: int = 4,
+                           num_stages: int = 2) -> torch.Tensor:
     """q [B', Hq, D], one query token per sequence, at row query_start_loc[i]; a sequence with no
     query row (query_start_loc[i + 1] == query_start_loc[i], CUDA-graph padding) is skipped, and
     one with seq_len 0 gets zeros. A sequence is cut into slices of at most split_len keys, but
     into no more than num_splits. Pass a workspace held across calls (and across CUDA-graph
     replays); without one, fresh counters are zeroed for this call. Reads no host-side lengths:
-    safe to capture in a CUDA graph. block_n, num_warps, num_stages and merge_chunk (slices merged per
-    load, a power of two) are for tuning benchmarks."""
+    safe to capture in a CUDA graph. block_n, num_warps and num_stages are for tuning benchmarks."""
     group, block_size = check_attention_shapes(q, kv_cache)
     num_seqs = metadata.num_seqs
     num_q_heads, head_dim = q.shape[1:]
@@ -221,8 +200,6 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), metadata.block_tables.stride(0),
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=block_n or _block_n(head_dim, num_splits, q.device.index), BLOCK_SIZE=block_size,
-        SPLIT=num_splits > 1, PRECISION=dot_precision(q.dtype), GROUP_P2=triton.next_power_of_2(group),
-        MERGE_CHUNK=merge_chunk or _merge_chunk(group, head_dim, num_splits), num_warps=num_warps,
-        num_stages=num_stages,
+        SPLIT=num_splits > 1, PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -10,14 +10,13 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 SEQ_LENS = [1, 15, 16, 17, 64, 65, 200]
 
 
-def _run(make_decode_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, split_len=1,
-         merge_chunk=None):
+def _run(make_decode_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, split_len=1):
     """split_len 1 (slices of one tile) splits these short test contexts as far as num_splits allows."""
     q, cache, metadata = make_decode_batch(seq_lens, group, head_dim, dtype, block_size)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
     paged_attention_decode(q, cache, metadata, scale, out=out, num_splits=num_splits,
-                           split_len=split_len, merge_chunk=merge_chunk)
+                           split_len=split_len)
     expected = paged_attention_ref(q, cache, metadata, scale)
     torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
@@ -44,14 +43,6 @@ def test_unsplit(dtype, make_decode_batch):
 def test_slice_lengths(split_len, make_decode_batch):
     _run(make_decode_batch, [300, 7, 129, 64], group=2, head_dim=64, dtype=torch.float32, num_splits=8,
          split_len=split_len)
-
-
-@pytest.mark.parametrize("group", [1, 4])
-@pytest.mark.parametrize("merge_chunk", [1, 4, 16, None])
-def test_merges_of_many_slices_in_chunks(merge_chunk, group, make_decode_batch):
-    """16 slices of 1100 keys, 5 of 300, 1 of 7: whole and partial chunks of the merge."""
-    _run(make_decode_batch, [1100, 300, 7], group=group, head_dim=64, dtype=torch.float32, num_splits=16,
-         merge_chunk=merge_chunk)
 
 
 def test_default_split_count(make_decode_batch):
