@@ -70,11 +70,11 @@ class EngineCore:
 
     def _kv_bytes_per_token(self) -> int:
         mc = self.model_config
-        itemsize = torch.empty(0, dtype=self.config.torch_dtype).element_size()
+        itemsize = self.config.torch_dtype.itemsize
         return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * itemsize
 
     def _does_not_fit(self, model_cls) -> str:
-        itemsize = torch.empty(0, dtype=self.config.torch_dtype).element_size()
+        itemsize = self.config.torch_dtype.itemsize
         total = torch.cuda.get_device_properties(self.device).total_memory
         return does_not_fit_message(model_cls.__name__, self.model_config, itemsize, total,
                                     self.config.gpu_memory_utilization)
