@@ -19,7 +19,8 @@ import triton.language as tl
 
 from corral.backends.base import AttentionMetadata
 from corral.kernels.arrival import last_to_arrive, reset
-from corral.kernels.paged_attention import LOG2E, _attend_tile, check_attention_shapes, dot_precision
+from corral.kernels.paged_attention import (LOG2E, _attend_tile, attention_output, check_attention_shapes,
+                                            dot_precision)
 
 MAX_SPLITS = 64
 
@@ -212,8 +213,7 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
     num_seqs = metadata.num_seqs
     num_q_heads, head_dim = q.shape[1:]
     num_kv_heads = kv_cache.shape[3]
-    if out is None:
-        out = torch.empty_like(q)
+    out = attention_output(q, out)
     default = default_split(num_seqs, num_kv_heads)
     num_splits = default.num_splits if num_splits is None else num_splits
     split_len = default.split_len if split_len is None else split_len

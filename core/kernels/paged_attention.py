@@ -121,6 +121,17 @@ def check_attention_shapes(q: torch.Tensor, kv_cache: torch.Tensor) -> tuple[int
     return num_q_heads // num_kv_heads, block_size
 
 
+def attention_output(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """`out` checked for the kernels' stores (q's shape and dtype, a contiguous head dim), or a new
+    tensor like q."""
+    if out is None:
+        return torch.empty_like(q)
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
+        raise ValueError(f"out must be {list(q.shape)} {q.dtype} with a contiguous head dim, got "
+                         f"{list(out.shape)} {out.dtype} with strides {out.stride()}")
+    return out
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -134,8 +145,7 @@ def paged_attention_prefill(q: torch.Tensor, kv_cache: torch.Tensor, metadata: A
     tile), num_warps and num_stages override the defaults, for tuning benchmarks."""
     group, block_size = check_attention_shapes(q, kv_cache)
     head_dim = q.shape[2]
-    if out is None:
-        out = torch.empty_like(q)
+    out = attention_output(q, out)
     group_p2 = triton.next_power_of_2(group)
     # H200 bf16, D=128 (benchmarks.kernels --prefill-sweep): 64 x 64 tiles on 4 warps, 2 stages, at
     # least as fast as 128 x 128 on 8 warps, 3 stages at every shape and 19-24% faster on B1's

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from corral.kernels.decode_attention import paged_attention_decode
 from corral.kernels.paged_attention import paged_attention_prefill, paged_attention_ref
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -88,6 +89,18 @@ def test_rejects_head_counts_that_do_not_divide(make_batch):
                                  dtype=torch.float32)
     with pytest.raises(ValueError, match="multiple of kv heads"):
         paged_attention_prefill(torch.randn(4, 3, 64, device=cache.device), cache, metadata, 1.0)
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_an_out_the_kernels_cannot_write_is_rejected(decode, make_batch):
+    """A transposed view has q's shape but not a contiguous head dim: the stores would scatter."""
+    cache, metadata = make_batch([1, 1], [9, 30], block_size=16, num_kv_heads=2, head_dim=64, dtype=torch.float32)
+    q = torch.randn(2, 4, 64, device=cache.device)
+    attend = paged_attention_decode if decode else paged_attention_prefill
+    transposed, short = torch.empty(2, 64, 4).transpose(1, 2), torch.empty(2, 4, 32)
+    for out in (transposed.to(cache.device), short.to(cache.device)):
+        with pytest.raises(ValueError, match="out must be"):
+            attend(q, cache, metadata, 1.0, out=out)
 
 
 @pytest.mark.gpu
