@@ -55,8 +55,10 @@ class CUDAGraphRunner:
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
-    def can_run(self, metadata: AttentionMetadata, num_tokens: int) -> bool:
-        return (metadata.is_decode_only and num_tokens <= self.buckets[-1]
+    def can_run(self, metadata: AttentionMetadata, num_tokens: int, num_sampled: int) -> bool:
+        """A batch of one token a sequence, every one sampled (a prompt's 1-token chunk that is not
+        its last has one token but samples nothing), within the captured sizes."""
+        return (metadata.is_decode_only and num_sampled == num_tokens and num_tokens <= self.buckets[-1]
                 and metadata.block_tables.shape[1] <= self.block_tables.shape[1])
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:

@@ -121,7 +121,8 @@ class ModelRunner:
 
     def _forward(self, input_ids, positions, metadata, sample_rows) -> torch.Tensor:
         """Logits of the sampled rows; a CUDA graph computes those of decode batches."""
-        if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0]):
+        if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0],
+                                                                         sample_rows.shape[0]):
             return self.graph_runner.run(input_ids, positions, metadata)
         hidden_states = self.model(input_ids, positions, ForwardContext(metadata, self.backend))
         return self.model.compute_logits(hidden_states[sample_rows])
