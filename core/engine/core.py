@@ -100,7 +100,8 @@ class EngineCore:
     def _kv_budget(self, peak_bytes: int) -> int:
         """This model's share of the GPU, less its weights and peak activations."""
         free, total = torch.cuda.mem_get_info(self.device)
-        return kv_cache_budget(total, free, self.config.gpu_memory_utilization, peak_bytes)
+        return kv_cache_budget(total, free, self.config.gpu_memory_utilization, peak_bytes,
+                               torch.cuda.memory_allocated(self.device))
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config

@@ -7,32 +7,45 @@ from corral.layers.attention import Attention, ForwardContext
 from corral.model_config import ModelConfig
 
 
+def profiling_batch(config: EngineConfig, vocab_size: int, device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, int]:
+    """The largest step the scheduler can make: max_num_batched_tokens prompt tokens in sequences of
+    at most max_model_len, each on blocks of its own. (input ids, positions, metadata, KV blocks)."""
+    num_tokens, bs = config.max_num_batched_tokens, config.block_size
+    seq_len = min(num_tokens, config.max_model_len)
+    lens = [seq_len] * (num_tokens // seq_len) + ([num_tokens % seq_len] if num_tokens % seq_len else [])
+    blocks_per_seq = -(-seq_len // bs)
+    num_blocks = blocks_per_seq * len(lens)
+    positions = torch.cat([torch.arange(n) for n in lens])
+    first_slot = torch.repeat_interleave(torch.arange(len(lens)) * blocks_per_seq * bs, torch.tensor(lens))
+    int32 = dict(dtype=torch.int32, device=device)
+    metadata = AttentionMetadata(
+        slot_mapping=(first_slot + positions).to(device),
+        query_start_loc=torch.tensor([0] + lens, **int32).cumsum(0, dtype=torch.int32),
+        seq_lens=torch.tensor(lens, **int32),
+        block_tables=torch.arange(num_blocks, **int32).view(len(lens), blocks_per_seq),
+        max_query_len=seq_len, max_seq_len=seq_len)
+    input_ids = torch.randint(0, vocab_size, (num_tokens,), device=device)
+    return input_ids, positions.to(device), metadata, num_blocks
+
+
 @torch.inference_mode()
 def profile_peak_memory(model: torch.nn.Module, backend: AttentionBackend, config: EngineConfig,
                         model_config: ModelConfig) -> int:
-    """Peak bytes this process's tensors reach in a forward at the largest batch
-    (max_num_batched_tokens tokens as one sequence, max_num_seqs rows of logits sampled)."""
+    """Peak bytes this process's tensors reach in a forward of the largest step (profiling_batch),
+    max_num_seqs rows of logits sampled."""
     device = torch.device(config.device)
-    mc, bs = model_config, config.block_size
-    num_tokens = min(config.max_num_batched_tokens, config.max_model_len)
-    num_blocks = -(-num_tokens // bs)
+    mc = model_config
+    input_ids, positions, metadata, num_blocks = profiling_batch(config, mc.vocab_size, device)
     layers = [m for m in model.modules() if isinstance(m, Attention)]
-    caches = [torch.empty(2, num_blocks, bs, mc.num_key_value_heads, mc.head_dim, dtype=config.torch_dtype,
-                          device=device) for _ in layers]
+    caches = [torch.empty(2, num_blocks, config.block_size, mc.num_key_value_heads, mc.head_dim,
+                          dtype=config.torch_dtype, device=device) for _ in layers]
     for layer, cache in zip(layers, caches):
         layer.kv_cache = cache
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    positions = torch.arange(num_tokens, device=device)
-    metadata = AttentionMetadata(
-        slot_mapping=positions.clone(),
-        query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=device),
-        seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=device),
-        block_tables=torch.arange(num_blocks, dtype=torch.int32, device=device)[None],
-        max_query_len=num_tokens, max_seq_len=num_tokens)
-    input_ids = torch.randint(0, mc.vocab_size, (num_tokens,), device=device)
     hidden = model(input_ids, positions, ForwardContext(metadata, backend))
-    rows = min(config.max_num_seqs, num_tokens)
+    rows = min(config.max_num_seqs, input_ids.shape[0])
     logits = model.compute_logits(hidden[:rows])
     temperature = torch.ones(rows, device=device)
     Sampler()(logits, SamplingMetadata(temperature=temperature, all_greedy=False, all_random=True))
