@@ -109,3 +109,27 @@ def test_arrivals_and_preemption_while_a_group_runs_match_single_steps(tiny_mode
         assert out[rid] == expected[rid]
     for rid in ("a", "c", "e"):
         assert out[rid] == expected[rid][:len(out[rid])]
+
+
+@pytest.mark.parametrize("cfg", [dict(max_num_seqs=2),                       # the batch is full
+                                 dict(num_kv_blocks=5, block_size=8)])       # the pool is full
+def test_a_backlog_that_cannot_be_admitted_still_decodes_in_groups(cfg, tiny_model_dirs):
+    """Five requests, room for two: the rest wait for a slot, and while none can be admitted the
+    two running ones still decode several steps per host sync, with the tokens of single steps."""
+    def arrivals():
+        greedy = dict(temperature=0, ignore_eos=True)
+        return {0: [Request(f"r{i}", [5 + i, *range(6, 14)], SamplingParams(max_tokens=9 + 3 * i, **greedy))
+                    for i in range(5)]}
+    model = str(tiny_model_dirs["qwen3"])
+    expected = _drive(LLM(model, max_model_len=32, num_scheduler_steps=1, **cfg).engine.core, arrivals())
+    core = LLM(model, max_model_len=32, num_scheduler_steps=4, **cfg).engine.core
+    launch, groups_while_waiting = core.runner.launch, []
+
+    def counted(out, num_steps=1, previous=None):
+        if core.scheduler.waiting:
+            groups_while_waiting.append(num_steps)
+        return launch(out, num_steps, previous)
+
+    core.runner.launch = counted
+    assert _drive(core, arrivals()) == expected
+    assert max(groups_while_waiting) == 4

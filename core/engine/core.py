@@ -137,9 +137,10 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests() or self.in_flight is not None
 
     def step(self) -> list[EngineCoreOutput]:
-        """Outputs of one step. A multi-step decode group is followed, when nothing waits and no
-        request finishes by length within it, by the next group launched before this one's tokens
-        come back (async scheduling): the device never waits for the host between groups."""
+        """Outputs of one step. A multi-step decode group is followed, when no waiting request could
+        be admitted and none of its requests ends by length while others wait, by the next group
+        launched before this one's tokens come back (async scheduling): the device never waits for
+        the host between groups."""
         if self.in_flight is None:
             scheduler_output = self.scheduler.schedule()
             if not scheduler_output.scheduled:
@@ -167,7 +168,7 @@ class EngineCore:
         return outputs
 
     def _launch_continuation(self, scheduler_output: SchedulerOutput, num_steps: int, launched: InFlight):
-        if num_steps <= 1 or not self.config.async_scheduling or self.scheduler.waiting:
+        if num_steps <= 1 or not self.config.async_scheduling or self.scheduler.may_admit():
             return None
         requests = []
         for s in scheduler_output.scheduled:
@@ -180,6 +181,8 @@ class EngineCore:
             left = params.max_tokens - request.num_output_tokens if params.max_tokens is not None else room
             if left > num_steps:  # those that end by length in the running group are left out
                 requests.append(request)
+            elif self.scheduler.waiting:
+                return None  # its slot goes to a waiting request: the scheduler sees it first
         if not requests:
             return None
         continuation = self.scheduler.schedule_continuation(requests, num_steps)
@@ -192,7 +195,7 @@ class EngineCore:
         no request needs anything per step from the host (penalties and min_tokens read the output
         so far; logprobs are returned per step). A request that stops early wastes its extra steps."""
         n = self.config.num_scheduler_steps
-        if n <= 1 or self.scheduler.waiting:
+        if n <= 1 or self.scheduler.may_admit():
             return 1
         for s in scheduler_output.scheduled:
             request, params = s.request, s.request.sampling_params

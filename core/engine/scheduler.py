@@ -50,10 +50,18 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # the last schedule left requests waiting that no step can admit until one finishes: the
+        # batch was full (max_num_seqs) or the KV pool could not hold the next one
+        self.admission_blocked = False
 
     def add_request(self, request: Request):
         self.requests[request.request_id] = request
         self.waiting.add(request)
+        self.admission_blocked = False
+
+    def may_admit(self) -> bool:
+        """Whether a request waits that the next schedule might admit."""
+        return bool(self.waiting) and not self.admission_blocked
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -79,12 +87,14 @@ class Scheduler:
             budget -= num_new
             i += 1
 
+        no_room = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             request = self.waiting.peek()
             computed_blocks, num_computed = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_computed, budget)
             block_ids = self.kv.allocate(request, num_new, computed_blocks)
             if block_ids is None:
+                no_room = True
                 break
             self.waiting.pop_request()
             request.status = RequestStatus.RUNNING
@@ -93,6 +103,8 @@ class Scheduler:
             out.scheduled.append(ScheduledRequest(request, num_computed, num_new, block_ids))
             budget -= num_new
 
+        self.admission_blocked = (bool(self.waiting) and not out.preempted
+                                  and (no_room or len(self.running) >= self.max_num_seqs))
         for s in out.scheduled:
             s.request.num_computed_tokens += s.num_new_tokens
         return out
@@ -179,6 +191,7 @@ class Scheduler:
             return
         if request.status == RequestStatus.RUNNING:
             self.running.remove(request)
+            self.admission_blocked = False  # its slot and blocks are free
         else:
             self.waiting.remove(request)
         request.status = status
