@@ -48,21 +48,12 @@ def _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices,
 
 
 @triton.jit
-def _slices(seq_len, max_splits, target_split_len, BLOCK_N: tl.constexpr):
-    """(number of slices, keys per slice) of a context of seq_len keys: at most max_splits slices
-    of about target_split_len keys, each a whole number of tiles."""
-    num_slices = tl.minimum(max_splits, tl.maximum(tl.cdiv(seq_len, target_split_len), 1))
-    split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_slices), BLOCK_N) * BLOCK_N, BLOCK_N)
-    return tl.maximum(tl.cdiv(seq_len, split_len), 1), split_len
-
-
-@triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, part_out_ptr, part_lse_ptr, counters_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale, max_splits, target_split_len,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_blk, stride_row, stride_kvh, stride_bt,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, MERGE_HERE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -72,7 +63,9 @@ def _decode_kernel(
         return
     tok = tok.to(tl.int64)
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_slices, split_len = _slices(seq_len, max_splits, target_split_len, BLOCK_N)
+    num_slices = tl.minimum(max_splits, tl.maximum(tl.cdiv(seq_len, target_split_len), 1))
+    split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_slices), BLOCK_N) * BLOCK_N, BLOCK_N)
+    num_slices = tl.maximum(tl.cdiv(seq_len, split_len), 1)
     if split >= num_slices:
         return
     start = split * split_len
@@ -113,38 +106,11 @@ def _decode_kernel(
         tl.store(part_out_ptr + (row0 + split)[:, None] * HEAD_DIM + d[None, :], out, mask=h_ok[:, None])
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         tl.store(part_lse_ptr + row0 + split, lse, mask=h_ok)
-        if MERGE_HERE:  # else _merge_kernel, launched next, merges
-            counter = counters_ptr + seq * tl.num_programs(1) + kv_head
-            if last_to_arrive(counter, num_slices):
-                out = _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices, BLOCK_H, HEAD_DIM)
-                tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
-                reset(counter)
-
-
-@triton.jit
-def _merge_kernel(
-    out_ptr, part_out_ptr, part_lse_ptr, seq_lens_ptr, query_start_loc_ptr, max_splits, target_split_len,
-    stride_ot, stride_oh,
-    GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """The merge as a second launch (merge_here=False): one program per (sequence, KV head) whose
-    context was cut into several slices."""
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    tok = tl.load(query_start_loc_ptr + seq)
-    if tl.load(query_start_loc_ptr + seq + 1) == tok:
-        return
-    num_slices, _ = _slices(tl.load(seq_lens_ptr + seq), max_splits, target_split_len, BLOCK_N)
-    if num_slices == 1:  # the decode kernel wrote this output itself
-        return
-    h = tl.arange(0, BLOCK_H)
-    head = kv_head * GROUP + h
-    h_ok = h < GROUP
-    row0 = (seq * tl.num_programs(1) * GROUP + head).to(tl.int64) * max_splits
-    out = _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices, BLOCK_H, HEAD_DIM)
-    d = tl.arange(0, HEAD_DIM)
-    tl.store(out_ptr + tok.to(tl.int64) * stride_ot + (head * stride_oh)[:, None] + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+        counter = counters_ptr + seq * tl.num_programs(1) + kv_head
+        if last_to_arrive(counter, num_slices):
+            out = _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices, BLOCK_H, HEAD_DIM)
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
+            reset(counter)
 
 
 @functools.cache
@@ -199,16 +165,14 @@ class DecodeWorkspace:
 def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
                            scale: float, out: torch.Tensor | None = None, num_splits: int | None = None,
                            workspace: DecodeWorkspace | None = None, *, split_len: int | None = None,
-                           block_n: int | None = None, num_warps: int = 4, num_stages: int = 2,
-                           merge_here: bool = True) -> torch.Tensor:
+                           block_n: int | None = None, num_warps: int = 4,
+                           num_stages: int = 2) -> torch.Tensor:
     """q [B', Hq, D], one query token per sequence, at row query_start_loc[i]; a sequence with no
     query row (query_start_loc[i + 1] == query_start_loc[i], CUDA-graph padding) is skipped, and
     one with seq_len 0 gets zeros. A sequence is cut into slices of at most split_len keys, but
     into no more than num_splits. Pass a workspace held across calls (and across CUDA-graph
     replays); without one, fresh counters are zeroed for this call. Reads no host-side lengths:
-    safe to capture in a CUDA graph. block_n, num_warps and num_stages are for tuning benchmarks, and
-    so is merge_here=False: split sequences are merged by a second launch instead of by the last
-    slice to arrive."""
+    safe to capture in a CUDA graph. block_n, num_warps and num_stages are for tuning benchmarks."""
     group, block_size = check_attention_shapes(q, kv_cache)
     num_seqs = metadata.num_seqs
     num_q_heads, head_dim = q.shape[1:]
@@ -226,25 +190,16 @@ def paged_attention_decode(q: torch.Tensor, kv_cache: torch.Tensor, metadata: At
         part_out = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32,
                                device=q.device)
         part_lse = torch.empty(num_seqs, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
-        if merge_here:
-            counters = (workspace or DecodeWorkspace()).get(num_seqs * num_kv_heads, q.device)
+        counters = (workspace or DecodeWorkspace()).get(num_seqs * num_kv_heads, q.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    block_n = block_n or _block_n(head_dim, num_splits, q.device.index)
-    block_h = max(16, triton.next_power_of_2(group))
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, part_out, part_lse, counters,
         metadata.block_tables, metadata.seq_lens, metadata.query_start_loc, scale * LOG2E,
         num_splits, split_len,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), metadata.block_tables.stride(0),
-        GROUP=group, BLOCK_H=block_h, HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_SIZE=block_size,
-        SPLIT=num_splits > 1, PRECISION=dot_precision(q.dtype), MERGE_HERE=merge_here, num_warps=num_warps,
-        num_stages=num_stages,
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_N=block_n or _block_n(head_dim, num_splits, q.device.index), BLOCK_SIZE=block_size,
+        SPLIT=num_splits > 1, PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
-    if num_splits > 1 and not merge_here:
-        _merge_kernel[(num_seqs, num_kv_heads)](
-            out, part_out, part_lse, metadata.seq_lens, metadata.query_start_loc, num_splits, split_len,
-            out.stride(0), out.stride(1), GROUP=group, BLOCK_H=block_h, HEAD_DIM=head_dim, BLOCK_N=block_n,
-            num_warps=4,
-        )
     return out

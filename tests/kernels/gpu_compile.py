@@ -69,8 +69,8 @@ def record_launches(calls) -> list[tuple]:
 
 def engine_calls():
     """Each kernel wrapper as the engine calls it, per dtype: Qwen3-like heads (GQA 4, head_dim
-    128), a paged cache of 16-token blocks, decode split (merged in the launch or by a second
-    one) and unsplit, GEMV for one and several rows."""
+    128), a paged cache of 16-token blocks, decode split and unsplit, GEMV for one and several
+    rows."""
     from corral.backends.base import AttentionMetadata
     from corral.kernels.activation import silu_and_mul
     from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
@@ -111,7 +111,6 @@ def engine_calls():
             lambda: paged_attention_prefill(q, kv_cache, prefill, d ** -0.5),
             lambda: paged_attention_decode(q, kv_cache, metadata, d ** -0.5, num_splits=1),
             lambda: paged_attention_decode(q, kv_cache, metadata, d ** -0.5, num_splits=4, workspace=workspace),
-            lambda: paged_attention_decode(q, kv_cache, metadata, d ** -0.5, num_splits=4, merge_here=False),
             lambda: gumbel_argmax(new(3, 1000), torch.tensor([0.0, 0.6, 1.0]), seed=1),
         ]
         if dtype != torch.float32:  # the GEMV serves 16-bit models only

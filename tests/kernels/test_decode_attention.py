@@ -10,14 +10,13 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 SEQ_LENS = [1, 15, 16, 17, 64, 65, 200]
 
 
-def _run(make_decode_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, split_len=1,
-         merge_here=True):
+def _run(make_decode_batch, seq_lens, *, group, head_dim, dtype, num_splits=None, block_size=16, split_len=1):
     """split_len 1 (slices of one tile) splits these short test contexts as far as num_splits allows."""
     q, cache, metadata = make_decode_batch(seq_lens, group, head_dim, dtype, block_size)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
     paged_attention_decode(q, cache, metadata, scale, out=out, num_splits=num_splits,
-                           split_len=split_len, merge_here=merge_here)
+                           split_len=split_len)
     expected = paged_attention_ref(q, cache, metadata, scale)
     torch.testing.assert_close(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
@@ -44,13 +43,6 @@ def test_unsplit(dtype, make_decode_batch):
 def test_slice_lengths(split_len, make_decode_batch):
     _run(make_decode_batch, [300, 7, 129, 64], group=2, head_dim=64, dtype=torch.float32, num_splits=8,
          split_len=split_len)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("group", [1, 4])
-def test_a_second_launch_merges_as_the_last_slice_does(group, dtype, make_decode_batch):
-    _run(make_decode_batch, SEQ_LENS + [300], group=group, head_dim=64, dtype=dtype, num_splits=8,
-         merge_here=False)
 
 
 def test_default_split_count(make_decode_batch):
@@ -90,25 +82,23 @@ def test_other_power_of_two_head_dims(head_dim, make_decode_batch):
     _run(make_decode_batch, [9, 70], group=2, head_dim=head_dim, dtype=torch.float32, num_splits=2)
 
 
-@pytest.mark.parametrize("num_splits,merge_here", [(1, True), (4, True), (4, False)])
-def test_padding_sequences_without_a_query_row_write_nothing(num_splits, merge_here, make_decode_batch):
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_padding_sequences_without_a_query_row_write_nothing(num_splits, make_decode_batch):
     """CUDA-graph padding may repeat the last query_start_loc (query_len 0) or use seq_len 0."""
     q, cache, metadata = make_decode_batch([30, 1, 70], 2, 64, torch.float32)
     metadata.query_start_loc = torch.tensor([0, 1, 2, 3, 3, 3], dtype=torch.int32, device=q.device)
     metadata.seq_lens = torch.cat([metadata.seq_lens, metadata.seq_lens.new_tensor([5, 9])])
     metadata.block_tables = torch.cat([metadata.block_tables, metadata.block_tables[:2]])
     out = torch.full_like(q, float("nan"))
-    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits, split_len=1,
-                           merge_here=merge_here)
+    paged_attention_decode(q, cache, metadata, 0.125, out=out, num_splits=num_splits, split_len=1)
     expected = paged_attention_ref(q, cache, metadata, 0.125)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("merge_here", [True, False])
-def test_empty_context_gives_zeros(merge_here, make_decode_batch):
+def test_empty_context_gives_zeros(make_decode_batch):
     q, cache, metadata = make_decode_batch([30, 1], 2, 64, torch.float32)
     metadata.seq_lens[1] = 0
-    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, split_len=1, merge_here=merge_here)
+    out = paged_attention_decode(q, cache, metadata, 0.125, num_splits=4, split_len=1)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     torch.testing.assert_close(out[0], paged_attention_ref(q, cache, metadata, 0.125)[0])
 
