@@ -79,12 +79,13 @@ def main():
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
     args = ap.parse_args()
+    prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
+    roofline = b1_roofline(args.model, prompts, params) if args.workload == "B1" else {}
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
                           async_scheduling=args.async_scheduling, attention_backend=args.attention_backend)
     engine = EngineCore(config)
-    prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
     warm_up(engine, args.workload)
     if args.profile:
         profile(engine, prompts[:128], params[:128])
@@ -93,13 +94,29 @@ def main():
         engine.reset_prefix_cache()  # each timed run prefills its prompts, none reuses the last one's
         compiled = triton_variants()
         seconds, num_out = run(engine, prompts, params, f"timed{repeat}")
-        report(args, engine, prompts, seconds, num_out, repeat, new_variants(compiled, triton_variants()))
+        report(args, engine, prompts, seconds, num_out, repeat, new_variants(compiled, triton_variants()), roofline)
 
 
-def report(args, engine, prompts, seconds, num_out, repeat, compiled):
+def b1_roofline(model: str, prompts, params) -> dict:
+    """This GPU's copy bandwidth and matmul rate, measured now (before the engine takes the memory),
+    and B1's roofline from them (benchmarks.ceiling): a run's fraction of it compares machines
+    whose speeds differ, as lent GPUs of one kind do by a percent or two."""
+    from benchmarks.ceiling import b1_ceilings
+    from benchmarks.configs import CONFIGS
+    from benchmarks.kernels import ceilings
+    copy, matmul = ceilings()
+    torch.cuda.empty_cache()
+    ceiling = b1_ceilings(CONFIGS[model], list(map(len, prompts)), [sp.max_tokens for sp in params], copy, matmul)
+    return {"copy_tb_s": round(copy / 1e12, 3), "matmul_tflop_s": round(matmul / 1e12, 1),
+            "roofline_tok_s": round(ceiling["roofline"], 1)}
+
+
+def report(args, engine, prompts, seconds, num_out, repeat, compiled, roofline):
     num_in = sum(map(len, prompts))
+    if roofline:
+        roofline = dict(roofline, of_roofline=round(num_out / seconds / roofline["roofline_tok_s"], 4))
     emit(dict(environment(), benchmark=args.workload, model=args.model, seconds=round(seconds, 2),
-              output_tokens=num_out, output_tok_s=round(num_out / seconds, 1),
+              output_tokens=num_out, output_tok_s=round(num_out / seconds, 1), **roofline,
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
               num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager, repeat=repeat,
               num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling,
