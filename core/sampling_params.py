@@ -1,4 +1,7 @@
+import math
 from dataclasses import dataclass, field
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 @dataclass(slots=True)
@@ -43,11 +46,11 @@ class SamplingParams:
     def validate(self):
         checks = [
             (_is_int(self.n) and self.n >= 1, "n", "must be an integer >= 1"),
-            (self.temperature >= 0, "temperature", "must be >= 0"),
+            (0 <= self.temperature < math.inf, "temperature", "must be a finite number >= 0"),
             (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be 0 or -1 (disabled) or >= 1"),
             (0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
+            (0 < self.repetition_penalty < math.inf, "repetition_penalty", "must be a finite number > 0"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
             (self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1),
@@ -57,10 +60,12 @@ class SamplingParams:
              "min_tokens", f"must be <= max_tokens ({self.max_tokens})"),
             (self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= self.MAX_LOGPROBS),
              "logprobs", f"must be an integer in [0, {self.MAX_LOGPROBS}]"),
-            (self.seed is None or _is_int(self.seed), "seed", "must be an integer"),
+            (self.seed is None or (_is_int(self.seed) and INT64_MIN <= self.seed <= INT64_MAX), "seed",
+             "must be a 64-bit signed integer"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
             (all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
              "must be non-negative integers"),
+            (all(0 <= t <= INT64_MAX for t in self.logit_bias), "logit_bias", "keys must be token ids (>= 0)"),
             (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias", "values must be in [-100, 100]"),
         ]
         for ok, name, allowed in checks:

@@ -30,6 +30,11 @@ def llm(tiny_model_dirs):
     (dict(logprobs=21), "logprobs"),
     (dict(stop=[""]), "stop"),
     (dict(logit_bias={5: 200}), "logit_bias"),
+    (dict(logit_bias={-1: 5}), "logit_bias"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+    (dict(seed=2**64), "seed"),
+    (dict(seed=-(2**63) - 1), "seed"),
 ])
 def test_invalid_sampling_params_name_the_parameter(kwargs, param):
     with pytest.raises(SamplingParamsError, match=param) as info:
@@ -50,6 +55,23 @@ def test_an_empty_prompt_is_rejected(llm):
 def test_token_ids_outside_the_vocabulary_are_rejected(llm):
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 512\)"):
         llm.generate([[5, 100000]])
+
+
+def test_logit_bias_outside_the_vocabulary_is_rejected(llm):
+    with pytest.raises(ValueError, match=r"logit_bias token ids must be in \[0, 512\)"):
+        llm.generate([[5, 6]], SamplingParams(logit_bias={512: 1.0}))
+
+
+def test_sampling_values_at_the_edges_of_their_types_are_served(llm):
+    """A seed at either int64 bound, top_k past the vocabulary (all tokens): both once overflowed the
+    sampler's int64 tensors and took the engine down."""
+    params = [SamplingParams(max_tokens=3, temperature=1.0, seed=seed, top_k=top_k, ignore_eos=True)
+              for seed, top_k in ((2**63 - 1, 0), (-(2**63), 2**63), (7, 10**6), (7, 0))]
+    outputs = llm.generate([[5, 6, 7]] * len(params), params)
+    assert all(len(o.outputs[0].token_ids) == 3 for o in outputs)
+    assert outputs[2].outputs[0].token_ids == outputs[3].outputs[0].token_ids  # top_k >= vocab: no top-k
+    n_at_the_bound = llm.generate([[5, 6, 7]], SamplingParams(n=2, max_tokens=3, seed=2**63 - 1, ignore_eos=True))
+    assert len(n_at_the_bound[0].outputs) == 2  # the second sequence's seed wraps to -2**63
 
 
 def test_the_engine_still_works_after_rejected_requests(llm):

@@ -8,7 +8,7 @@ from corral.engine.request import Request
 from corral.engine.tokenizer import eos_token_ids, load_tokenizer
 from corral.outputs import RequestOutput
 from corral.registry.plugins import PluginManager
-from corral.sampling_params import SamplingParams
+from corral.sampling_params import INT64_MIN, SamplingParams
 
 
 class LLMEngine:
@@ -54,5 +54,6 @@ class LLMEngine:
 
 def child_params(params: SamplingParams, index: int) -> SamplingParams:
     """The params of sequence `index` of n: n=1, and a distinct seed when one was given."""
-    seed = None if params.seed is None else params.seed + index
+    # seed + index, wrapped around the int64 range that seeds take
+    seed = None if params.seed is None else (params.seed + index - INT64_MIN) % 2**64 + INT64_MIN
     return dataclasses.replace(params, n=1, seed=seed)

@@ -67,7 +67,7 @@ class SamplingMetadata:
             temperature=_tensor([0.0 if g else p.temperature for p, g in rows], torch.float32, device),
             all_greedy=all(greedy),
             all_random=not any(greedy),
-            top_k=optional([0 if g else p.top_k for p, g in rows], 0, torch.int64),
+            top_k=optional([0 if g else min(p.top_k, vocab_size) for p, g in rows], 0, torch.int64),
             top_p=optional([1.0 if g else p.top_p for p, g in rows], 1.0, torch.float32),
             min_p=optional([0.0 if g else p.min_p for p, g in rows], 0.0, torch.float32),
             repetition_penalty=repetition,

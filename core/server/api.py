@@ -1,4 +1,5 @@
 """The FastAPI app: OpenAI routes, /tokenize, /detokenize, /health, /metrics; auth and error bodies."""
+import asyncio
 import importlib.metadata
 import logging
 import secrets
@@ -21,6 +22,14 @@ from corral.server.serving_completion import create_completion
 logger = logging.getLogger(__name__)
 
 PROTECTED = ("/v1/", "/tokenize", "/detokenize")
+
+
+def tokenize_request(client, body: TokenizeRequest) -> list[int]:
+    chat = body.chat()
+    if chat is None:
+        return client.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
+    prompt, ids = render_prompt(client, chat)
+    return client.tokenizer.encode(prompt, add_special_tokens=True) if body.add_special_tokens else ids
 
 
 def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
@@ -84,13 +93,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     async def tokenize(body: TokenizeRequest, request: Request):
         client = model_for(request, body.model)
         await client.wait_ready(config.request_load_timeout)
-        chat = body.chat()
-        if chat is not None:
-            prompt, ids = render_prompt(client, chat)
-            if body.add_special_tokens:
-                ids = client.tokenizer.encode(prompt, add_special_tokens=True)
-        else:
-            ids = client.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
+        ids = await asyncio.to_thread(tokenize_request, client, body)  # a long prompt: not on the event loop
         result = {"count": len(ids), "max_model_len": client.max_model_len, "tokens": ids}
         if body.return_token_strs:
             result["token_strs"] = client.tokenizer.convert_ids_to_tokens(ids)

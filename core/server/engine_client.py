@@ -144,8 +144,8 @@ class EngineClient:
                         info["num_kv_blocks"])
         elif kind == "fatal" and self.state == "ready":
             logger.error("engine of %s failed: %s", self.name, message[1])
-            self._fail_all(lambda: InternalServerError(f"the engine of model {self.name} failed; "
-                                                       "the request was not completed"))
+            self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} failed; the request was "
+                                                   "not completed (the engine is restarting, retry shortly)"))
         elif kind == "fatal":
             self._set_error(message[1])
         elif kind == "eof":

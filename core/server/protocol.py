@@ -37,6 +37,7 @@ class SamplingFields(OpenAIBase):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # vLLM extras
@@ -74,6 +75,14 @@ class SamplingFields(OpenAIBase):
         if self.stream_options is not None and not self.stream:
             raise BadRequestError("stream_options is only allowed when stream is true", param="stream_options")
 
+    def check_unsupported(self):
+        """Options corral cannot honour get a 400 rather than being ignored (vLLM rejects them too when
+        it is not set up for them): the client would otherwise take plain text for a guaranteed format."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise BadRequestError(f"response_format type {kind!r} is not supported (no structured output); "
+                                  "only 'text' is", param="response_format")
+
 
 class ContentPart(OpenAIBase):
     model_config = ConfigDict(strict=True, extra="allow")
@@ -97,6 +106,22 @@ class ChatCompletionRequest(SamplingFields):
     # vLLM extras
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool | None = True
+    # tool calling: not supported; checked so that it is not silently ignored
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    def check_unsupported(self):
+        super().check_unsupported()
+        if self.functions or self.function_call not in (None, "none"):
+            raise BadRequestError("function calling is not supported by this server", param="functions")
+        if self.tools and self.tool_choice != "none":
+            raise BadRequestError("tool calling is not supported by this server: the model would not see the "
+                                  "tools and its calls would not be parsed; remove `tools` or set tool_choice "
+                                  "to \"none\"", param="tools")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise BadRequestError("tool_choice is only allowed when tools are specified", param="tool_choice")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

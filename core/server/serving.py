@@ -47,15 +47,32 @@ def check_prompt(client: EngineClient, prompt_ids: list[int], max_tokens: int | 
     return max_tokens if max_tokens is not None else limit - n
 
 
+def check_num_sequences(client: EngineClient, n: int | None, num_prompts: int = 1):
+    """One request may not ask for more sequences than the model's queue holds: n (or prompts x n) in the
+    millions would otherwise stall the event loop building them and fill the engine's queue, past the
+    429 bound that counts requests."""
+    limit = client.spec.max_pending
+    total = (n if n is not None else 1) * num_prompts
+    if total > limit:
+        what = f"n ({n})" if num_prompts == 1 else f"n ({n}) x prompts ({num_prompts})"
+        raise BadRequestError(f"{what} asks for {total} sequences; this model takes at most {limit} in one "
+                              f"request (max_num_seqs + max_queue_len)", param="n")
+
+
 def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,
                     logprobs: int | None) -> SamplingParams:
     defaults = {k: v for k, v in client.defaults.items() if k != "max_tokens"}
     try:
-        return body.sampling_params(defaults, max_tokens, logprobs)
+        params = body.sampling_params(defaults, max_tokens, logprobs)
     except SamplingParamsError as e:
         raise BadRequestError(str(e), param=e.param) from None
     except (TypeError, ValueError) as e:
         raise BadRequestError(str(e)) from None
+    vocab = client.vocab_size  # the engine checks this too, but could not name the parameter
+    if vocab and (bad := sorted(t for t in params.logit_bias if t >= vocab)):
+        raise BadRequestError(f"token_id(s) {bad[:10]} in logit_bias contain out-of-vocab token ids. "
+                              f"Vocabulary size: {vocab}", param="logit_bias")
+    return params
 
 
 @dataclass(slots=True)

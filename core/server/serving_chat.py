@@ -1,4 +1,6 @@
 """POST /v1/chat/completions: chat template, generation, reasoning split, JSON or SSE chunks."""
+import asyncio
+
 from starlette.requests import Request as HTTPRequest
 
 from corral.engine.tokenizer import ChatTemplateError, render_chat
@@ -6,8 +8,9 @@ from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import ChatCompletionRequest
 from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
-from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_prompt, chunk_writer, now,
-                                   random_id, sampling_params, sse, sse_error, until_disconnect, usage)
+from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_num_sequences, check_prompt,
+                                   chunk_writer, now, random_id, sampling_params, sse, sse_error, until_disconnect,
+                                   usage)
 
 
 def render_prompt(client: EngineClient, body: ChatCompletionRequest) -> tuple[str, list[int]]:
@@ -22,10 +25,12 @@ def render_prompt(client: EngineClient, body: ChatCompletionRequest) -> tuple[st
 async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
                                  load_timeout: float):
     body.check_stream_options()
+    body.check_unsupported()
+    check_num_sequences(client, body.n)
     logprobs = body.requested_logprobs()
     await client.admit(load_timeout)
     try:
-        prompt, prompt_ids = render_prompt(client, body)
+        prompt, prompt_ids = await asyncio.to_thread(render_prompt, client, body)  # a long prompt: not on the loop
         max_tokens = body.requested_max_tokens()
         if max_tokens is None:
             max_tokens = client.defaults.get("max_tokens")

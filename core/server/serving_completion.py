@@ -1,32 +1,36 @@
 """POST /v1/completions: one or several prompts (text or token ids), n choices each, JSON or SSE."""
+import asyncio
+
 from starlette.requests import Request as HTTPRequest
 
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import CompletionRequest
-from corral.server.serving import (Choice, SSEResponse, TokenText, check_prompt, chunk_writer, completion_logprobs,
-                                   merged, now, random_id, sampling_params, sse, sse_error, until_disconnect,
-                                   usage)
+from corral.server.serving import (Choice, SSEResponse, TokenText, check_num_sequences, check_prompt, chunk_writer,
+                                   completion_logprobs, merged, now, random_id, sampling_params, sse, sse_error,
+                                   until_disconnect, usage)
 
 DEFAULT_MAX_TOKENS = 16
+
+
+def _encode(client: EngineClient, prompts: list) -> list[tuple[str | None, list[int]]]:
+    """(text, token ids) of each prompt; token-id prompts have no text."""
+    return [(p, client.tokenizer.encode(p)) if isinstance(p, str) else (None, list(p)) for p in prompts]
 
 
 async def create_completion(body: CompletionRequest, client: EngineClient, request: HTTPRequest,
                             load_timeout: float):
     body.check()
     body.check_stream_options()
+    body.check_unsupported()
     if body.echo and body.logprobs is not None:
         raise BadRequestError("echo with logprobs is not supported (prompt logprobs are not computed)",
                               param="echo")
     prompts = body.prompts()
+    check_num_sequences(client, body.n, len(prompts))
     await client.admit(load_timeout)
     try:
-        encoded = []
-        for prompt in prompts:
-            if isinstance(prompt, str):
-                encoded.append((prompt, client.tokenizer.encode(prompt)))
-            else:
-                encoded.append((None, list(prompt)))
+        encoded = await asyncio.to_thread(_encode, client, prompts)  # a long prompt: not on the event loop
         max_tokens = body.max_tokens
         if max_tokens is None:
             max_tokens = client.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)

@@ -1,5 +1,5 @@
 """An error inside one engine's forward pass (on a GPU a real CUDA error, a device-side assert that
-poisons the process's CUDA context) fails that model's request, restarts its engine, and leaves the
+poisons the process's CUDA context) fails that model's request (503, engine_dead: retry), restarts its engine, and leaves the
 other model alone. The faulty model is a third-party architecture plugin, found through its entry
 point like any other: a Qwen3 that indexes out of bounds when its input holds the trigger tokens."""
 import json
@@ -91,9 +91,9 @@ def test_an_error_inside_one_engine_fails_its_request_restarts_it_and_spares_the
         before = client.completions.create(model="faulty", prompt=[5, 6, 8], max_tokens=3, temperature=0)
         old_pid = _state(server.url, "faulty")["pid"]
 
-        with pytest.raises(openai.InternalServerError) as failed:
+        with pytest.raises(openai.APIStatusError) as failed:
             client.completions.create(model="faulty", prompt=[1, *TRIGGER, 9], max_tokens=3)
-        assert failed.value.status_code == 500
+        assert failed.value.status_code == 503 and failed.value.body["code"] == "engine_dead"
         assert "the engine of model faulty failed" in failed.value.body["message"]
 
         healthy = client.completions.create(model="healthy", prompt="Hello", max_tokens=4, temperature=0)

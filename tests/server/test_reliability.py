@@ -172,3 +172,31 @@ def test_a_killed_engine_fails_its_requests_with_503_restarts_and_the_others_nev
         stop.set()
         bystander.join(60)
     assert failures == [] and len(answered) >= len(others)
+
+
+@pytest.mark.parametrize("endpoint, body", [
+    ("/v1/completions", {"prompt": "hello world, " * 300_000, "max_tokens": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello world, " * 300_000}]}),
+])
+def test_a_huge_prompt_is_tokenized_off_the_event_loop(server, http, endpoint, body):
+    """Tokenizing a 4 MB prompt takes seconds; meanwhile the server answers everyone else."""
+    result, started = {}, time.monotonic()
+
+    def post():
+        result["response"] = httpx.post(f"{server.url}{endpoint}", json={"model": "tiny-qwen3", **body},
+                                        headers=http.headers, timeout=120)
+        result["seconds"] = time.monotonic() - started
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    slowest = 0.0
+    while poster.is_alive():
+        start = time.monotonic()
+        assert http.get("/health").status_code == 200
+        slowest = max(slowest, time.monotonic() - start)
+        time.sleep(0.05)
+    poster.join()
+    assert result["response"].status_code == 400
+    assert result["response"].json()["error"]["code"] == "context_length_exceeded"
+    assert result["seconds"] > 2, "the prompt was too quick to tokenize for this test to mean anything"
+    assert slowest < 1.0
