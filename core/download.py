@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -148,8 +149,13 @@ class HubSource:
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------
-    def probe(self, timeout: float | None = None) -> None:
-        """Raise HubUnreachableError unless the endpoint answers HTTP within `timeout` seconds."""
+    def probe(self, timeout: float | None = None, strict: bool = True) -> None:
+        """Raise HubUnreachableError unless the endpoint answers HTTP within `timeout` seconds.
+
+        `strict` (auto, deciding whether to fall back): a timeout or a 5xx on the endpoint's root is
+        unreachable. Not strict (the source was chosen): only an endpoint that cannot be connected
+        to at all (refused, unknown host, bad URL) fails here; a slow or erroring front page is left
+        to the API calls themselves, which have their own timeouts and error mapping."""
         if self._reachable:
             return
         timeout = timeout or float(os.environ.get("CORRAL_PROBE_TIMEOUT", "3"))
@@ -158,10 +164,13 @@ class HubSource:
             with urllib.request.urlopen(urllib.request.Request(endpoint + "/", method="HEAD"), timeout=timeout):
                 pass
         except urllib.error.HTTPError as e:
-            if e.code >= 500:
+            if e.code >= 500 and strict:
                 raise self.unreachable(f"HTTP {e.code}") from None
         except (OSError, ValueError) as e:
-            raise self.unreachable(str(getattr(e, "reason", e) or type(e).__name__)) from None
+            reason = getattr(e, "reason", e)
+            if not strict and isinstance(reason, (TimeoutError, socket.timeout)):
+                return  # slow, not down: let the API call decide
+            raise self.unreachable(str(reason or type(e).__name__)) from None
         self._reachable = True
 
     def unreachable(self, reason: str) -> HubUnreachableError:
@@ -180,7 +189,7 @@ class HubSource:
                     return model_dir
                 logger.warning("%s: %s failed verification; fetching again from %s", current.name,
                                ", ".join(bad), self.label)
-            self.probe()
+            self.probe(strict=False)  # auto probed strictly before, where it could fall back
             snap = self.snapshot(ref.id, ref.revision or self.default_revision)
             files = select_files(snap.files)
             if not any(f.path == "config.json" for f in files):

@@ -2,6 +2,7 @@
 `huggingface_hub` client: model info with file metadata, HEAD /resolve for the download location,
 ranged GETs that resume `<file>.incomplete`. HF_TOKEN opens gated and private repositories."""
 import importlib.metadata
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -126,6 +127,9 @@ class HuggingFaceSource(HubSource):
             return SourceError(f"{where} answered HTTP {status} for {repo}: {str(e).splitlines()[0]}")
         if _is_transport_error(e):
             return self.unreachable(f"{type(e).__name__}: {e}")
+        if isinstance(e, json.JSONDecodeError):  # a captive portal, a proxy's login page, a wrong HF_ENDPOINT
+            return self.unreachable("it answered with something that is not the Hub API (an HTML page?); "
+                                    "HF_ENDPOINT must be the root of the Hub or of a mirror of it")
         if isinstance(e, OSError) and "Consistency check failed" in str(e):
             return CorruptFileError(str(e).splitlines()[0])
         return None

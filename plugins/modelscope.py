@@ -1,6 +1,7 @@
 """ModelScope (MODELSCOPE_ENDPOINT, default https://modelscope.cn) through the `modelscope` library's
 hub client: the repo file listing with sizes and sha256, then one ranged, resumable, hash-checked
 download per file. MODELSCOPE_API_TOKEN opens private repositories."""
+import json
 import os
 from pathlib import Path
 
@@ -91,6 +92,9 @@ class ModelScopeSource(HubSource):
                                   "export MODELSCOPE_API_TOKEN=...")
         if isinstance(e, errors.FileIntegrityError):
             return CorruptFileError(str(e))
+        if isinstance(e, json.JSONDecodeError):  # a captive portal, a proxy's login page, a wrong endpoint
+            return self.unreachable("it answered with something that is not the ModelScope API (an HTML page?); "
+                                    "MODELSCOPE_ENDPOINT must be the root of ModelScope")
         if isinstance(e, (errors.NetworkError, errors.ServerError, errors.RateLimitError)):
             return self.unreachable(f"{type(e).__name__}: {e}")
         return None

@@ -10,8 +10,9 @@ A reference is one of
 
 `source` is auto (default), hf or modelscope. auto serves a complete copy from the store when there
 is one, else a local path or an installed package the manifest names, else the Hugging Face Hub
-when its endpoint answers a quick probe, else ModelScope. One model's files always come from one
-source.
+when its endpoint answers a quick probe, else ModelScope; a hub that is down, answers something that
+is not its API, is gated without a token or lacks the repository also falls through to the next.
+One model's files always come from one source.
 
 Sources are plugins (hook `register_sources`): a class built with the ModelStore whose
 `fetch(ref, progress, update=False) -> Path` returns the directory.
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from corral.progress import DownloadProgress
-from corral.registry.errors import HubUnreachableError, SourceError, UnknownModelError
+from corral.registry.errors import (GatedRepoError, HubUnreachableError, ModelNotFoundError, SourceError,
+                                    UnknownModelError)
 from corral.registry.manifests import Manifest, ManifestRegistry
 from corral.store import ModelStore, StoredModel
 
@@ -192,7 +194,7 @@ class Resolver:
                 progress.set_state("ready")
                 return stored.path
             candidates = [c for c in candidates if c.scheme != "pypi" or _installed(c.id)] or candidates
-        unreachable: list[HubUnreachableError] = []
+        failed: list[SourceError] = []
         for i, cand in enumerate(candidates):
             src = self.sources.create(cand.scheme, self.store)
             progress.source = cand.scheme
@@ -200,16 +202,30 @@ class Resolver:
                 if i < len(candidates) - 1 and hasattr(src, "probe"):
                     src.probe()  # auto: an unreachable hub falls through to the next source
                 path = src.fetch(cand, progress, update=update)
-            except HubUnreachableError as e:
-                unreachable.append(e)
+            except (HubUnreachableError, GatedRepoError, ModelNotFoundError) as e:
+                # auto: a hub that is down, gated without a token (Llama 2 on the HF Hub, open on
+                # ModelScope) or without the repository falls through to the next source
+                failed.append(e)
                 if i == len(candidates) - 1:
-                    raise (e if len(unreachable) == 1 else HubUnreachableError(
-                        "; ".join(str(u) for u in unreachable), endpoint=unreachable[0].endpoint)) from None
+                    raise _combined(failed) from None
                 logger.warning("%s; trying the next source", e)
                 continue
             progress.set_state("ready")
             return Path(path)
         raise SourceError(f"no source could provide {ref.text}")
+
+
+def _combined(errors: list[SourceError]) -> SourceError:
+    """One error for every source that failed: the error itself when there is one, else the
+    messages joined, as the class they share (or SourceError)."""
+    if len(errors) == 1:
+        return errors[0]
+    message = "; ".join(str(e) for e in errors)
+    kinds = {type(e) for e in errors}
+    if kinds == {HubUnreachableError}:
+        return HubUnreachableError(message, endpoint=errors[0].endpoint)
+    kind = kinds.pop() if len(kinds) == 1 else SourceError
+    return kind(message)
 
 
 def _installed(package: str) -> bool:
