@@ -208,6 +208,8 @@ class EngineClient:
 
     async def shutdown(self, timeout: float = 10.0):
         self._closing = True
+        if self.progress is not None:  # a download in its worker thread stops at its next chunk, resumable
+            self.progress.cancel()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         self._fail_all(lambda: ModelUnavailableError("the server is shutting down"))
