@@ -181,6 +181,8 @@ class HubSource:
         """The store directory of `ref` (a ModelRef), downloading what is missing or corrupt.
         With `update`, the hub is asked for the revision's current files even when a copy exists."""
         model_dir = self.store.dir_for(self.scheme, ref.id, ref.revision)
+        if not update and self.store.complete_copy(model_dir):
+            return model_dir
         with self.store.lock(model_dir):
             current = self.store.read(model_dir)
             if current and current.complete and not update:

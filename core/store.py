@@ -17,11 +17,14 @@ import logging
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock
+
+from corral.registry.errors import StoreNotWritableError
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +104,28 @@ class ModelStore:
             name += "@" + _UNSAFE.sub("_", revision)
         return self.root / source / name
 
-    def lock(self, model_dir: Path) -> FileLock:
+    @contextmanager
+    def lock(self, model_dir: Path):
+        """Held while one process writes model_dir; a store that cannot be written says so."""
         rel = model_dir.relative_to(self.root)
         lock_path = self.root / ".locks" / (str(rel).replace(os.sep, "__") + ".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(lock_path))
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(lock_path))
+            lock.acquire()
+        except OSError as e:
+            raise StoreNotWritableError(f"the model store {self.root} is not writable ({e.strerror or e}); "
+                                        "set CORRAL_HOME to a writable directory") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def complete_copy(self, model_dir: Path) -> StoredModel | None:
+        """The stored model at model_dir if it is complete and its files pass verification. Takes
+        no lock, so a read-only store serves what it holds (a writer marks a copy incomplete first)."""
+        current = self.read(model_dir)
+        return current if current and current.complete and not self.verify(current) else None
 
     def read(self, model_dir: Path) -> StoredModel | None:
         meta = Path(model_dir) / META_FILE

@@ -67,6 +67,9 @@ def convert_into_store(store: ModelStore, gguf_path: Path, *, source: str, repo:
     """The store directory converted from `gguf_path`, converting only when it is missing or fails
     verification."""
     model_dir = store.dir_for(source, repo, revision)
+    if store.complete_copy(model_dir):
+        progress.set_state("ready")
+        return model_dir
     with store.lock(model_dir):
         current = store.read(model_dir)
         if current and current.complete:

@@ -52,6 +52,10 @@ class SourceUnavailableError(SourceError):
     http_status = 500
 
 
+class StoreNotWritableError(SourceError, PermissionError):
+    """The model store cannot be written (a read-only mount, another user's directory)."""
+
+
 class ManifestError(SourceError, ValueError):
     """A manifest file is malformed."""
 

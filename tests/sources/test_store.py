@@ -76,3 +76,30 @@ def test_remove_deletes_the_directory(tmp_path):
     model = make_model(store)
     store.remove(model)
     assert not model.path.exists() and store.models(include_partial=True) == []
+
+
+def test_a_read_only_store_serves_its_complete_copies_and_names_itself_for_the_rest(hf_hub, monkeypatch):
+    """A /models mounted read-only (or pre-pulled by an admin): no lock is needed to serve a complete
+    copy; what must be written fails with one line naming the store."""
+    import pytest
+
+    import corral.store
+    from corral.registry.errors import StoreNotWritableError
+    from corral.registry.sources import resolve_model
+    from tests.sources.conftest import BIN_ONLY, TINY
+
+    path = resolve_model(f"hf:{TINY}")
+
+    class ReadOnlyLock:
+        def __init__(self, lock_file):
+            self.lock_file = lock_file
+
+        def acquire(self):
+            raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(corral.store, "FileLock", ReadOnlyLock)
+    requests = len(hf_hub.requests)
+    assert resolve_model(f"hf:{TINY}") == path
+    assert len(hf_hub.requests) == requests  # from the store, without asking the hub
+    with pytest.raises(StoreNotWritableError, match=r"model store .* is not writable \(Permission denied\); set CORRAL_HOME"):
+        resolve_model(f"hf:{BIN_ONLY}")
