@@ -189,10 +189,12 @@ class Resolver:
     def resolve(self, ref: ModelRef, source: str, progress: DownloadProgress, update: bool = False) -> Path:
         candidates = self.candidates(ref, source)
         if source == "auto" and len(candidates) > 1:
-            stored = None if update else self.stored(ref)
-            if stored is not None:
+            stored = self.stored(ref)
+            if stored is not None and not update:
                 progress.set_state("ready")
                 return stored.path
+            if stored is not None and (same := [c for c in candidates if c.scheme == stored.source]):
+                return self._update(same[0], stored, progress)
             candidates = [c for c in candidates if c.scheme != "pypi" or _installed(c.id)] or candidates
         failed: list[SourceError] = []
         for i, cand in enumerate(candidates):
@@ -213,6 +215,18 @@ class Resolver:
             progress.set_state("ready")
             return Path(path)
         raise SourceError(f"no source could provide {ref.text}")
+
+    def _update(self, ref: ModelRef, stored: StoredModel, progress: DownloadProgress) -> Path:
+        """`pull` of a model the store holds: refresh it from the source it came from. Another hub
+        would download a second copy; with its own hub unreachable the copy is kept."""
+        progress.source = ref.scheme
+        try:
+            path = Path(self.sources.create(ref.scheme, self.store).fetch(ref, progress, update=True))
+        except HubUnreachableError as e:
+            logger.warning("%s; keeping the stored copy %s", e, stored.path)
+            path = stored.path
+        progress.set_state("ready")
+        return path
 
 
 def _combined(errors: list[SourceError]) -> SourceError:

@@ -11,7 +11,7 @@ from corral.registry.errors import GatedRepoError, HubUnreachableError
 from corral.registry.sources import resolve_model
 from corral.store import META_FILE
 from tests.sources.conftest import GATED, TINY
-from tests.sources.hub_server import FakeHFHub, FakeHub
+from tests.sources.hub_server import FakeHFHub, FakeHub, closed_port_url
 
 HTML = b"<!DOCTYPE html><html><body><h1>Welcome</h1><p>Please log in to continue.</p></body></html>"
 
@@ -114,3 +114,16 @@ def test_an_explicit_hub_does_not_fall_back(hf_hub, ms_hub):
     with pytest.raises(GatedRepoError):
         resolve_model(f"hf:{GATED}")
     assert not ms_hub.gets()
+
+
+def test_pulling_again_while_its_hub_is_down_keeps_the_copy_instead_of_fetching_another(
+        hf_hub, ms_hub, tiny_manifest, monkeypatch):
+    path = resolve_model(tiny_manifest)
+    assert path.parent.name == "hf"
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    assert resolve_model(tiny_manifest, update=True) == path  # `corral pull` again, HF unreachable
+    assert ms_hub.gets() == []  # no second copy from ModelScope
+    monkeypatch.setenv("HF_ENDPOINT", hf_hub.url)
+    before = len(hf_hub.requests)
+    assert resolve_model(tiny_manifest, update=True) == path  # HF back: updated in place
+    assert len(hf_hub.requests) > before
