@@ -5,10 +5,12 @@ id), fetch again what fails, and mark the directory complete only when every fil
 A hub source plugin subclasses `HubSource` and provides `snapshot` (list the files at a revision)
 and `download` (one file, resuming). Everything else, including the choice of files, is here.
 """
+import glob
 import hashlib
 import logging
 import os
 import re
+import shutil
 import socket
 import threading
 import urllib.error
@@ -17,8 +19,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.progress import DownloadCancelled, DownloadProgress
-from corral.registry.errors import CorruptFileError, HubUnreachableError, ModelNotFoundError
+from corral.progress import DownloadCancelled, DownloadProgress, human_size
+from corral.registry.errors import CorruptFileError, HubUnreachableError, ModelNotFoundError, SourceError
 from corral.store import FileRecord, ModelStore, StoredModel
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,17 @@ def check_file(path: Path, remote: RemoteFile) -> tuple[FileRecord | None, str]:
     if remote.git_oid and not remote.sha256 and git_oid != remote.git_oid.lower():
         return None, f"git blob id {git_oid[:12]}... instead of {remote.git_oid[:12]}..."
     return FileRecord(size=st.st_size, sha256=sha256, mtime_ns=st.st_mtime_ns, remote_id=remote.remote_id), ""
+
+
+def check_free_space(model_dir: Path, todo: list[RemoteFile]) -> None:
+    """Fail before downloading when the disk cannot take what is left (less what partial files of
+    an interrupted run already hold), not hours later with a full disk."""
+    partial = sum(p.stat().st_size for f in todo for p in model_dir.glob(glob.escape(f.path) + "*") if p.is_file())
+    need = sum(f.size or 0 for f in todo) - partial
+    free = shutil.disk_usage(model_dir).free
+    if need > free:
+        raise SourceError(f"{model_dir.name} needs {human_size(need)} more in {model_dir.parent}, which has "
+                          f"{human_size(free)} free; free some space or set CORRAL_HOME to a larger disk")
 
 
 class FileProgress:
@@ -218,6 +231,7 @@ class HubSource:
             else:
                 todo.append(f)
         self.store.write(record)
+        check_free_space(record.path, todo)
         progress.begin(f"{self.label} ({self.endpoint()})", len(files), sum(f.size or 0 for f in files),
                        done_bytes=done, files_done=len(files) - len(todo))
         lock, abort = threading.Lock(), threading.Event()

@@ -103,3 +103,22 @@ def test_a_read_only_store_serves_its_complete_copies_and_names_itself_for_the_r
     assert len(hf_hub.requests) == requests  # from the store, without asking the hub
     with pytest.raises(StoreNotWritableError, match=r"model store .* is not writable \(Permission denied\); set CORRAL_HOME"):
         resolve_model(f"hf:{BIN_ONLY}")
+
+
+def test_a_download_that_the_disk_cannot_take_fails_before_it_starts(hf_hub):
+    from collections import namedtuple
+
+    import pytest
+
+    import corral.download
+    from corral.registry.errors import SourceError
+    from corral.registry.sources import resolve_model
+    from tests.sources.conftest import TINY
+
+    usage = namedtuple("usage", "total used free")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(corral.download.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+        with pytest.raises(SourceError, match=r"needs [\d.]+ KB more in .*, which has 1000.0 B free; free some space"):
+            resolve_model(f"hf:{TINY}")
+    assert hf_hub.gets() == []  # nothing fetched
+    assert resolve_model(f"hf:{TINY}").is_dir()
