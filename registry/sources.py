@@ -83,12 +83,14 @@ def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
             return _local_ref(rest)
         repo, revision = _split_revision(rest) if scheme != "pypi" else (rest, None)
         return ModelRef(scheme, repo, revision, text=text)
-    if text.startswith(("/", "./", "../", "~", ".\\")) or text.lower().endswith(".gguf") or Path(text).exists():
+    if text.startswith(("/", "./", "../", "~", ".\\")) or text.lower().endswith(".gguf"):
         return _local_ref(text)
     manifests = manifests if manifests is not None else ManifestRegistry.load()
     manifest = manifests.find(text)
-    if manifest is not None:
+    if manifest is not None:  # before a folder of the same name in the working directory (./NAME for that)
         return ModelRef("", manifest.name, manifest=manifest, text=text)
+    if Path(text).exists():
+        return _local_ref(text)
     repo, revision = _split_revision(text)
     if repo.count("/") == 1 and all(repo.split("/")):
         return ModelRef("", repo, revision, text=text)

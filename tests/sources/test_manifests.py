@@ -99,3 +99,12 @@ def test_find_manifest_gives_the_serving_defaults_of_a_reference():
     assert find_manifest("qwen3-4b").max_model_len == 32768
     assert find_manifest("llama-2-7b-chat").max_model_len == 4096
     assert find_manifest("hf:Qwen/Qwen3-4B") is None and find_manifest("no-such-model") is None
+
+
+def test_a_manifest_name_wins_over_a_folder_of_that_name_in_the_working_directory(user_dir, tmp_path, monkeypatch):
+    """A folder called qwen3-4b where you keep notes does not shadow the model; ./qwen3-4b names the folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qwen3-4b").mkdir()
+    manifests = ManifestRegistry.load(user_dir)
+    assert parse_ref("qwen3-4b", manifests).manifest.name == "qwen3-4b"
+    assert parse_ref("./qwen3-4b", manifests).scheme == "local"
