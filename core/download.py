@@ -21,7 +21,7 @@ from pathlib import Path
 
 from corral.progress import DownloadCancelled, DownloadProgress, human_size
 from corral.registry.errors import CorruptFileError, HubUnreachableError, ModelNotFoundError, SourceError
-from corral.store import FileRecord, ModelStore, StoredModel
+from corral.store import META_FILE, FileRecord, ModelStore, StoredModel
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def check_file(path: Path, remote: RemoteFile) -> tuple[FileRecord | None, str]:
     if remote.git_oid and not remote.sha256 and git_oid != remote.git_oid.lower():
         return None, f"git blob id {git_oid[:12]}... instead of {remote.git_oid[:12]}..."
     return FileRecord(size=st.st_size, sha256=sha256, mtime_ns=st.st_mtime_ns, remote_id=remote.remote_id), ""
+
+
+def _holds_bytes(model_dir: Path) -> bool:
+    """Whether any file besides the store's metadata has content (a partial download to resume)."""
+    return any(p.is_file() and p.name != META_FILE and p.stat().st_size for p in model_dir.rglob("*"))
 
 
 def check_free_space(model_dir: Path, todo: list[RemoteFile]) -> None:
@@ -213,7 +218,12 @@ class HubSource:
             manifest = ref.manifest.name if ref.manifest else (current.manifest if current else None)
             record = StoredModel(path=model_dir, source=self.scheme, repo=ref.id, revision=ref.revision,
                                  commit=snap.commit, endpoint=self.endpoint(), manifest=manifest)
-            self._download_all(snap, files, record, current, progress)
+            try:
+                self._download_all(snap, files, record, current, progress)
+            except BaseException:
+                if current is None and not _holds_bytes(model_dir):  # a first attempt that fetched nothing
+                    shutil.rmtree(model_dir, ignore_errors=True)  # leaves no empty `partial` entry
+                raise
             for name in set(current.files if current else ()) - set(record.files):
                 (model_dir / name).unlink(missing_ok=True)  # no longer part of the revision
             record.complete = True

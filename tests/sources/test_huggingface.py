@@ -7,7 +7,7 @@ import pytest
 from corral.progress import DownloadProgress
 from corral.registry.errors import CorruptFileError, GatedRepoError, HubUnreachableError, ModelNotFoundError
 from corral.registry.sources import resolve_model
-from corral.store import META_FILE
+from corral.store import META_FILE, ModelStore
 from tests.sources.conftest import BIN_ONLY, GATED, TINY, TOKEN, same_files
 
 SERVING = ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -152,3 +152,10 @@ def test_an_unreachable_hub_names_the_endpoint_and_the_ways_out(hf_down):
     message = str(e.value)
     assert hf_down in message and "--source modelscope" in message and "HF_ENDPOINT" in message
     assert e.value.endpoint == hf_down and "\n" not in message
+
+
+def test_a_first_attempt_that_fetched_nothing_leaves_no_partial_entry(hf_hub):
+    """The gated repository lists its files but refuses them; `corral list --all` shows nothing."""
+    with pytest.raises(GatedRepoError):
+        resolve_model(f"hf:{GATED}")
+    assert ModelStore().models(include_partial=True) == []
