@@ -81,7 +81,14 @@ def validation_error(errors: list[dict]) -> BadRequestError:
         message += f" (got {_short(first['input'])})"
     if len(errors) > 1:
         message += f"; and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}"
-    return BadRequestError(message, param=param, code="missing_required_parameter" if missing else "invalid_type")
+    code = ("missing_required_parameter" if missing else
+            "invalid_value" if first.get("type") in VALUE_ERRORS else "invalid_type")
+    return BadRequestError(message, param=param, code=code)
+
+
+# pydantic error types for a value of the right type that breaks a constraint
+VALUE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long",
+                "literal_error", "enum", "value_error", "string_too_short", "string_too_long"}
 
 
 def _is_type_tag(part) -> bool:

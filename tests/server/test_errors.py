@@ -46,6 +46,9 @@ def test_wrong_types_get_400_naming_the_parameter(http, still_serving, body, par
     error = error_of(http.post(CHAT, json=body), 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert param in error["message"]
+    wrong_value = body.get("messages") == [] or param == "messages.0.role"  # the right type, a bad value
+    expected = "missing_required_parameter" if "messages" not in body else "invalid_value" if wrong_value else "invalid_type"
+    assert error["code"] == expected
 
 
 @pytest.mark.parametrize("body, param", [
