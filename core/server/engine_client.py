@@ -49,7 +49,8 @@ class EngineClient:
         self.vocab_size: int | None = None
         self.stats: dict = {}
         self.restarts = 0
-        self.num_pending = 0
+        self.num_pending = 0                # requests admitted and not yet released
+        self.num_pending_seqs = 0           # their sequences: what the queue bound counts
         self.last_used = time.monotonic()
         self.output_processor: OutputProcessor | None = None
         self.engine: EngineProcess | None = None
@@ -218,23 +219,26 @@ class EngineClient:
 
     # requests
 
-    async def admit(self, timeout: float):
-        """Count a request against the bounded queue (429 past it) and wait for the model to be ready.
-        Every successful admit is paired with one release()."""
-        if self.num_pending >= self.spec.max_pending:
-            raise QueueFullError(f"model {self.name} has {self.num_pending} requests in flight, its limit "
-                                 f"(max_num_seqs {self.spec.max_num_seqs} + max_queue_len "
-                                 f"{self.spec.max_queue_len}); retry later")
+    async def admit(self, timeout: float, num_seqs: int = 1):
+        """Count a request of num_seqs sequences (n x prompts) against the bounded queue, which holds
+        max_num_seqs + max_queue_len sequences (429 past it), and wait for the model to be ready.
+        Every successful admit is paired with one release(num_seqs)."""
+        if self.num_pending_seqs and self.num_pending_seqs + num_seqs > self.spec.max_pending:
+            raise QueueFullError(f"model {self.name} has {self.num_pending_seqs} sequences in flight; with this "
+                                 f"request's {num_seqs} it would pass its limit (max_num_seqs "
+                                 f"{self.spec.max_num_seqs} + max_queue_len {self.spec.max_queue_len}); retry later")
         self.num_pending += 1
+        self.num_pending_seqs += num_seqs
         self.last_used = time.monotonic()
         try:
             await self.wait_ready(timeout)
         except BaseException:
-            self.release()
+            self.release(num_seqs)
             raise
 
-    def release(self):
+    def release(self, num_seqs: int = 1):
         self.num_pending -= 1
+        self.num_pending_seqs -= num_seqs
         self.last_used = time.monotonic()
 
     async def wait_ready(self, timeout: float):

@@ -47,16 +47,16 @@ def check_prompt(client: EngineClient, prompt_ids: list[int], max_tokens: int | 
     return max_tokens if max_tokens is not None else limit - n
 
 
-def check_num_sequences(client: EngineClient, n: int | None, num_prompts: int = 1):
-    """One request may not ask for more sequences than the model's queue holds: n (or prompts x n) in the
-    millions would otherwise stall the event loop building them and fill the engine's queue, past the
-    429 bound that counts requests."""
+def check_num_sequences(client: EngineClient, n: int | None, num_prompts: int = 1) -> int:
+    """The sequences a request asks for (n x prompts), which may not be more than the model's queue
+    holds: n in the millions would otherwise stall the event loop building them."""
     limit = client.spec.max_pending
     total = (n if n is not None else 1) * num_prompts
     if total > limit:
         what = f"n ({n})" if num_prompts == 1 else f"n ({n}) x prompts ({num_prompts})"
         raise BadRequestError(f"{what} asks for {total} sequences; this model takes at most {limit} in one "
                               f"request (max_num_seqs + max_queue_len)", param="n")
+    return total
 
 
 def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,

@@ -1,5 +1,6 @@
 """POST /v1/chat/completions: chat template, generation, reasoning split, JSON or SSE chunks."""
 import asyncio
+import functools
 
 from starlette.requests import Request as HTTPRequest
 
@@ -26,9 +27,9 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
                                  load_timeout: float):
     body.check_stream_options()
     body.check_unsupported()
-    check_num_sequences(client, body.n)
+    num_seqs = check_num_sequences(client, body.n)
     logprobs = body.requested_logprobs()
-    await client.admit(load_timeout)
+    await client.admit(load_timeout, num_seqs)
     try:
         prompt, prompt_ids = await asyncio.to_thread(render_prompt, client, body)  # a long prompt: not on the loop
         max_tokens = body.requested_max_tokens()
@@ -37,19 +38,19 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
         max_tokens = check_prompt(client, prompt_ids, max_tokens, "messages")
         params = sampling_params(body, client, max_tokens, logprobs)
     except BaseException:
-        client.release()
+        client.release(num_seqs)
         raise
     request_id = random_id("chatcmpl")
     in_reasoning = client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
     outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout)
     if body.stream:
         return SSEResponse(_stream(body, client, request_id, prompt_ids, params.n, outputs, in_reasoning),
-                           on_close=client.release)
+                           on_close=functools.partial(client.release, num_seqs))
     try:
         return await until_disconnect(request, _collect(client, request_id, prompt_ids, params.n, outputs,
                                                         in_reasoning, logprobs is not None))
     finally:
-        client.release()
+        client.release(num_seqs)
 
 
 async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, want_logprobs) -> dict:

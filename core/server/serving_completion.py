@@ -1,5 +1,6 @@
 """POST /v1/completions: one or several prompts (text or token ids), n choices each, JSON or SSE."""
 import asyncio
+import functools
 
 from starlette.requests import Request as HTTPRequest
 
@@ -27,8 +28,8 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         raise BadRequestError("echo with logprobs is not supported (prompt logprobs are not computed)",
                               param="echo")
     prompts = body.prompts()
-    check_num_sequences(client, body.n, len(prompts))
-    await client.admit(load_timeout)
+    num_seqs = check_num_sequences(client, body.n, len(prompts))
+    await client.admit(load_timeout, num_seqs)
     try:
         encoded = await asyncio.to_thread(_encode, client, prompts)  # a long prompt: not on the event loop
         max_tokens = body.max_tokens
@@ -37,7 +38,7 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         limits = [check_prompt(client, ids, max_tokens, "prompt") for _, ids in encoded]
         params = [sampling_params(body, client, limit, body.logprobs) for limit in limits]
     except BaseException:
-        client.release()
+        client.release(num_seqs)
         raise
     request_id = random_id("cmpl")
     streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout)
@@ -47,12 +48,12 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
     prompt_tokens = sum(len(ids) for _, ids in encoded)
     if body.stream:
         return SSEResponse(_stream(body, client, request_id, n, streams, echoes, prompt_tokens),
-                           on_close=client.release)
+                           on_close=functools.partial(client.release, num_seqs))
     try:
         return await until_disconnect(request, _collect(body, client, request_id, n, streams, echoes,
                                                         prompt_tokens))
     finally:
-        client.release()
+        client.release(num_seqs)
 
 
 def _echo_text(client: EngineClient, text: str | None, ids: list[int]) -> str:

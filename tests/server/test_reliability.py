@@ -200,3 +200,21 @@ def test_a_huge_prompt_is_tokenized_off_the_event_loop(server, http, endpoint, b
     assert result["response"].json()["error"]["code"] == "context_length_exceeded"
     assert result["seconds"] > 2, "the prompt was too quick to tokenize for this test to mean anything"
     assert slowest < 1.0
+
+
+def test_the_queue_bound_counts_sequences_not_requests(server, http):
+    client = server.client("tiny-llama")
+    saved = client.spec.max_num_seqs, client.spec.max_queue_len
+    client.spec.max_num_seqs, client.spec.max_queue_len = 2, 2  # four sequences in flight at most
+    client.num_pending_seqs += 1  # as if a one-sequence request were in flight
+    body = {"model": "tiny-llama", "prompt": "Hi", "max_tokens": 1}
+    try:
+        over = http.post("/v1/completions", json={**body, "n": 4})
+        fits = http.post("/v1/completions", json={**body, "n": 3})
+    finally:
+        client.num_pending_seqs -= 1
+        client.spec.max_num_seqs, client.spec.max_queue_len = saved
+    assert over.status_code == 429 and over.json()["error"]["code"] == "queue_full"
+    assert "1 sequences in flight" in over.json()["error"]["message"]
+    assert fits.status_code == 200 and len(fits.json()["choices"]) == 3
+    assert client.num_pending_seqs == 0
