@@ -72,6 +72,13 @@ class SamplingParams:
             if not ok:
                 raise SamplingParamsError(name, f"{name} {allowed}, got {getattr(self, name)!r}")
 
+    def check_vocab(self, vocab_size: int):
+        """The token ids named here exist in a vocabulary of vocab_size (the sampler indexes by them)."""
+        bad = sorted(t for t in self.logit_bias if t >= vocab_size)
+        if bad:
+            raise SamplingParamsError("logit_bias",
+                                      f"logit_bias token ids must be in [0, {vocab_size}); got {bad[:5]}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature < 1e-5

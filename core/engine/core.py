@@ -120,9 +120,7 @@ class EngineCore:
         bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"token ids must be in [0, {vocab}); got {bad[:5]}")
-        bad = sorted(t for t in request.sampling_params.logit_bias if t >= vocab)
-        if bad:
-            raise ValueError(f"logit_bias token ids must be in [0, {vocab}); got {bad[:5]}")
+        request.sampling_params.check_vocab(vocab)
 
     def add_request(self, request: Request):
         self.validate_request(request)

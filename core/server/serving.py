@@ -64,14 +64,12 @@ def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,
     defaults = {k: v for k, v in client.defaults.items() if k != "max_tokens"}
     try:
         params = body.sampling_params(defaults, max_tokens, logprobs)
+        if client.vocab_size:  # the engine checks this too, but could not name the parameter
+            params.check_vocab(client.vocab_size)
     except SamplingParamsError as e:
         raise BadRequestError(str(e), param=e.param) from None
     except (TypeError, ValueError) as e:
         raise BadRequestError(str(e)) from None
-    vocab = client.vocab_size  # the engine checks this too, but could not name the parameter
-    if vocab and (bad := sorted(t for t in params.logit_bias if t >= vocab)):
-        raise BadRequestError(f"token_id(s) {bad[:10]} in logit_bias contain out-of-vocab token ids. "
-                              f"Vocabulary size: {vocab}", param="logit_bias")
     return params
 
 
