@@ -98,16 +98,17 @@ def decode_case(m: dict, batch: int, context: int):
 
 
 def decode_sweep(name: str, m: dict, copy_bw: float):
-    """Decode attention over B1-like contexts (100..2048 tokens, varied) at each batch size, for every
-    split count and longest slice (split_len): which ones the defaults should pick on this GPU. An
-    unsplit launch ignores split_len, so it is timed once per batch."""
+    """Decode attention over B1-like contexts (100..2048 tokens, varied, the longest first as the
+    model runner lays out a batch) at each batch size, for every split count and longest slice
+    (split_len): which ones the defaults should pick on this GPU. An unsplit launch ignores
+    split_len, so it is timed once per batch."""
     import random
 
     from corral.kernels.decode_attention import DecodeWorkspace, default_split, paged_attention_decode
     from corral.kernels.paged_attention import paged_attention_ref
     rng, scale, workspace = random.Random(0), m["d"] ** -0.5, DecodeWorkspace()
     for batch in SWEEP_BATCHES:
-        if (inputs := decode_inputs(m, [rng.randint(100, 2048) for _ in range(batch)])) is None:
+        if (inputs := decode_inputs(m, sorted((rng.randint(100, 2048) for _ in range(batch)), reverse=True))) is None:
             print(f"{name}: decode sweep B={batch} skipped, its cache does not fit", flush=True)
             continue
         q, out, md, caches, kv_bytes = inputs

@@ -5,7 +5,7 @@ import torch
 
 from corral.backends.base import AttentionBackend, AttentionMetadata
 from corral.engine.sampler import Sampler, SamplingMetadata
-from corral.engine.scheduler import SchedulerOutput
+from corral.engine.scheduler import ScheduledRequest, SchedulerOutput
 from corral.layers.attention import Attention, ForwardContext
 from corral.layers.linear import Linear
 
@@ -19,12 +19,17 @@ class InFlight:
     host: torch.Tensor  # the same, on the host once `copied` has fired
     copied: torch.cuda.Event | None
     sampler_output: object | None  # kept for logprobs (single steps only)
+    rows: list[int] | None = None  # the row of each request that sampled, in scheduled order
 
     def result(self) -> "RunnerOutput":
         if self.copied is not None:
             self.copied.synchronize()
+        tokens = self.host.tolist()
         logprobs = ModelRunner._logprobs(self.requests, self.sampler_output) if self.sampler_output else None
-        return RunnerOutput(self.host.tolist(), logprobs)
+        if self.rows is not None:
+            tokens = [tokens[r] for r in self.rows]
+            logprobs = [logprobs[r] for r in self.rows] if logprobs is not None else None
+        return RunnerOutput(tokens, logprobs)
 
 
 @dataclass(slots=True)
@@ -65,12 +70,12 @@ class ModelRunner:
         self.graph_runner = CUDAGraphRunner(self.model, self.backend, max_num_seqs, max_blocks, self.device)
         self.graph_runner.capture()
 
-    def prepare(self, out: SchedulerOutput, previous: InFlight | None = None
+    def prepare(self, scheduled: list[ScheduledRequest], previous: InFlight | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
-        """Host arrays packed into one tensor, copied to the device once, then split. With
-        `previous` (a continuation, all decodes), each request's input token is the last one
-        `previous` sampled for it, read on the device: the host does not know it yet."""
-        scheduled = out.scheduled
+        """The batch of `scheduled`, one row range each in that order: host arrays packed into one
+        tensor, copied to the device once, then split. With `previous` (a continuation, all
+        decodes), each request's input token is the last one `previous` sampled for it, read on the
+        device: the host does not know it yet."""
         num_seqs = len(scheduled)
         max_blocks = max(len(s.block_ids) for s in scheduled)
         block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
@@ -135,8 +140,13 @@ class ModelRunner:
         """One forward and sample, enqueued; with num_steps > 1 (decode-only batches whose KV has
         room), each sampled token is fed straight back on the device. Nothing here waits for the
         device, so the host can prepare the next step while this one runs."""
-        input_ids, positions, metadata, sample_rows = self.prepare(out, previous)
-        requests = [s.request for s in out.scheduled if s.samples]
+        # longest sequences first: attention launches its programs in row order, and the longest
+        # first leave the short ones for the tail (docs/benchmarks.md, B5)
+        scheduled = sorted(out.scheduled, key=lambda s: s.num_computed_tokens + s.num_new_tokens, reverse=True)
+        input_ids, positions, metadata, sample_rows = self.prepare(scheduled, previous)
+        requests = [s.request for s in scheduled if s.samples]
+        row_of = {id(r): i for i, r in enumerate(requests)}
+        rows = [row_of[id(s.request)] for s in out.scheduled if s.samples]
         logits = self._forward(input_ids, positions, metadata, sample_rows)
         if not requests:
             return InFlight([], torch.empty(0, 1, dtype=torch.long), torch.empty(0, 1, dtype=torch.long), None, None)
@@ -150,11 +160,11 @@ class ModelRunner:
             steps.append(self.sampler(logits, sampling).sampled_token_ids)
         sampled = torch.stack(steps, dim=1)
         if self.device.type != "cuda":
-            return InFlight(requests, sampled, sampled, None, result if num_steps == 1 else None)
+            return InFlight(requests, sampled, sampled, None, result if num_steps == 1 else None, rows)
         host = sampled.to("cpu", non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
-        return InFlight(requests, sampled, host, copied, result if num_steps == 1 else None)
+        return InFlight(requests, sampled, host, copied, result if num_steps == 1 else None, rows)
 
     def _advance(self, metadata: AttentionMetadata, positions: torch.Tensor) -> AttentionMetadata:
         """The metadata of the next decode step: every sequence one token longer."""

@@ -135,14 +135,17 @@ def default_split(num_seqs: int, num_kv_heads: int) -> DecodeSplit:
     """Measured on an H200 (docs/benchmarks.md). Up to 64 (sequence, KV head) pairs, as in
     single-stream decode, slices of 64 keys (one tile), at most 16 per sequence for 8 pairs or
     fewer, else 8: each slice is short, so a few hundred keys already fill the GPU; at batch 1 over
-    200-1600 keys this took 6.4-11.5 us against 9.0-13.2 with the large-batch rule. Above that,
-    slices of up to 256 keys and a power of two, at most 32, of splits with at most 2048 programs
-    in all: the splits halve as the batch doubles, within 3% of the best over B1-like contexts
-    (100..2048 keys) at batches 16-128. Depends on the batch shape only, so a CUDA graph captured
-    for a batch size keeps it."""
+    200-1600 keys this took 6.4-11.5 us against 9.0-13.2 with the large-batch rule. Up to 511
+    pairs, slices of up to 256 keys and a power of two, at most 32, of splits with at most 2048
+    programs in all: the splits halve as the batch doubles. From 512 pairs, unsplit: with the
+    longest sequences in the first rows (as the model runner lays a batch out) whole sequences
+    balance the GPU better than slices and skip the merge, 4-8% more bandwidth at 512-1024 pairs.
+    Depends on the batch shape only, so a CUDA graph captured for a batch size keeps it."""
     programs = num_seqs * num_kv_heads
     if programs <= 64:
         return DecodeSplit(16 if programs <= 8 else 8, 64)
+    if programs >= 512:
+        return DecodeSplit(1, 256)
     return DecodeSplit(min(32, 1 << max(2048 // programs, 1).bit_length() - 1), 256)
 
 

@@ -50,9 +50,9 @@ def test_default_split_count(make_decode_batch):
 
 
 @pytest.mark.parametrize("num_seqs, expected", [(1, (16, 64)), (2, (8, 64)), (8, (8, 64)), (9, (16, 256)),
-                                                (16, (16, 256)), (32, (8, 256)), (64, (4, 256)),
-                                                (128, (2, 256)), (240, (1, 256)), (512, (1, 256))])
-def test_default_splits_launch_at_most_2048_programs(num_seqs, expected):
+                                                (16, (16, 256)), (32, (8, 256)), (48, (4, 256)), (63, (4, 256)),
+                                                (64, (1, 256)), (128, (1, 256)), (512, (1, 256))])
+def test_default_splits_launch_at_most_2048_programs_and_none_from_512_pairs(num_seqs, expected):
     assert default_split(num_seqs, num_kv_heads=8) == expected
 
 
