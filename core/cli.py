@@ -1,10 +1,14 @@
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
 import corral.commands
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class CLIError(Exception):
@@ -13,11 +17,21 @@ class CLIError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description="Serve several LLMs behind one OpenAI API.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help=f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} (default INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(corral.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"corral.commands.{info.name}").add_commands(subparsers)
     return parser
+
+
+def require_device(device: str | None):
+    """A CUDA device named on the command line must exist: else one line, not a traceback from the first
+    tensor put on it."""
+    import torch
+    if device and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device is available to this torch {torch.__version__} "
+                       "(use --device cpu)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `corral plugins --json | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (CLIError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"corral: error: {e}", file=sys.stderr)
         return 1

@@ -28,7 +28,11 @@ class ArchitectureRegistry:
     def _import(self, arch: str):
         target = self.targets[arch]
         module_name, _, class_name = target.partition(":")
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as e:  # the plugin's model module is missing or broken
+            raise UnknownArchitectureError(f"plugin {self.owners.get(arch)} registered {arch} as {target}, but "
+                                           f"importing {module_name} failed: {type(e).__name__}: {e}") from e
         try:
             return getattr(module, class_name)
         except AttributeError:

@@ -1,6 +1,7 @@
 import importlib.metadata
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import pluggy
@@ -15,13 +16,32 @@ ENTRY_POINT_GROUP = "corral"
 BUILTIN_PREFIX = "corral.plugins."
 
 
+TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # "module:Class"
+# what each hook's register(key, value) takes as the value, and how to say so
+EXPECTED = {
+    "register_architectures": (lambda value: isinstance(value, str) and bool(TARGET.fullmatch(value)),
+                               'a "module:Class" string'),
+    "register_sources": (callable, "a source class"),
+}
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
 @dataclass(slots=True)
 class PluginInfo:
     name: str
     module: str
     version: str | None
+    package: str | None = None  # the distribution that declares the entry point
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    enabled: bool = True  # False: CORRAL_PLUGINS leaves it out
+
+    def fail(self, message: str):
+        if message not in (self.error or ""):  # hooks are called again by each registry built
+            self.error = f"{self.error}; {message}" if self.error else message
 
     @property
     def builtin(self) -> bool:
@@ -45,24 +65,35 @@ class PluginManager:
         self.trace = trace
         self.pm = pluggy.PluginManager("corral")
         self.pm.add_hookspecs(hookspecs)
-        self.infos: dict[str, PluginInfo] = {}
+        self.infos: dict[str, PluginInfo] = {}  # the plugins that load (or failed to import)
+        self.skipped: list[PluginInfo] = []  # left out by CORRAL_PLUGINS, or shadowed by one of the same name
         if load_entry_points:
             self._load_entry_points()
 
     def _load_entry_points(self):
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        # one plugin per entry-point name: a built-in keeps its name, else the package that sorts first
+        eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda ep: (ep.name, not ep.value.startswith(BUILTIN_PREFIX), _package(ep) or ""))
+        for ep in eps:
+            info = PluginInfo(name=ep.name, module=ep.value, version=ep.dist.version if ep.dist else None,
+                              package=_package(ep))
             if self.allow is not None and ep.name not in self.allow:
+                info.enabled = False
+                self.skipped.append(info)
                 continue
             if ep.name in self.infos:
+                holder = self.infos[ep.name]
+                info.error = (f"not loaded: {holder.package or holder.module} already has a plugin named "
+                              f"{ep.name!r} ({holder.module}); rename this entry point")
+                logger.warning("plugin %s from %s: %s", ep.name, info.package, info.error)
+                self.skipped.append(info)
                 continue
-            version = ep.dist.version if ep.dist else None
-            info = PluginInfo(name=ep.name, module=ep.value, version=version)
             self.infos[ep.name] = info
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
-            except Exception as e:  # a broken plugin never takes corral down
-                info.error = f"{type(e).__name__}: {e}"
+            except (Exception, SystemExit) as e:  # a broken plugin never takes corral down
+                info.error = one_line(e)
                 logger.warning("plugin %s failed to load and was skipped: %s", ep.name, info.error)
                 continue
             info.hooks = sorted(impl.name for impl in self.pm.get_hookcallers(plugin) or [])
@@ -81,26 +112,34 @@ class PluginManager:
         return list(self.infos.values())
 
     def collect(self, hook_name: str) -> list[Registration]:
-        """Call `hook_name` on every plugin with a register(key, value) callback."""
+        """Call `hook_name` on every plugin with a register(key, value) callback. A registration of the
+        wrong kind is refused and a hook that raises keeps nothing; both are recorded as the plugin's error."""
         registrations: list[Registration] = []
+        valid, expected = EXPECTED.get(hook_name, (lambda value: True, ""))
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             name = impl.plugin_name
-            info = self.infos.get(name)
-            builtin = info.builtin if info else False
+            info = self.infos.get(name) or PluginInfo(name=name, module=name, version=None)
+            mine: list[Registration] = []
 
-            def register(key, value, _plugin=name, _builtin=builtin):
+            def register(key, value, _plugin=name, _info=info, _mine=mine):
                 if self.trace:
                     logger.info("plugin %s: %s(%r, %r)", _plugin, hook_name, key, value)
-                registrations.append(Registration(key, value, _plugin, _builtin))
+                if not (isinstance(key, str) and key) or not valid(value):
+                    message = f"{hook_name}: register({key!r}, {value!r}) refused: it takes a name and {expected}"
+                    _info.fail(message)
+                    logger.warning("plugin %s: %s", _plugin, message)
+                    return
+                _mine.append(Registration(key, value, _plugin, _info.builtin))
 
             if self.trace:
                 logger.info("calling %s on plugin %s", hook_name, name)
             try:
                 impl.function(register=register)
-            except Exception as e:
-                if info:
-                    info.error = f"{hook_name} failed: {type(e).__name__}: {e}"
-                logger.warning("plugin %s failed in %s: %s", name, hook_name, e)
+            except (Exception, SystemExit) as e:
+                info.fail(f"{hook_name} failed: {one_line(e)}")
+                logger.warning("plugin %s failed in %s and was skipped: %s", name, hook_name, one_line(e))
+                continue
+            registrations += mine
         return registrations
 
     def registrations(self, hook_name: str) -> tuple[dict, list[str]]:
@@ -111,3 +150,7 @@ class PluginManager:
         winners, conflicts = self.registrations("register_architectures")
         return ArchitectureRegistry({k: r.value for k, r in winners.items()},
                                     {k: r.plugin for k, r in winners.items()}, conflicts)
+
+
+def _package(ep: importlib.metadata.EntryPoint) -> str | None:
+    return ep.dist.name if ep.dist else None

@@ -17,6 +17,7 @@ One model's files always come from one source.
 Sources are plugins (hook `register_sources`): a class built with the ModelStore whose
 `fetch(ref, progress, update=False) -> Path` returns the directory.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -141,7 +142,20 @@ class SourceRegistry:
             raise SourceError(f"no source is registered for {scheme!r} (registered: "
                               f"{', '.join(self.schemes()) or 'none'}); is its plugin installed and allowed "
                               "by CORRAL_PLUGINS?")
-        return self.classes[scheme](store)
+        with self.guard(scheme):
+            return self.classes[scheme](store)
+
+    @contextlib.contextmanager
+    def guard(self, scheme: str):
+        """A source's own bug (anything but a SourceError or an OSError) becomes one SourceError line
+        naming the plugin, not a traceback."""
+        try:
+            yield
+        except (SourceError, OSError):
+            raise
+        except Exception as e:
+            raise SourceError(f"the {scheme!r} source of plugin {self.owners.get(scheme, '?')} failed: "
+                              f"{type(e).__name__}: {e}") from e
 
 
 class Resolver:
@@ -203,9 +217,10 @@ class Resolver:
             src = self.sources.create(cand.scheme, self.store)
             progress.source = cand.scheme
             try:
-                if i < len(candidates) - 1 and hasattr(src, "probe"):
-                    src.probe()  # auto: an unreachable hub falls through to the next source
-                path = src.fetch(cand, progress, update=update)
+                with self.sources.guard(cand.scheme):
+                    if i < len(candidates) - 1 and hasattr(src, "probe"):
+                        src.probe()  # auto: an unreachable hub falls through to the next source
+                    path = src.fetch(cand, progress, update=update)
             except (HubUnreachableError, GatedRepoError, ModelNotFoundError) as e:
                 # auto: a hub that is down, gated without a token (Llama 2 on the HF Hub, open on
                 # ModelScope) or without the repository falls through to the next source
@@ -223,7 +238,8 @@ class Resolver:
         would download a second copy; with its own hub unreachable the copy is kept."""
         progress.source = ref.scheme
         try:
-            path = Path(self.sources.create(ref.scheme, self.store).fetch(ref, progress, update=True))
+            with self.sources.guard(ref.scheme):
+                path = Path(self.sources.create(ref.scheme, self.store).fetch(ref, progress, update=True))
         except HubUnreachableError as e:
             logger.warning("%s; keeping the stored copy %s", e, stored.path)
             path = stored.path

@@ -19,7 +19,9 @@ def add_commands(subparsers):
 
 
 def generate(args) -> int:
+    from corral.cli import require_device
     from corral.llm import LLM
+    require_device(args.device)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed)
     llm = LLM(args.model, dtype=args.dtype, max_model_len=args.max_model_len, device=args.device)

@@ -3,6 +3,7 @@
 After an install, a fresh process loads the plugins (as every engine process does) and says what each new
 package registered, or why it did not: not a corral plugin, an import that fails, a name another plugin holds.
 """
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from corral.registry.conflicts import pick_winners
-from corral.registry.plugins import BUILTIN_PREFIX, ENTRY_POINT_GROUP, PluginManager
+from corral.registry.plugins import ENTRY_POINT_GROUP, PluginManager
 
 HOOKS = ("register_architectures", "register_sources")
 RULE = ("when two plugins register one name, a third-party plugin beats a built-in and between third-party "
@@ -53,13 +54,6 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    eps = {}
-    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        eps.setdefault(ep.name, ep)
-    return eps
-
-
 def describe(pm: PluginManager) -> list[dict]:
     """Each plugin with its package, hooks, what it registered, its load error and its conflicts; plugins
     that CORRAL_PLUGINS leaves out are listed as disabled."""
@@ -77,26 +71,20 @@ def describe(pm: PluginManager) -> list[dict]:
                 others = ", ".join(p for p in plugins if p != plugin)
                 conflicts.setdefault(plugin, []).append(
                     f"{key!r} is also registered by {others}; {winners[key].plugin} wins")
-    eps = entry_points()
     out = []
-    for p in pm.plugins():
-        ep = eps.get(p.name)
-        out.append({"name": p.name, "package": ep.dist.name if ep and ep.dist else None, "version": p.version,
-                    "module": p.module, "builtin": p.builtin, "enabled": True, "hooks": p.hooks,
-                    "registered": registered.get(p.name, []), "error": p.error,
-                    "conflicts": conflicts.get(p.name, [])})
-    for name, ep in eps.items():
-        if name not in pm.infos:
-            out.append({"name": name, "package": ep.dist.name if ep.dist else None,
-                        "version": ep.dist.version if ep.dist else None, "module": ep.value,
-                        "builtin": ep.value.startswith(BUILTIN_PREFIX), "enabled": False, "hooks": [],
-                        "registered": [], "error": None, "conflicts": []})
-    return sorted(out, key=lambda p: p["name"])
+    for p in pm.plugins() + pm.skipped:
+        loaded = pm.infos.get(p.name) is p
+        out.append({"name": p.name, "package": p.package, "version": p.version, "module": p.module,
+                    "builtin": p.builtin, "enabled": p.enabled, "hooks": p.hooks,
+                    "registered": registered.get(p.name, []) if loaded else [], "error": p.error,
+                    "conflicts": conflicts.get(p.name, []) if loaded else []})
+    return sorted(out, key=lambda p: p["name"])  # stable: the plugin that loads before one it shadows
 
 
 def list_plugins(args) -> int:
-    pm = PluginManager()
-    plugins = describe(pm)
+    with contextlib.redirect_stdout(sys.stderr):  # what a plugin prints must not break the listing's JSON
+        pm = PluginManager()
+        plugins = describe(pm)
     if args.json:
         print(json.dumps(plugins, indent=2))
         return 0
@@ -175,11 +163,14 @@ def check_installed(packages: list[str]) -> int:
                   f"{package}", file=sys.stderr)
             status = 1
         for p in mine:
-            if p["error"]:
+            if p["error"] and not p["hooks"]:
                 print(f"corral: plugin {p['name']} from {package} fails to load and is skipped, the other "
                       f"plugins still serve: {p['error']}", file=sys.stderr)
                 status = 1
                 continue
+            if p["error"]:  # it loads, but a hook failed or a registration was refused
+                print(f"corral: plugin {p['name']} from {package}: {p['error']}", file=sys.stderr)
+                status = 1
             what = ", ".join(p["registered"]) or "nothing"
             note = "" if p["enabled"] else " (disabled: add it to CORRAL_PLUGINS to load it)"
             print(f"corral: installed plugin {p['name']} {p['version'] or ''} from {package}: registers {what}{note}")
@@ -190,12 +181,23 @@ def check_installed(packages: list[str]) -> int:
 
 
 def corral_requirements() -> set[str]:
-    """The packages corral and its extras depend on."""
-    try:
-        requires = importlib.metadata.requires("corral") or []
-    except importlib.metadata.PackageNotFoundError:
-        return {"pip"}
-    return {canonical(re.match(r"[A-Za-z0-9._-]+", r)[0]) for r in requires} | {"pip"}
+    """The installed packages corral needs: its dependencies and its extras', theirs (extras left out),
+    and so on; and pip."""
+    needed, todo = {"pip"}, ["corral"]
+    while todo:
+        package = todo.pop()
+        try:
+            requires = importlib.metadata.requires(package) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for requirement in requires:
+            if package != "corral" and "extra" in requirement.partition(";")[2]:
+                continue
+            name = canonical(re.match(r"[A-Za-z0-9._-]+", requirement)[0])
+            if name not in needed:
+                needed.add(name)
+                todo.append(name)
+    return needed
 
 
 def uninstall_plugins(args) -> int:
@@ -208,7 +210,8 @@ def uninstall_plugins(args) -> int:
     if needed:
         raise CLIError(f"corral itself needs {', '.join(needed)}: not uninstalled (use pip if you mean it)")
     wanted = {canonical(p) for p in args.packages}
-    removed = [name for name, ep in entry_points().items() if ep.dist and canonical(ep.dist.name) in wanted]
+    removed = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+                     if ep.dist and canonical(ep.dist.name) in wanted)
     code = subprocess.call([sys.executable, "-m", "pip", "uninstall", "-y", *args.packages])
     if not code and removed:
         print(f"corral: removed plugin(s) {', '.join(removed)}")

@@ -50,8 +50,12 @@ def add_commands(subparsers):
 
 
 def build_server_config(args, env=None):
+    from corral.cli import require_device
+    from corral.registry.sources import normalize_source
     from corral.server.config import build_config
     env = os.environ if env is None else env
+    require_device(args.device)
+    normalize_source(args.source or env.get("CORRAL_SOURCE") or "auto")  # a typo fails now, not per model later
     server = {"host": args.host, "port": args.port, "api_key": args.api_key,
               "shutdown_timeout": args.shutdown_timeout}
     model_defaults = {k: getattr(args, k) for k in (
