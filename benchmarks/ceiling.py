@@ -14,6 +14,10 @@ reading prompt_i + t keys. Two ceilings:
   their time at the matmul rate. A GPU with more bandwidth but not more FLOP/s (an H200 against an
   H100) raises the first ceiling more than any engine can follow; compare engines across GPUs by
   their fraction of this one.
+- serial: as the roofline, but each decode step runs its matmuls (weights at the copy bandwidth or
+  their FLOPs at the matmul rate, whichever is longer) and then its attention (the KV cache at the
+  copy bandwidth or its FLOPs) one after the other, as an engine that does not overlap them does.
+  Where no step's matmuls are compute-bound (an H100 on B1) it equals the roofline.
 """
 import argparse
 import sys
@@ -40,20 +44,22 @@ def b1_ceilings(c: dict, prompt_lens: list[int], output_lens: list[int], bandwid
     lm_head = c["vocab_size"] * hidden
     matmul_params = weight_bytes // 2
     attention_flops = 4 * q_width * layers  # per (query, key) pair: QK^T and PV
-    bandwidth_s = roofline_s = 0.0
+    bandwidth_s = roofline_s = serial_s = 0.0
     for t in range(1, max(output_lens)):
         live = [p + t for p, o in zip(prompt_lens, output_lens) if o > t]
         if not live:
             break
-        seconds = (weight_bytes + sum(live) * kv_per_token) / bandwidth
-        flops = len(live) * 2 * matmul_params + sum(live) * attention_flops
-        bandwidth_s += seconds
-        roofline_s += max(seconds, flops / matmul)
+        weights_s, kv_s = weight_bytes / bandwidth, sum(live) * kv_per_token / bandwidth
+        matmul_s, attention_s = len(live) * 2 * matmul_params / matmul, sum(live) * attention_flops / matmul
+        bandwidth_s += weights_s + kv_s
+        roofline_s += max(weights_s + kv_s, matmul_s + attention_s)
+        serial_s += max(weights_s, matmul_s) + max(kv_s, attention_s)
     prefill_flops = sum(2 * (matmul_params - lm_head) * n + 2 * lm_head + attention_flops * n * (n + 1) // 2
                         for n in prompt_lens)
     roofline_s += prefill_flops / matmul
+    serial_s += prefill_flops / matmul
     tokens = sum(output_lens)
-    return {"bandwidth": tokens / bandwidth_s, "roofline": tokens / roofline_s}
+    return {"bandwidth": tokens / bandwidth_s, "roofline": tokens / roofline_s, "serial": tokens / serial_s}
 
 
 def main():
@@ -74,7 +80,8 @@ def main():
     print(f"B1 ceilings at {bandwidth:.2f} TB/s and {matmul:.0f} TFLOP/s, {sum(output_lens):,} output tokens")
     for name in args.models.split(","):
         ceiling = b1_ceilings(CONFIGS[name], prompt_lens, output_lens, bandwidth * 1e12, matmul * 1e12)
-        print(f"{name:11s} bandwidth {ceiling['bandwidth']:8,.0f} tok/s   roofline {ceiling['roofline']:8,.0f} tok/s")
+        print(f"{name:11s} bandwidth {ceiling['bandwidth']:8,.0f} tok/s   roofline {ceiling['roofline']:8,.0f} tok/s"
+              f"   serial {ceiling['serial']:8,.0f} tok/s")
 
 
 if __name__ == "__main__":

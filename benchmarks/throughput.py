@@ -108,13 +108,14 @@ def b1_roofline(model: str, prompts, params) -> dict:
     torch.cuda.empty_cache()
     ceiling = b1_ceilings(CONFIGS[model], list(map(len, prompts)), [sp.max_tokens for sp in params], copy, matmul)
     return {"copy_tb_s": round(copy / 1e12, 3), "matmul_tflop_s": round(matmul / 1e12, 1),
-            "roofline_tok_s": round(ceiling["roofline"], 1)}
+            "roofline_tok_s": round(ceiling["roofline"], 1), "serial_tok_s": round(ceiling["serial"], 1)}
 
 
 def report(args, engine, prompts, seconds, num_out, repeat, compiled, roofline):
     num_in = sum(map(len, prompts))
     if roofline:
-        roofline = dict(roofline, of_roofline=round(num_out / seconds / roofline["roofline_tok_s"], 4))
+        roofline = dict(roofline, of_roofline=round(num_out / seconds / roofline["roofline_tok_s"], 4),
+                        of_serial=round(num_out / seconds / roofline["serial_tok_s"], 4))
     emit(dict(environment(), benchmark=args.workload, model=args.model, seconds=round(seconds, 2),
               output_tokens=num_out, output_tok_s=round(num_out / seconds, 1), **roofline,
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
