@@ -32,30 +32,28 @@ class LLM:
         """Prompts are strings or token-id lists; one SamplingParams for all or one each."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        params = sampling_params or SamplingParams()
-        params = params if isinstance(params, list) else [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
-        return self._run(prompts, params, use_tqdm, add_special_tokens)
+        return self._run(prompts, _per_prompt(sampling_params, len(prompts)), use_tqdm, add_special_tokens)
 
-    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | list[SamplingParams] | None = None,
              chat_template_kwargs: dict | None = None, add_generation_prompt: bool = True,
              use_tqdm: bool = False) -> list[RequestOutput]:
-        """One conversation (a list of {"role", "content"} dicts) or a list of them."""
+        """One conversation (a list of {"role", "content"} dicts) or a list of them; one
+        SamplingParams for all or one each."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        params = _per_prompt(sampling_params, len(conversations))
         prompts = [render_chat(self.engine.tokenizer, c, add_generation_prompt, chat_template_kwargs)
                    for c in conversations]
-        params = [sampling_params or SamplingParams()] * len(prompts)
         return self._run(prompts, params, use_tqdm, add_special_tokens=False)
 
     def _run(self, prompts, params, use_tqdm, add_special_tokens) -> list[RequestOutput]:
         ids = [str(next(self._ids)) for _ in prompts]
-        for request_id, prompt, p in zip(ids, prompts, params):
-            self.engine.add_request(request_id, prompt, p, add_special_tokens=add_special_tokens,
-                                    final_only=True)
         finished: dict[str, RequestOutput] = {}
         progress = _progress(len(ids), use_tqdm)
-        try:
+        try:  # a prompt that fails validation takes the ones added before it out again
+            for request_id, prompt, p in zip(ids, prompts, params):
+                self.engine.add_request(request_id, prompt, p, add_special_tokens=add_special_tokens,
+                                        final_only=True)
             while self.engine.has_unfinished_requests():
                 for output in self.engine.step():
                     if output.finished:
@@ -68,6 +66,14 @@ class LLM:
         finally:
             progress.close()
         return [finished[i] for i in ids]
+
+
+def _per_prompt(params: SamplingParams | list[SamplingParams] | None, num_prompts: int) -> list[SamplingParams]:
+    if not isinstance(params, list):
+        return [params or SamplingParams()] * num_prompts
+    if len(params) != num_prompts:
+        raise ValueError(f"got {num_prompts} prompts but {len(params)} sampling params")
+    return params
 
 
 def resolve(model: str, plugin_manager: PluginManager) -> Path:

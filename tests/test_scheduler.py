@@ -172,3 +172,11 @@ def test_multi_step_tokens_after_a_stop_are_dropped():
     (request, appended), = s.update(out, [[7, 8, 9, 10]])
     assert appended == [7, 8] and r.status == RequestStatus.FINISHED_STOPPED
     assert s.kv.num_free_blocks == 64
+
+
+def test_a_request_kept_waiting_counts_its_prefix_cache_lookup_once():
+    s = make(num_blocks=4, block_size=4)
+    s.add_request(req("a", 12, max_tokens=3))
+    s.add_request(req("b", 8))  # no room until a finishes, three steps on
+    assert [("b" in scheduled(step(s))) for _ in range(4)] == [False, False, False, True]
+    assert s.kv.num_query_tokens == 12 + 8  # the prefix-cache hit rate's denominator

@@ -17,7 +17,7 @@ class IncrementalDetokenizer:
 
     PROMPT_CONTEXT = 6
 
-    __slots__ = ("_tokenizer", "_skip_special", "_stops", "_max_stop", "_include_stop",
+    __slots__ = ("_tokenizer", "_skip_special", "_stops", "_include_stop", "_min_tokens", "_num_tokens",
                  "_ids", "_read", "_prefix_text", "_text", "_sent", "_stopped")
 
     def __init__(self, tokenizer, prompt_token_ids: list[int], params: SamplingParams):
@@ -25,8 +25,9 @@ class IncrementalDetokenizer:
         self._tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
         self._skip_special = params.skip_special_tokens
         self._stops = list(params.stop)
-        self._max_stop = max(map(len, self._stops), default=0)
         self._include_stop = params.include_stop_str_in_output
+        self._min_tokens = params.min_tokens
+        self._num_tokens = 0
         self._ids = list(prompt_token_ids[-self.PROMPT_CONTEXT:])
         self._read = len(self._ids)
         self._prefix_text = self._decode(self._ids)
@@ -51,6 +52,7 @@ class IncrementalDetokenizer:
 
     def update(self, new_token_ids: list[int]) -> str | None:
         """Decodes the new tokens; returns the stop string the output now ends at, if any."""
+        self._num_tokens += len(new_token_ids)
         self._ids.extend(new_token_ids)
         text = self._decode(self._ids)
         if len(text) <= len(self._prefix_text) or text.endswith("\ufffd"):
@@ -86,9 +88,13 @@ class IncrementalDetokenizer:
         return new_text
 
     def _append(self, new_text: str) -> str | None:
-        start = max(0, len(self._text) - self._max_stop + 1)
+        """A stop string counts where it ends in the new text, once min_tokens are out (vLLM)."""
+        checked = len(self._text)
         self._text += new_text
-        hits = [(i, stop) for stop in self._stops if (i := self._text.find(stop, start)) >= 0]
+        if self._num_tokens <= self._min_tokens:
+            return None
+        hits = [(i, stop) for stop in self._stops
+                if (i := self._text.find(stop, max(0, checked - len(stop) + 1))) >= 0]
         if not hits:
             return None
         i, stop = min(hits, key=lambda hit: hit[0])

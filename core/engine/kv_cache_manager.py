@@ -41,8 +41,6 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
-        self.num_query_tokens += request.num_tokens
-        self.num_hit_tokens += len(hits) * self.block_size
         return hits, len(hits) * self.block_size
 
     def allocate(self, request: Request, num_new_tokens: int,
@@ -68,6 +66,9 @@ class KVCacheManager:
         evictable_hits = sum(1 for b in computed_blocks if b.ref_cnt == 0)
         if num_required > self.pool.num_free_blocks - evictable_hits:
             return None
+        if not blocks:  # admitted: its prefix-cache lookup counts once, however long it waited
+            self.num_query_tokens += request.num_tokens
+            self.num_hit_tokens += num_computed
         self.pool.touch(computed_blocks)
         blocks = self.req_blocks.setdefault(rid, [])
         block_ids = self.req_block_ids.setdefault(rid, [])
