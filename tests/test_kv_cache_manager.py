@@ -128,3 +128,14 @@ def test_prefix_caching_off_never_hits():
     kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
     admit(kv, req("a", list(range(9))))
     assert kv.get_computed_blocks(req("b", list(range(9))))[1] == 0
+
+
+def test_a_prefix_that_only_hashes_like_another_never_reads_its_blocks():
+    # 1 and 2**61 hash alike in Python: under a key chained by hash(), the request below would read
+    # block 1 of "victim" (computed after [1, 2, 3, 4]) as if it followed [2**61, 2, 3, 4]
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    assert hash(1) == hash(2**61)
+    admit(kv, req("first-block", [2**61, 2, 3, 4, 0]))
+    victim = admit(kv, req("victim", [1, 2, 3, 4, 5, 6, 7, 8, 9]))
+    blocks, num_computed = kv.get_computed_blocks(req("other", [2**61, 2, 3, 4, 5, 6, 7, 8, 9]))
+    assert num_computed == 4 and victim[1] not in [b.block_id for b in blocks]

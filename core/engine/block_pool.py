@@ -1,8 +1,10 @@
 from collections import OrderedDict
 from dataclasses import dataclass
 
-# A full block's identity: (parent block's hash, its token ids). Equal keys mean equal prefixes.
-BlockKey = tuple[int | None, tuple[int, ...]]
+# A full block's identity: SHA-256 over the previous block's key and this block's token ids, so
+# equal keys mean equal prefixes; no prompt can be built to collide with another's (a 64-bit hash
+# could be, and a colliding request would read another user's KV).
+BlockKey = bytes
 
 
 @dataclass(slots=True, eq=False)

@@ -1,3 +1,6 @@
+import hashlib
+from array import array
+
 from corral.engine.block_pool import BlockKey, BlockPool, KVBlock
 from corral.engine.request import Request
 
@@ -97,6 +100,7 @@ class KVCacheManager:
         tokens, size = request.all_token_ids, self.block_size
         while len(keys) < num_blocks:
             i = len(keys)
-            parent = hash(keys[-1]) if keys else None
-            keys.append((parent, tuple(tokens[i * size:(i + 1) * size])))
+            digest = hashlib.sha256(keys[-1] if keys else b"")
+            digest.update(array("q", tokens[i * size:(i + 1) * size]).tobytes())
+            keys.append(digest.digest())
         return keys
