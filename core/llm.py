@@ -77,13 +77,8 @@ def _per_prompt(params: SamplingParams | list[SamplingParams] | None, num_prompt
 
 
 def resolve(model: str, plugin_manager: PluginManager) -> Path:
-    if Path(model).is_dir():
-        return Path(model)
-    try:
-        from corral.registry.sources import resolve_model
-    except ImportError:
-        raise FileNotFoundError(f"model directory not found: {model}") from None
-    return resolve_model(model, plugin_manager=plugin_manager)
+    from corral.registry.sources import local_model_dir, resolve_model
+    return local_model_dir(model) or resolve_model(model, plugin_manager=plugin_manager)
 
 
 def _progress(total: int, enabled: bool):

@@ -72,6 +72,18 @@ def _local_ref(text: str, manifest: Manifest | None = None) -> ModelRef:
     return ModelRef("gguf" if _is_gguf(text) else "local", text, manifest=manifest, text=text)
 
 
+def local_model_dir(text: str, manifests: ManifestRegistry | None = None) -> Path | None:
+    """The directory `text` names on this machine, to serve as it is (no store, no plugin); None
+    when it names none, or names a manifest (a folder of that name in the working directory does
+    not shadow it: ./NAME does)."""
+    try:
+        ref = parse_ref(text, manifests)
+    except UnknownModelError:
+        return None
+    path = Path(ref.id).expanduser()
+    return path if ref.scheme == "local" and path.is_dir() else None
+
+
 def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
     """Classify a reference; raises UnknownModelError (with suggestions) for an unknown name."""
     text = text.strip()

@@ -43,10 +43,6 @@ class ModelFiles:
 
 def resolve_model_dir(spec: ModelSpec, plugin_manager=None, progress=None) -> Path:
     """A local directory as it is; any other reference through the source plugins (downloading)."""
-    if Path(spec.model).is_dir():
-        return Path(spec.model)
-    try:
-        from corral.registry.sources import resolve_model
-    except ImportError:
-        raise FileNotFoundError(f"model directory not found: {spec.model}") from None
-    return Path(resolve_model(spec.model, source=spec.source, plugin_manager=plugin_manager, progress=progress))
+    from corral.registry.sources import local_model_dir, resolve_model
+    return local_model_dir(spec.model) or Path(resolve_model(spec.model, source=spec.source,
+                                                             plugin_manager=plugin_manager, progress=progress))

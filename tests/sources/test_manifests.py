@@ -108,3 +108,30 @@ def test_a_manifest_name_wins_over_a_folder_of_that_name_in_the_working_director
     manifests = ManifestRegistry.load(user_dir)
     assert parse_ref("qwen3-4b", manifests).manifest.name == "qwen3-4b"
     assert parse_ref("./qwen3-4b", manifests).scheme == "local"
+
+
+def test_the_offline_llm_and_the_server_do_not_serve_a_folder_named_like_a_manifest(user_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Both used to take any existing folder first: a notes folder called qwen3-4b was served as the model."""
+    from pathlib import Path
+
+    import corral.registry.sources as sources
+    from corral.llm import resolve
+    from corral.server.config import ModelSpec
+    from corral.server.model_files import resolve_model_dir
+    from corral.registry.sources import local_model_dir
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qwen3-4b").mkdir()
+    (tmp_path / "mine").mkdir()
+    manifests = ManifestRegistry.load(user_dir)
+    assert local_model_dir("qwen3-4b", manifests) is None
+    assert local_model_dir("./qwen3-4b", manifests) == Path("qwen3-4b")
+    assert local_model_dir("mine", manifests) == Path("mine")
+    assert local_model_dir("local:mine", manifests) == Path("mine")
+    assert local_model_dir("no-such-model", manifests) is None
+    asked = []
+    monkeypatch.setattr(sources, "resolve_model", lambda ref, **kw: asked.append(ref) or tmp_path / "fetched")
+    assert resolve("qwen3-4b", None) == tmp_path / "fetched"
+    assert resolve_model_dir(ModelSpec("qwen3-4b")) == tmp_path / "fetched"
+    assert asked == ["qwen3-4b", "qwen3-4b"]
+    assert resolve("mine", None) == Path("mine") and resolve_model_dir(ModelSpec("mine")) == Path("mine")
