@@ -26,12 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def require_device(device: str | None):
-    """A CUDA device named on the command line must exist: else one line, not a traceback from the first
-    tensor put on it."""
-    import torch
-    if device and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: no CUDA device is available to this torch {torch.__version__} "
-                       "(use --device cpu)")
+    """A device named on the command line must exist: one line now, before a model is fetched."""
+    from corral.config import device_problem
+    if device and (problem := device_problem(device)):
+        raise CLIError(f"--{problem}")
 
 
 def main(argv: list[str] | None = None) -> int:

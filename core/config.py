@@ -13,6 +13,19 @@ class ConfigError(ValueError):
     pass
 
 
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot hold a model on this machine, or None."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        return f"device {device!r} is not a torch device (cpu, cuda, cuda:N, mps)"
+    if d.type == "cuda" and not torch.cuda.is_available():
+        return f"device {device}: no CUDA device is available to this torch {torch.__version__} (use cpu)"
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        return f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """Everything one engine needs. `model` is a local directory of HF files."""
@@ -43,6 +56,8 @@ class EngineConfig:
         self.hf_config = json.loads((path / "config.json").read_text())
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if problem := device_problem(self.device):
+            raise ConfigError(problem)
         self.torch_dtype  # validates
         limit = self.hf_config.get("max_position_embeddings") or 2048
         if self.max_model_len is None:

@@ -128,6 +128,16 @@ def test_a_kv_pool_smaller_than_max_model_len_says_how_much_is_needed(tiny_model
         LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=4, max_model_len=1024)
 
 
+def test_a_device_this_machine_lacks_is_a_config_error(tiny_model_dirs):
+    import torch
+    from corral.config import EngineConfig
+    with pytest.raises(ConfigError, match="not a torch device"):
+        EngineConfig(str(tiny_model_dirs["llama"]), device="gpu0")
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ConfigError, match=f"device {missing}: "):
+        EngineConfig(str(tiny_model_dirs["llama"]), device=missing)
+
+
 def test_an_unknown_dtype_lists_the_allowed_ones(tiny_model_dirs):
     with pytest.raises(ConfigError, match="dtype must be one of"):
         LLM(str(tiny_model_dirs["llama"]), dtype="float8")
