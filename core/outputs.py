@@ -20,6 +20,7 @@ class EngineCoreOutput:
     new_logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    num_cached_tokens: int = 0  # of the prompt, found in the prefix cache
 
 
 @dataclass(slots=True)

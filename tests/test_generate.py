@@ -205,3 +205,11 @@ def test_positions_reach_the_model_16_byte_aligned(tiny_model_dirs):
     rotary.register_forward_pre_hook(lambda module, args: offsets.append(args[0].data_ptr() % 16))
     llm.generate([[5, 6, 7]], SamplingParams(max_tokens=3, ignore_eos=True))  # steps of 3 and 1 tokens
     assert offsets and set(offsets) == {0}
+
+
+def test_num_cached_tokens_counts_the_prompt_found_in_the_prefix_cache(llm):
+    prompt = list(range(400, 441))  # 41 tokens: two full 16-token blocks, then the one holding the last token
+    params = SamplingParams(temperature=0, max_tokens=2)
+    first, again = (llm.generate(prompt, params)[0] for _ in range(2))
+    assert (first.num_cached_tokens, again.num_cached_tokens) == (0, 32)
+    assert again.outputs[0].token_ids == first.outputs[0].token_ids

@@ -164,8 +164,8 @@ class EngineCore:
             if entries is not None:
                 (token, logprob, rank), top = entries[0], entries[1:]
                 new_logprobs = [TokenLogprob(token, logprob, rank, {t: lp for t, lp, _ in top})]
-            outputs.append(EngineCoreOutput(request.request_id, token_ids, new_logprobs,
-                                            request.finish_reason, request.stop_reason))
+            outputs.append(EngineCoreOutput(request.request_id, token_ids, new_logprobs, request.finish_reason,
+                                            request.stop_reason, request.num_cached_tokens or 0))
         return outputs
 
     def _launch_continuation(self, scheduler_output: SchedulerOutput, num_steps: int, launched: InFlight):

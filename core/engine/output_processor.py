@@ -29,6 +29,7 @@ class RequestState:
     delta: bool
     sequences: list[SequenceState]
     final_only: bool = False
+    num_cached_tokens: int | None = None  # the fewest any of its sequences found cached
 
     @property
     def finished(self) -> bool:
@@ -94,6 +95,8 @@ class OutputProcessor:
             state, seq = entry
             if seq.finish_reason is not None:
                 continue
+            if state.num_cached_tokens is None or out.num_cached_tokens < state.num_cached_tokens:
+                state.num_cached_tokens = out.num_cached_tokens
             num_taken, stop = seq.detokenizer.take(out.new_token_ids)
             seq.token_ids.extend(out.new_token_ids[:num_taken])
             if out.new_logprobs and seq.logprobs is not None:
@@ -137,4 +140,5 @@ class OutputProcessor:
                 text, token_ids, logprobs = seq.detokenizer.output_text, list(seq.token_ids), seq.logprobs
             completions.append(CompletionOutput(seq.index, text, token_ids, seq.cumulative_logprob, logprobs,
                                                 seq.finish_reason, seq.stop_reason))
-        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions, state.finished)
+        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions, state.finished,
+                             state.num_cached_tokens or 0)

@@ -40,6 +40,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None
     num_preemptions: int = 0
+    num_cached_tokens: int | None = None  # prompt tokens the prefix cache held at its first admission
     # owned by the sampler: a torch.Generator for seeded requests
     generator: Any = None
 

@@ -99,6 +99,8 @@ class Scheduler:
             self.waiting.pop_request()
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_computed
+            if request.num_cached_tokens is None:
+                request.num_cached_tokens = num_computed
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_computed, num_new, block_ids))
             budget -= num_new

@@ -54,8 +54,9 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
 
 
 async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, want_logprobs) -> dict:
-    choices = [Choice(i) for i in range(n)]
+    choices, cached = [Choice(i) for i in range(n)], 0
     async for out in outputs:
+        cached = out.num_cached_tokens
         for c in out.outputs:
             choices[c.index].add(c)
     token_text = TokenText(client.tokenizer)
@@ -71,14 +72,14 @@ async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, wan
                        "logprobs": chat_logprobs(ch.logprobs, token_text) if want_logprobs else None,
                        "finish_reason": ch.finish_reason, "stop_reason": ch.stop_reason})
     return {"id": request_id, "object": "chat.completion", "created": now(), "model": client.name,
-            "choices": result, "usage": usage(len(prompt_ids), sum(ch.num_tokens for ch in choices))}
+            "choices": result, "usage": usage(len(prompt_ids), sum(ch.num_tokens for ch in choices), cached)}
 
 
 async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning):
     created, include_usage = now(), body.include_usage
     token_text = TokenText(client.tokenizer)
     parsers = [ReasoningParser(in_reasoning) if client.reasoning_parser else None for _ in range(n)]
-    completion_tokens = 0
+    completion_tokens = cached = 0
 
     chunk = chunk_writer(request_id, "chat.completion.chunk", created, client.name, include_usage)
 
@@ -87,6 +88,7 @@ async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                           "finish_reason": None}])
         async for out in outputs:
+            cached = out.num_cached_tokens
             for c in out.outputs:
                 completion_tokens += len(c.token_ids)
                 delta = _delta(parsers[c.index], c.text, c.finished)
@@ -96,7 +98,7 @@ async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning
                               "logprobs": chat_logprobs(c.logprobs, token_text) if c.logprobs is not None else None,
                               "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
         if include_usage:
-            yield chunk([], usage=usage(len(prompt_ids), completion_tokens))
+            yield chunk([], usage=usage(len(prompt_ids), completion_tokens, cached))
     except Exception as e:
         yield sse_error(e)
     yield sse("[DONE]")

@@ -61,8 +61,9 @@ def _echo_text(client: EngineClient, text: str | None, ids: list[int]) -> str:
 
 
 async def _collect(body, client, request_id, n, streams, echoes, prompt_tokens) -> dict:
-    choices = [Choice(i) for i in range(n * len(streams))]
+    choices, cached = [Choice(i) for i in range(n * len(streams))], [0] * len(streams)
     async for p, out in merged(streams):
+        cached[p] = out.num_cached_tokens
         for c in out.outputs:
             choices[p * n + c.index].add(c)
     token_text = TokenText(client.tokenizer)
@@ -74,7 +75,7 @@ async def _collect(body, client, request_id, n, streams, echoes, prompt_tokens) 
                                     if body.logprobs is not None else None),
                        "finish_reason": ch.finish_reason, "stop_reason": ch.stop_reason})
     return {"id": request_id, "object": "text_completion", "created": now(), "model": client.name,
-            "choices": result, "usage": usage(prompt_tokens, sum(ch.num_tokens for ch in choices))}
+            "choices": result, "usage": usage(prompt_tokens, sum(ch.num_tokens for ch in choices), sum(cached))}
 
 
 async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
@@ -82,12 +83,13 @@ async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
     token_text = TokenText(client.tokenizer)
     offsets = [len(echoes[i // n]) for i in range(n * len(streams))]
     pending_echo = [bool(echoes[i // n]) for i in range(n * len(streams))]
-    completion_tokens = 0
+    completion_tokens, cached = 0, [0] * len(streams)
 
     chunk = chunk_writer(request_id, "text_completion", created, client.name, include_usage)
 
     try:
         async for p, out in merged(streams):
+            cached[p] = out.num_cached_tokens
             for c in out.outputs:
                 index = p * n + c.index
                 completion_tokens += len(c.token_ids)
@@ -103,7 +105,7 @@ async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
                 yield chunk([{"index": index, "text": text, "logprobs": logprobs,
                               "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
         if include_usage:
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+            yield chunk([], usage=usage(prompt_tokens, completion_tokens, sum(cached)))
     except Exception as e:
         yield sse_error(e)
     yield sse("[DONE]")

@@ -220,3 +220,20 @@ def test_tokenize_and_detokenize_round_trip(http, offline):
     assert chat["tokens"] == offline_chat(offline, "tiny-llama", SamplingParams(max_tokens=1)).prompt_token_ids
     back = http.post("/detokenize", json={"model": "tiny-llama", "tokens": r["tokens"]}).json()
     assert back == {"prompt": "Hello world"}
+
+
+def test_usage_counts_the_prompt_tokens_found_in_the_prefix_cache(openai_client):
+    """A prompt sent again finds its full 16-token blocks cached (all but the block holding its last
+    token); the first time, none. The real client reads them as usage.prompt_tokens_details."""
+    prompt = list(range(300, 341))  # 41 token ids, seen by no other test
+    first, again = (openai_client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=2)
+                    for _ in range(2))
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens == 41
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens_details.cached_tokens == 32
+    chunks = list(openai_client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "cached " * 40}], max_tokens=2, stream=True,
+        stream_options={"include_usage": True}) for _ in range(2))
+    usages = [[c.usage for c in stream if c.usage][0] for stream in chunks]
+    assert usages[0].prompt_tokens_details.cached_tokens == 0
+    assert usages[1].prompt_tokens_details.cached_tokens == (usages[1].prompt_tokens - 1) // 16 * 16
