@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     pass
 
 
+def positions_of(hf_config: dict) -> int:
+    """The longest sequence the model was built for (its rotary tables end there)."""
+    return hf_config.get("max_position_embeddings") or 2048
+
+
 def device_problem(device: str) -> str | None:
     """Why `device` cannot hold a model on this machine, or None."""
     try:
@@ -59,11 +64,13 @@ class EngineConfig:
         if problem := device_problem(self.device):
             raise ConfigError(problem)
         self.torch_dtype  # validates
-        limit = self.hf_config.get("max_position_embeddings") or 2048
+        limit = positions_of(self.hf_config)
         if self.max_model_len is None:
             self.max_model_len = limit
         checks = [
             (self.max_model_len >= 1, f"max_model_len must be >= 1, got {self.max_model_len}"),
+            (self.max_model_len <= limit, f"max_model_len {self.max_model_len} is past the {limit} positions this "
+                                          f"model was built for (max_position_embeddings); use at most {limit}"),
             (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
             (self.max_num_batched_tokens >= 1,
              f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),

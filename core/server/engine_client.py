@@ -81,7 +81,8 @@ class EngineClient:
             if self.tokenizer is None:
                 await asyncio.to_thread(self._prepare)
             self.state = "loading"
-            self.engine = EngineProcess(self.name, str(self.model_dir), self.spec.engine_args(), self.num_threads,
+            engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len)  # capped by _prepare
+            self.engine = EngineProcess(self.name, str(self.model_dir), engine_args, self.num_threads,
                                         self.log_level, asyncio.get_running_loop(), self._on_message)
             self.output_processor = OutputProcessor(self.tokenizer)
             await asyncio.to_thread(self.engine.start)

@@ -1,13 +1,16 @@
 """What the API process reads from a model's directory: tokenizer, EOS ids, context length, sampling
 defaults and reasoning parser. The weights stay with the engine process."""
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.config import positions_of
 from corral.engine.tokenizer import eos_token_ids, load_tokenizer
 from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
 
+logger = logging.getLogger(__name__)
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
@@ -37,8 +40,17 @@ class ModelFiles:
             architectures = hf_config.get("architectures") or [hf_config.get("model_type") or ""]
             parser = "qwen3" if any(a.lower().startswith("qwen3") for a in architectures) else "none"
         return cls(model_dir, tokenizer, eos_token_ids(model_dir, tokenizer), hf_config.get("vocab_size"),
-                   spec.max_model_len or hf_config.get("max_position_embeddings") or 2048, defaults,
-                   None if parser == "none" else parser)
+                   served_max_model_len(spec, hf_config), defaults, None if parser == "none" else parser)
+
+
+def served_max_model_len(spec: ModelSpec, hf_config: dict) -> int:
+    """The spec's max_model_len (one value serves every model by default) up to the model's own length:
+    a longer one would index past its rotary tables."""
+    limit = positions_of(hf_config)
+    if spec.max_model_len and spec.max_model_len > limit:
+        logger.warning("%s: max_model_len %d is past the %d positions the model was built for; serving %d",
+                       spec.name or spec.model, spec.max_model_len, limit, limit)
+    return min(spec.max_model_len or limit, limit)
 
 
 def resolve_model_dir(spec: ModelSpec, plugin_manager=None, progress=None) -> Path:
