@@ -48,5 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m corral.cli: run the imported module, whose CLIError the commands raise
+    from corral.cli import main as imported_main
+    sys.exit(imported_main())

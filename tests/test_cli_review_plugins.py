@@ -206,3 +206,12 @@ def test_a_reader_that_leaves_early_gets_no_broken_pipe_error():
     err = process.stderr.read().decode()
     process.wait(timeout=60)
     assert "Broken pipe" not in err and "BrokenPipeError" not in err
+
+
+def test_python_dash_m_corral_cli_gives_the_same_one_line_errors():
+    """Run as __main__, cli.py once caught its own CLIError class, not the one the commands raise."""
+    done = subprocess.run([sys.executable, "-m", "corral.cli", "plugins", "uninstall", "corral"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("corral: error: that would uninstall corral itself")
+    assert len(done.stderr.strip().splitlines()) == 1

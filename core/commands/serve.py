@@ -37,8 +37,8 @@ def add_commands(subparsers):
                    help="no CUDA graphs (they are captured for decode batches by default)")
     p.add_argument("--load-format", choices=["auto", "dummy"],
                    help="dummy: random weights (config.json and a tokenizer suffice), for benchmarks")
-    p.add_argument("--max-queue-len", type=int, help="requests waiting per model beyond a full batch "
-                                                     "before 429 (default 256)")
+    p.add_argument("--max-queue-len", type=int, help="sequences waiting per model beyond a full batch "
+                                                     "before 429 (n per prompt; default 256)")
     p.add_argument("--keep-alive", help="unload a model idle this long (30s, 5m, 1h; default: never)")
     p.add_argument("--lazy", action="store_true", default=None,
                    help="load each model on its first request instead of at startup")
