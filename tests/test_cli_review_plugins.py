@@ -19,31 +19,15 @@ from corral.registry.sources import resolve_model
 from corral.store import ModelStore
 
 
-@pytest.fixture
-def distribution(tmp_path, monkeypatch):
-    """Installs a package with an entry point in group `corral` by putting a dist-info folder on sys.path."""
-    def install(dist: str, entry_point: str, module: str, source: str):
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        info = tmp_path / f"{dist.replace('-', '_')}-0.0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
-        (info / "entry_points.txt").write_text(f"[corral]\n{entry_point} = {module}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("CORRAL_PLUGINS", raising=False)
-    yield install
-    for module in [m for m in sys.modules if m.startswith("review_")]:
-        del sys.modules[module]
-
-
-def test_a_plugin_that_calls_sys_exit_on_import_is_reported_and_skipped(distribution):
-    distribution("review-exit", "review-exit", "review_exit", "import sys\nsys.exit(3)\n")
+def test_a_plugin_that_calls_sys_exit_on_import_is_reported_and_skipped(plugin_distribution):
+    plugin_distribution("review-exit", "review-exit", "review_exit", "import sys\nsys.exit(3)\n")
     pm = PluginManager()
     assert pm.infos["review-exit"].error == "SystemExit: 3"
     assert "LlamaForCausalLM" in pm.architectures().names()
 
 
-def test_an_entry_point_named_like_a_builtin_does_not_silently_replace_it(distribution, capsys):
-    distribution("review-llama", "llama", "review_llama", """
+def test_an_entry_point_named_like_a_builtin_does_not_silently_replace_it(plugin_distribution, capsys):
+    plugin_distribution("review-llama", "llama", "review_llama", """
         from corral import hookimpl
 
         @hookimpl
@@ -60,8 +44,8 @@ def test_an_entry_point_named_like_a_builtin_does_not_silently_replace_it(distri
     assert "llama 0.1.0 (built-in, corral.plugins.llama)" in out and "llama 0.0.1 (plugin from review-llama" in out
 
 
-def test_a_registration_of_the_wrong_kind_is_refused_and_the_listing_still_works(distribution, capsys):
-    distribution("review-bad", "review-bad", "review_bad", """
+def test_a_registration_of_the_wrong_kind_is_refused_and_the_listing_still_works(plugin_distribution, capsys):
+    plugin_distribution("review-bad", "review-bad", "review_bad", """
         from corral import hookimpl
 
         @hookimpl
@@ -77,8 +61,8 @@ def test_a_registration_of_the_wrong_kind_is_refused_and_the_listing_still_works
     assert "NoColonForCausalLM" not in PluginManager().architectures().names()
 
 
-def test_a_hook_that_raises_keeps_nothing_it_registered(distribution):
-    distribution("review-raise", "review-raise", "review_raise", """
+def test_a_hook_that_raises_keeps_nothing_it_registered(plugin_distribution):
+    plugin_distribution("review-raise", "review-raise", "review_raise", """
         from corral import hookimpl
 
         @hookimpl
@@ -93,8 +77,8 @@ def test_a_hook_that_raises_keeps_nothing_it_registered(distribution):
     assert pm.infos["review-raise"].error == "register_architectures failed: RuntimeError: boom"
 
 
-def test_plugins_json_stays_json_when_a_plugin_prints(distribution, capsys):
-    distribution("review-chatty", "review-chatty", "review_chatty", """
+def test_plugins_json_stays_json_when_a_plugin_prints(plugin_distribution, capsys):
+    plugin_distribution("review-chatty", "review-chatty", "review_chatty", """
         print("hello from a plugin")
         from corral import hookimpl
 

@@ -1,7 +1,4 @@
 """Plugins load from entry points; built-ins go through the same path; broken ones are reported."""
-import sys
-import textwrap
-
 import pytest
 
 from corral import hookimpl
@@ -10,18 +7,9 @@ from corral.registry.plugins import PluginManager
 
 
 @pytest.fixture
-def fake_distribution(tmp_path, monkeypatch):
-    """Installs an entry point in group `corral` by putting a dist-info folder on sys.path."""
-    def install(name: str, module: str, source: str):
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        dist = tmp_path / f"{name}-1.2.3.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-        (dist / "entry_points.txt").write_text(f"[corral]\n{name} = {module}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield install
-    for module in [m for m in sys.modules if m.startswith("fake_")]:
-        del sys.modules[module]
+def fake_distribution(plugin_distribution):
+    """install(name, module, source): a plugin package `name` whose entry point is `name` too."""
+    return lambda name, module, source: plugin_distribution(name, name, module, source, version="1.2.3")
 
 
 def test_builtin_architectures_load_through_entry_points():
