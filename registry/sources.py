@@ -15,16 +15,20 @@ is not its API, is gated without a token or lacks the repository also falls thro
 One model's files always come from one source.
 
 Sources are plugins (hook `register_sources`): a class built with the ModelStore whose
-`fetch(ref, progress, update=False) -> Path` returns the directory.
+`fetch(ref, progress, update=False) -> Path` returns the directory. An update of a complete hub copy
+is fetched into the store's staging area and replaces the copy only once complete, so the copy
+serves (offline too) until then, and stays as it was when the update fails.
 """
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from corral.download import HubSource
 from corral.progress import DownloadProgress
 from corral.registry.errors import (GatedRepoError, HubUnreachableError, ModelNotFoundError, SourceError,
                                     UnknownModelError)
@@ -222,7 +226,7 @@ class Resolver:
                 progress.set_state("ready")
                 return stored.path
             if stored is not None and (same := [c for c in candidates if c.scheme == stored.source]):
-                return self._update(same[0], stored, progress)
+                return self._update(same[0], progress)
             candidates = [c for c in candidates if c.scheme != "pypi" or _installed(c.id)] or candidates
         failed: list[SourceError] = []
         for i, cand in enumerate(candidates):
@@ -232,7 +236,7 @@ class Resolver:
                 with self.sources.guard(cand.scheme):
                     if i < len(candidates) - 1 and hasattr(src, "probe"):
                         src.probe()  # auto: an unreachable hub falls through to the next source
-                    path = src.fetch(cand, progress, update=update)
+                    path = self._fetch(src, cand, progress, update)
             except (HubUnreachableError, GatedRepoError, ModelNotFoundError) as e:
                 # auto: a hub that is down, gated without a token (Llama 2 on the HF Hub, open on
                 # ModelScope) or without the repository falls through to the next source
@@ -245,18 +249,39 @@ class Resolver:
             return Path(path)
         raise SourceError(f"no source could provide {ref.text}")
 
-    def _update(self, ref: ModelRef, stored: StoredModel, progress: DownloadProgress) -> Path:
+    def _update(self, ref: ModelRef, progress: DownloadProgress) -> Path:
         """`pull` of a model the store holds: refresh it from the source it came from. Another hub
         would download a second copy; with its own hub unreachable the copy is kept."""
         progress.source = ref.scheme
-        try:
-            with self.sources.guard(ref.scheme):
-                path = Path(self.sources.create(ref.scheme, self.store).fetch(ref, progress, update=True))
-        except HubUnreachableError as e:
-            logger.warning("%s; keeping the stored copy %s", e, stored.path)
-            path = stored.path
+        with self.sources.guard(ref.scheme):
+            path = self._fetch(self.sources.create(ref.scheme, self.store), ref, progress, update=True)
         progress.set_state("ready")
         return path
+
+    def _fetch(self, src, ref: ModelRef, progress: DownloadProgress, update: bool) -> Path:
+        """`src.fetch`, except for the update of a complete hub copy: fetched into the staging
+        store, swapped in once complete (and only if it changed). A failed update keeps the copy."""
+        model_dir = self.store.dir_for(ref.scheme, ref.id, ref.revision)
+        stored = self.store.complete_copy(model_dir) if update and isinstance(src, HubSource) else None
+        if stored is None:
+            return Path(src.fetch(ref, progress, update=update))
+        with self.store.lock(model_dir):
+            staging = self.store.stage_update(stored)
+            try:
+                updater = self.sources.create(ref.scheme, self.store.updates())
+                staged = Path(updater.fetch(ref, progress, update=True))
+            except BaseException as e:
+                logger.warning("%s: update failed (%s); keeping the stored copy %s", ref, str(e) or type(e).__name__,
+                               model_dir)
+                if isinstance(e, SourceError):
+                    return model_dir
+                raise
+            new = self.store.read(staged)
+            if new.commit == stored.commit and new.files == stored.files:
+                shutil.rmtree(staging, ignore_errors=True)  # nothing changed
+            else:
+                self.store.swap_in(staged, model_dir)
+        return model_dir
 
 
 def _combined(errors: list[SourceError]) -> SourceError:

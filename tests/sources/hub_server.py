@@ -11,8 +11,9 @@ Hugging Face (huggingface_hub):
     No X-Xet-* header is ever sent, so the client never switches to xet.
 
 ModelScope (modelscope):
-    GET  /api/v1/models/{repo}/repo/files?Revision=&Recursive=   {"Code": 200, "Data": {"Files": [...]}}
-    GET  /api/v1/models/{repo}/repo?Revision=&FilePath=          the bytes
+    GET  /api/v1/models/{repo}/repo/files?Revision=&Recursive=   {"Code": 200, "Data": {"Files": [...]}}, each
+                                          file with the commit that last changed it (Revision, CommittedDate)
+    GET  /api/v1/models/{repo}/repo?Revision=&FilePath=          the bytes, at a branch or any commit
     errors: 404 with {"Code": 404, "Message": ..., "Success": false}
 
 Every file GET honours Range (206 + Content-Range, 416 past the end). Knobs for the tests:
@@ -37,6 +38,8 @@ class Repo:
     files: dict[str, bytes]
     commit: str = ""
     gated: bool = False
+    parent: "Repo | None" = None  # the commit before this one
+    committed_at: int = 1_700_000_000
 
     def __post_init__(self):
         if not self.commit:
@@ -44,6 +47,23 @@ class Repo:
             for name in sorted(self.files):
                 digest.update(name.encode() + hashlib.sha256(self.files[name]).digest())
             self.commit = digest.hexdigest()
+
+    def updated(self, changes: dict[str, bytes]) -> "Repo":
+        """The next commit: these files changed, the rest as they were."""
+        return Repo({**self.files, **changes}, gated=self.gated, parent=self, committed_at=self.committed_at + 60)
+
+    def at(self, commit: str) -> "Repo | None":
+        repo = self
+        while repo is not None and repo.commit != commit:
+            repo = repo.parent
+        return repo
+
+    def last_change(self, name: str) -> "Repo":
+        """The commit that last changed file `name`."""
+        repo = self
+        while repo.parent is not None and repo.parent.files.get(name) == repo.files[name]:
+            repo = repo.parent
+        return repo
 
     @classmethod
     def from_dir(cls, path: Path, extra: dict[str, bytes] | None = None, skip: tuple[str, ...] = ()) -> "Repo":
@@ -281,14 +301,16 @@ class FakeModelScope(FakeHub):
         if not match:
             return h.json(404, {"Code": 404, "Message": f"{path} not found", "Success": False}, method=method)
         repo_id, listing = match.groups()
-        repo = self.repos.get(repo_id)
+        head = self.repos.get(repo_id)
         revision = query.get("Revision", "master")
-        if repo is None or revision not in ("master", repo.commit):
+        repo = head if revision == "master" else head.at(revision) if head else None
+        if repo is None:
             return h.json(404, {"Code": 404, "Message": f"model {repo_id} revision {revision} not found",
                                 "RequestId": "fake", "Success": False}, method=method)
         if listing:
             files = [{"Name": n, "Path": n, "Type": "blob", "Size": len(d), "Sha256": hashlib.sha256(d).hexdigest(),
-                      "Revision": repo.commit, "IsLFS": is_lfs(n), "Mode": "100644"} for n, d in sorted(repo.files.items())]
+                      "Revision": repo.last_change(n).commit, "CommittedDate": repo.last_change(n).committed_at,
+                      "IsLFS": is_lfs(n), "Mode": "100644"} for n, d in sorted(repo.files.items())]
             return h.json(200, {"Code": 200, "Data": {"Files": files}, "Message": "success", "RequestId": "fake",
                                 "Success": True}, method=method)
         name = query.get("FilePath", "")

@@ -99,3 +99,12 @@ def test_without_the_modelscope_library_the_error_says_what_to_install(ms_hub, m
     monkeypatch.setitem(sys.modules, "modelscope", None)
     with pytest.raises(SourceUnavailableError, match=r"pip install 'corral\[modelscope\]'"):
         resolve_model(f"ms:{TINY}")
+
+
+def test_a_dropped_connection_is_resumed_in_place(ms_hub, repos):
+    ms_hub.cut["model.safetensors"] = 100_000
+    path = resolve_model(f"ms:{TINY}")
+    ranges = [r.headers.get("Range") for r in ms_hub.gets("FilePath=model.safetensors")]
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith("bytes=")
+    assert int(ranges[1][len("bytes="):].rstrip("-")) > 0
+    assert (path / "model.safetensors").read_bytes() == repos[TINY].files["model.safetensors"]
