@@ -178,6 +178,21 @@ def test_final_only_requests_report_once_when_they_end(llm):
     assert reported[:2] == [[], []] and reported[2][0].outputs[0].token_ids == [7, 8, 9]
 
 
+def test_a_request_id_that_one_of_another_requests_sequences_holds_is_refused(llm):
+    from corral.engine.output_processor import OutputProcessor
+    processor = OutputProcessor(llm.get_tokenizer())
+    assert processor.add_request("abc", None, [5], SamplingParams(n=2)) == ["0_abc", "1_abc"]
+    with pytest.raises(ValueError, match="already in use"):
+        processor.add_request("0_abc", None, [5], SamplingParams())
+    processor.add_request("x", None, [5], SamplingParams())
+    with pytest.raises(ValueError, match="already in use"):
+        processor.add_request("x", None, [5], SamplingParams())
+    assert processor.add_request("1_xyz", None, [5], SamplingParams()) == ["1_xyz"]
+    with pytest.raises(ValueError, match="already in use"):
+        processor.add_request("xyz", None, [5], SamplingParams(n=2))
+    assert set(processor.requests) == {"abc", "x", "1_xyz"}
+
+
 def test_reset_prefix_cache_makes_the_next_run_cold(llm):
     core, prompt = llm.engine.core, list(range(3, 3 + 70))  # four full blocks of 16
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)

@@ -52,15 +52,16 @@ class OutputProcessor:
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                     params: SamplingParams, delta: bool = False, final_only: bool = False) -> list[str]:
         """Registers the request; returns the engine request ids of its n sequences."""
-        if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
+        child_ids = self.child_ids_for(request_id, params)
+        if request_id in self.requests or any(c in self.children for c in child_ids):
+            raise ValueError(f"request id {request_id!r} is already in use (or one of its {params.n} "
+                             "sequences' ids, index_requestid, is)")
         sequences = [SequenceState(i, IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params),
                                    logprobs=[] if params.logprobs is not None else None,
                                    cumulative_logprob=0.0 if params.logprobs is not None else None)
                      for i in range(params.n)]
         state = RequestState(request_id, prompt, prompt_token_ids, params, delta, sequences, final_only)
         self.requests[request_id] = state
-        child_ids = self.child_ids_for(request_id, params)
         for child_id, seq in zip(child_ids, sequences):
             self.children[child_id] = (state, seq)
         return child_ids
