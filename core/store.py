@@ -199,7 +199,20 @@ class ModelStore:
         old.parent.mkdir(parents=True, exist_ok=True)
         os.replace(model_dir, old)
         os.replace(staging, model_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        self.drop_update(old)
+        self.drop_update(staging)
+
+    def drop_update(self, path: Path) -> None:
+        """Delete a staged or replaced copy, and the folders it leaves empty in the staging store."""
+        shutil.rmtree(path, ignore_errors=True)
+        root = self.updates().root
+        for parent in path.parents:
+            if parent == root or root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty
+                break
 
     @staticmethod
     def record(path: Path, sha256: str | None = None) -> FileRecord:

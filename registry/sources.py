@@ -22,7 +22,6 @@ serves (offline too) until then, and stays as it was when the update fails.
 import contextlib
 import logging
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +277,7 @@ class Resolver:
                 raise
             new = self.store.read(staged)
             if new.commit == stored.commit and new.files == stored.files:
-                shutil.rmtree(staging, ignore_errors=True)  # nothing changed
+                self.store.drop_update(staging)  # nothing changed
             else:
                 self.store.swap_in(staged, model_dir)
         return model_dir

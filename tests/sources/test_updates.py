@@ -56,6 +56,7 @@ def test_an_interrupted_update_leaves_the_stored_copy_servable_offline(request, 
     store = ModelStore()
     assert store.complete_copy(path) is not None
     assert not (store.updates().root / path.relative_to(store.root)).exists()  # the staged update moved in
+    assert [p.name for p in store.updates().root.iterdir()] == [".locks"]  # no empty folders left behind
 
 
 @pytest.mark.parametrize("scheme, hub_fixture, variable", HUBS)
@@ -86,6 +87,7 @@ def test_an_update_fetches_only_the_changed_files(request, scheme, hub_fixture, 
     path = resolve_model(f"{scheme}:{TINY}")
     assert resolve_model(f"{scheme}:{TINY}", update=True) == path  # nothing new: nothing fetched
     assert fetches(hub, "config.json") == fetches(hub, "model.safetensors") == 1
+    assert [p.name for p in ModelStore().updates().root.iterdir()] == [".locks"]
     newer_weights(hub)
     assert resolve_model(f"{scheme}:{TINY}", update=True) == path
     assert fetches(hub, "config.json") == 1 and fetches(hub, "model.safetensors") == 2
