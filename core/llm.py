@@ -18,9 +18,12 @@ class LLM:
     """
 
     def __init__(self, model: str, plugin_manager: PluginManager | None = None, **engine_args):
+        from corral.registry.sources import find_manifest
         self.plugin_manager = plugin_manager or PluginManager()
-        self.engine = LLMEngine(EngineConfig(model=str(resolve(model, self.plugin_manager)), **engine_args),
-                                self.plugin_manager)
+        model_dir = resolve(model, self.plugin_manager)
+        if engine_args.get("max_model_len") is None and (manifest := find_manifest(model)) is not None:
+            engine_args["max_model_len"] = manifest.max_model_len  # a manifest's default (None: the model's own)
+        self.engine = LLMEngine(EngineConfig(model=str(model_dir), **engine_args), self.plugin_manager)
         self._ids = itertools.count()
 
     def get_tokenizer(self):

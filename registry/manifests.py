@@ -8,7 +8,7 @@ table per name:
     hf = "Qwen/Qwen3-4B"            # optional "@revision" suffix
     modelscope = "Qwen/Qwen3-4B"
     architecture = "Qwen3ForCausalLM"
-    max_model_len = 32768
+    max_model_len = 32768           # the offline LLM's default context (serve: --max-model-len)
 """
 import dataclasses
 import difflib

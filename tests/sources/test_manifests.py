@@ -1,4 +1,6 @@
 """Manifest names: the built-ins, a user's overrides, suggestions, and reference parsing."""
+import json
+
 import pytest
 
 from corral.registry.errors import ManifestError, SourceError, UnknownModelError
@@ -135,3 +137,17 @@ def test_the_offline_llm_and_the_server_do_not_serve_a_folder_named_like_a_manif
     assert resolve_model_dir(ModelSpec("qwen3-4b")) == tmp_path / "fetched"
     assert asked == ["qwen3-4b", "qwen3-4b"]
     assert resolve("mine", None) == Path("mine") and resolve_model_dir(ModelSpec("mine")) == Path("mine")
+
+
+def test_the_offline_llm_takes_a_manifests_max_model_len_unless_told_otherwise(isolated_env, tiny_dir):
+    """`max_model_len` in a manifest is the default context of the model it names; the model's own
+    positions where the manifest has none."""
+    from corral import LLM
+    models = isolated_env / "models"
+    models.mkdir(parents=True)
+    (models / "mine.toml").write_text(f'["mine"]\npath = "{tiny_dir}"\nmax_model_len = 96\n'
+                                      f'["mine-plain"]\npath = "{tiny_dir}"\n')
+    assert LLM("mine").engine.core.config.max_model_len == 96
+    assert LLM("mine", max_model_len=64).engine.core.config.max_model_len == 64
+    positions = json.loads((tiny_dir / "config.json").read_text())["max_position_embeddings"]
+    assert LLM("mine-plain").engine.core.config.max_model_len == positions
