@@ -18,8 +18,9 @@ def register_architectures(register):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, qkv_bias: bool = False):
+    def __init__(self, config: ModelConfig, qkv_bias: bool | None = None):
         super().__init__()
+        qkv_bias = config.attention_bias if qkv_bias is None else qkv_bias
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -54,8 +55,8 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, [config.intermediate_size] * 2)
-        self.down_proj = Linear(config.intermediate_size, [config.hidden_size])
+        self.gate_up_proj = Linear(config.hidden_size, [config.intermediate_size] * 2, bias=config.mlp_bias)
+        self.down_proj = Linear(config.intermediate_size, [config.hidden_size], bias=config.mlp_bias)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Tiny random models built from real transformers configs, saved as HF directories."""
+import json
 from pathlib import Path
 
 import torch
@@ -34,19 +35,28 @@ def tiny_config(arch: str, vocab_size: int = 512, **overrides):
                   initializer_range=0.2, eos_token_id=2, bos_token_id=None, pad_token_id=0)
     common.update(overrides)
     if arch == "qwen3":
-        return Qwen3Config(head_dim=32, **common)
+        return Qwen3Config(**{"head_dim": 32, **common})
     if arch == "llama":
         return LlamaConfig(**common)
     raise ValueError(arch)
 
 
-def build_model(arch: str, out_dir: Path, seed: int = 0, dtype=torch.float32, **overrides) -> Path:
-    """Save a random model and a tiny tokenizer into out_dir; returns out_dir."""
+def build_model(arch: str, out_dir: Path, seed: int = 0, dtype=torch.float32, legacy_rope: bool = False,
+                **overrides) -> Path:
+    """Save a random model and a tiny tokenizer into out_dir; returns out_dir. legacy_rope: write
+    config.json's RoPE as transformers 4 checkpoints do (`rope_theta`, `rope_scaling`)."""
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides)).to(dtype)
     model.save_pretrained(out_dir)
     build_tokenizer().save_pretrained(out_dir)
+    if legacy_rope:
+        path = Path(out_dir) / "config.json"
+        config = json.loads(path.read_text())
+        rope = config.pop("rope_parameters")
+        config["rope_theta"] = rope.pop("rope_theta")
+        config["rope_scaling"] = None if rope.get("rope_type") == "default" else rope
+        path.write_text(json.dumps(config, indent=2))
     return Path(out_dir)
 
 

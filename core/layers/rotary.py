@@ -3,14 +3,18 @@ import math
 import torch
 from torch import nn
 
+from corral.model_config import ROPE_TYPES, rope_type
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None,
+                  max_position: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and the factor cos and sin are scaled by, as transformers computes them."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
-    if kind == "default":
-        return inv_freq
+    kind = rope_type(scaling)
+    if kind in ("default", "dynamic"):  # dynamic NTK equals default up to max_position_embeddings, our limit
+        return inv_freq, 1.0
     if kind == "linear":
-        return inv_freq / scaling["factor"]
+        return inv_freq / scaling["factor"], 1.0
     if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old_len = scaling["original_max_position_embeddings"]
@@ -19,8 +23,39 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Te
         smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
         scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
         medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return torch.where(medium, smoothed, scaled)
-    raise ValueError(f"rope scaling {kind!r} is not supported; supported: default, linear, llama3")
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        return _yarn(head_dim, theta, scaling, max_position)
+    raise ValueError(f"rope scaling {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+
+
+def _yarn(head_dim: int, theta: float, scaling: dict, max_position: int | None) -> tuple[torch.Tensor, float]:
+    old_len = scaling.get("original_max_position_embeddings") or max_position
+    factor = scaling.get("factor") or max_position / old_len
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+
+    def get_mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+                            if mscale and mscale_all_dim else get_mscale(factor))
+
+    def correction_dim(rotations):
+        return head_dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(scaling.get("beta_fast") or 32), correction_dim(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    extrapolation = 1 - ramp  # high-frequency dims keep their frequency, low ones are interpolated
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
 
 
 class RotaryEmbedding(nn.Module):
@@ -28,10 +63,12 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_position: int, theta: float, scaling: dict | None = None):
         super().__init__()
-        inv_freq = rope_inv_freq(head_dim, theta, scaling)
+        inv_freq, attention_factor = rope_inv_freq(head_dim, theta, scaling, max_position)
         freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
         # a plain attribute, not a buffer: model.to(bf16) must leave the table in fp32
         self.cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+        if attention_factor != 1.0:  # yarn: cos and sin scaled, so kernels reading the table need nothing more
+            self.cos_sin_cache *= attention_factor
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q [T, Hq, D], k [T, Hkv, D]; rotated in place and returned."""
