@@ -1,5 +1,6 @@
 """Llama family configurations of real checkpoints (Llama 2 / 3 / 3.1 / 3.2, biases, RoPE scaling):
-greedy tokens and logprobs against transformers in fp32 on tiny random models."""
+greedy tokens and logprobs against transformers in fp32 on tiny random models, on the CPU (the torch
+path, the oracle that benchmarks.engine_check holds the Triton backend to) wherever they run."""
 import random
 
 import pytest
@@ -28,7 +29,7 @@ def long_prompts(max_positions: int, num_new: int) -> list[list[int]]:
 
 def assert_matches_transformers(model_dir, prompts: list[list[int]], num_new: int = 8):
     reference = load_reference(model_dir)
-    llm = LLM(str(model_dir), dtype="float32")
+    llm = LLM(str(model_dir), dtype="float32", device="cpu")
     params = SamplingParams(temperature=0, max_tokens=num_new, ignore_eos=True, logprobs=1)
     for prompt, output in zip(prompts, llm.generate(prompts, params)):
         tokens, logprobs = reference_generate(reference, prompt, num_new)
@@ -103,16 +104,16 @@ def test_unsupported_rope_scaling_is_a_one_line_error_at_load(tmp_path):
     model_dir = build_model("llama", tmp_path / "longrope", rope_scaling=rope)
     with pytest.raises(ValueError, match=r"^rope scaling 'longrope' is not supported; supported: default, linear, "
                                          r"dynamic, llama3, yarn$"):
-        LLM(str(model_dir), dtype="float32")
+        LLM(str(model_dir), dtype="float32", device="cpu")
 
 
 def test_sliding_window_shorter_than_positions_is_a_one_line_error_at_load(tmp_path):
     model_dir = build_model("llama", tmp_path / "mistral_style", sliding_window=8)  # transformers windows each layer
     with pytest.raises(ValueError, match=r"^sliding-window attention \(2 of 2 layers, window 8\) is not supported$"):
-        LLM(str(model_dir), dtype="float32")
+        LLM(str(model_dir), dtype="float32", device="cpu")
 
 
 def test_activation_other_than_silu_is_a_one_line_error_at_load(tmp_path):
     model_dir = build_model("llama", tmp_path / "gelu", hidden_act="gelu")
     with pytest.raises(ValueError, match=r"^hidden_act 'gelu' is not supported; supported: silu$"):
-        LLM(str(model_dir), dtype="float32")
+        LLM(str(model_dir), dtype="float32", device="cpu")

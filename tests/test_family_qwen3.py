@@ -32,4 +32,4 @@ def test_qwen3_positions_up_to_max_position_embeddings_match_transformers(tmp_pa
 def test_qwen3_sliding_window_layers_are_a_one_line_error_at_load(tmp_path):
     model_dir = build_model("qwen3", tmp_path / "swa", use_sliding_window=True, sliding_window=8, max_window_layers=1)
     with pytest.raises(ValueError, match=r"^sliding-window attention \(1 of 2 layers, window 8\) is not supported$"):
-        LLM(str(model_dir), dtype="float32")
+        LLM(str(model_dir), dtype="float32", device="cpu")
