@@ -4,6 +4,8 @@ from pathlib import Path
 
 import torch
 
+from corral.model_config import positions_of
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
           "float": torch.float32}
@@ -11,11 +13,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class ConfigError(ValueError):
     pass
-
-
-def positions_of(hf_config: dict) -> int:
-    """The longest sequence the model was built for (its rotary tables end there)."""
-    return hf_config.get("max_position_embeddings") or 2048
 
 
 def device_problem(device: str) -> str | None:

@@ -3,6 +3,11 @@ from dataclasses import dataclass
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")  # what corral.layers.rotary computes
 
 
+def positions_of(hf_config: dict) -> int:
+    """The longest sequence the model was built for (its rotary tables end there)."""
+    return hf_config.get("max_position_embeddings") or 2048
+
+
 def rope_type(scaling: dict | None) -> str:
     return (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
 
@@ -60,7 +65,7 @@ class ModelConfig:
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             rope_scaling=scaling,
-            max_position_embeddings=hf.get("max_position_embeddings") or 2048,
+            max_position_embeddings=positions_of(hf),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -79,7 +84,7 @@ def _sliding_layers(hf: dict) -> list[int]:
     """The layers transformers runs with a window shorter than the model's positions: Qwen2/Qwen3
     `use_sliding_window` from layer `max_window_layers` on, else (Mistral style) every layer."""
     window = hf.get("sliding_window")
-    positions = hf.get("max_position_embeddings") or 2048
+    positions = positions_of(hf)
     if window is None or window >= positions or hf.get("use_sliding_window") is False:
         return []
     layer_types = hf.get("layer_types")

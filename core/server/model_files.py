@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.config import positions_of
+from corral.model_config import positions_of
 from corral.engine.tokenizer import eos_token_ids, load_tokenizer
 from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
