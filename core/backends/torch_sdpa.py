@@ -1,7 +1,7 @@
 import torch
 from torch.nn import functional as F
 
-from corral.backends.base import AttentionMetadata
+from corral.kernels.attention_metadata import AttentionMetadata
 
 
 class TorchAttentionBackend:

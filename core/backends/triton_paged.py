@@ -1,7 +1,7 @@
 """Triton attention over the paged KV cache: store the new K/V, then attend."""
 import torch
 
-from corral.backends.base import AttentionMetadata
+from corral.kernels.attention_metadata import AttentionMetadata
 from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
 from corral.kernels.kv_cache import store_kv_cache
 from corral.kernels.paged_attention import paged_attention_prefill

@@ -14,29 +14,15 @@ def add_commands(subparsers):
                     "behind one OpenAI-compatible API. With no model, serves $MODEL_NAME, else smollm2-135m-instruct.")
     p.add_argument("models", nargs="*", metavar="MODEL", help="models to serve (default: $MODEL_NAME)")
     p.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML file with [server] and [models.NAME] tables")
-    p.add_argument("--host", help="address to bind (default 0.0.0.0; env CORRAL_HOST)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every "
+                                  "interface; env CORRAL_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000; env CORRAL_PORT)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env CORRAL_API_KEY)")
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
                    help="one model: its name then aliases; several models: one name each, in order "
                         "(name the models before this flag)")
-    p.add_argument("--max-model-len", type=int, help="context length per model (env MAX_MODEL_LEN)")
-    p.add_argument("--max-num-seqs", type=int, help="sequences per batch per model")
-    p.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step per model")
-    p.add_argument("--gpu-memory-utilization", type=float,
-                   help="fraction of GPU memory for all models, split evenly (env GPU_MEMORY_UTILIZATION)")
     p.add_argument("--tensor-parallel-size", type=int, help="GPUs per model (env TENSOR_PARALLEL_SIZE)")
-    p.add_argument("--dtype", help="auto, bfloat16, float16 or float32")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--kv-cache-memory", dest="kv_cache_memory_bytes", metavar="SIZE",
-                   help="KV cache size per model, e.g. 512MiB (default: from the GPU share; 1 GiB on CPU)")
-    p.add_argument("--num-scheduler-steps", type=int,
-                   help="decode steps per host sync (default 8): fewer host round trips; 1 streams each token "
-                        "as soon as it is sampled")
-    p.add_argument("--enforce-eager", action="store_true", default=None,
-                   help="no CUDA graphs (they are captured for decode batches by default)")
-    p.add_argument("--load-format", choices=["auto", "dummy"],
-                   help="dummy: random weights (config.json and a tokenizer suffice), for benchmarks")
+    add_engine_flags(p)
     p.add_argument("--max-queue-len", type=int, help="sequences waiting per model beyond a full batch "
                                                      "before 429 (n per prompt; default 256)")
     p.add_argument("--keep-alive", help="unload a model idle this long (30s, 5m, 1h; default: never)")
@@ -49,6 +35,27 @@ def add_commands(subparsers):
     p.set_defaults(handler=serve)
 
 
+def add_engine_flags(parser):
+    """A flag for every engine setting that declares help (corral.config.EngineArgs)."""
+    from dataclasses import fields
+
+    from corral.config import EngineArgs
+    for f in fields(EngineArgs):
+        if not f.metadata.get("help"):
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else str(getattr(f.type, "__name__", f.type))
+        if kind.startswith("bool"):
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.metadata["help"])
+        elif f.name == "load_format":
+            parser.add_argument(flag, dest=f.name, choices=["auto", "dummy"], help=f.metadata["help"])
+        else:
+            convert = int if kind.startswith("int") and f.name != "kv_cache_memory_bytes" else \
+                float if kind.startswith("float") else str
+            parser.add_argument(flag, dest=f.name, type=convert, metavar="SIZE" if convert is str and
+                                "bytes" in f.name else None, help=f.metadata["help"])
+
+
 def build_server_config(args, env=None):
     from corral.cli import require_device
     from corral.registry.sources import normalize_source
@@ -58,10 +65,9 @@ def build_server_config(args, env=None):
     normalize_source(args.source or env.get("CORRAL_SOURCE") or "auto")  # a typo fails now, not per model later
     server = {"host": args.host, "port": args.port, "api_key": args.api_key,
               "shutdown_timeout": args.shutdown_timeout}
-    model_defaults = {k: getattr(args, k) for k in (
-        "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-        "tensor_parallel_size", "dtype", "device", "kv_cache_memory_bytes", "max_queue_len", "keep_alive",
-        "source", "reasoning_parser", "load_format", "num_scheduler_steps", "enforce_eager")}
+    from corral.config import ENGINE_ARGS
+    model_defaults = {k: getattr(args, k, None) for k in (
+        *ENGINE_ARGS, "tensor_parallel_size", "max_queue_len", "keep_alive", "source", "reasoning_parser")}
     model_defaults["preload"] = None if args.lazy is None else not args.lazy
     return build_config(args.models, args.config, server, model_defaults, args.served_model_name, env)
 

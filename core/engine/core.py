@@ -8,6 +8,7 @@ from corral.backends.base import get_backend
 from corral.config import ConfigError, EngineConfig
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.memory import does_not_fit_message, kv_cache_budget
+from corral.engine.messages import SchedulerStats
 from corral.engine.model_runner import InFlight, ModelRunner
 from corral.engine.profiling import profile_peak_memory
 from corral.engine.request import Request, RequestStatus
@@ -61,7 +62,7 @@ class EngineCore:
         kv_caches = self._allocate_kv_caches(self.num_blocks)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_model_len)
+                                   config.max_model_len, config.num_scheduler_steps)
         self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed)
@@ -109,21 +110,8 @@ class EngineCore:
         return [torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
                 for _ in range(mc.num_hidden_layers)]
 
-    def validate_request(self, request: Request):
-        n = request.num_prompt_tokens
-        if n == 0:
-            raise ValueError("the prompt is empty")
-        if n >= self.config.max_model_len:
-            raise ValueError(f"the prompt has {n} tokens, but max_model_len is {self.config.max_model_len} "
-                             "(prompt plus at least one generated token must fit)")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"token ids must be in [0, {vocab}); got {bad[:5]}")
-        request.sampling_params.check_vocab(vocab)
-
     def add_request(self, request: Request):
-        self.validate_request(request)
+        """`request` passed the InputProcessor's checks; the engine trusts them."""
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]):
@@ -138,18 +126,22 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests() or self.in_flight is not None
 
     def step(self) -> list[EngineCoreOutput]:
-        """Outputs of one step. A multi-step decode group is followed, when no waiting request could
-        be admitted and none of its requests ends by length while others wait, by the next group
+        """Outputs of one step. When the scheduler allows it, the next multi-step decode group is
         launched before this one's tokens come back (async scheduling): the device never waits for
         the host between groups."""
         if self.in_flight is None:
             scheduler_output = self.scheduler.schedule()
             if not scheduler_output.scheduled:
                 return []
-            num_steps = self._num_decode_steps(scheduler_output)
+            num_steps = self.scheduler.num_decode_steps(scheduler_output)
             self.in_flight = (scheduler_output, num_steps, self.runner.launch(scheduler_output, num_steps))
         scheduler_output, num_steps, launched = self.in_flight
-        self.in_flight = self._launch_continuation(scheduler_output, num_steps, launched)
+        self.in_flight = None
+        if self.config.async_scheduling:
+            continuation = self.scheduler.schedule_continuation(scheduler_output, num_steps)
+            if continuation is not None:
+                self.in_flight = (continuation, num_steps,
+                                  self.runner.launch(continuation, num_steps, previous=launched))
         runner_output = launched.result()
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
         logprobs = runner_output.logprobs
@@ -168,51 +160,10 @@ class EngineCore:
                                             request.stop_reason, request.num_cached_tokens or 0))
         return outputs
 
-    def _launch_continuation(self, scheduler_output: SchedulerOutput, num_steps: int, launched: InFlight):
-        if num_steps <= 1 or not self.config.async_scheduling or self.scheduler.may_admit():
-            return None
-        requests = []
-        for s in scheduler_output.scheduled:
-            request, params = s.request, s.request.sampling_params
-            if request.status != RequestStatus.RUNNING:
-                continue  # finished by a stop token in the group before, or aborted
-            room = self.config.max_model_len - request.num_tokens
-            if room < 2 * num_steps:
-                return None  # near max_model_len: the scheduler sees it first
-            left = params.max_tokens - request.num_output_tokens if params.max_tokens is not None else room
-            if left > num_steps:  # those that end by length in the running group are left out
-                requests.append(request)
-            elif self.scheduler.waiting:
-                return None  # its slot goes to a waiting request: the scheduler sees it first
-        if not requests:
-            return None
-        continuation = self.scheduler.schedule_continuation(requests, num_steps)
-        if continuation is None:
-            return None
-        return continuation, num_steps, self.runner.launch(continuation, num_steps, previous=launched)
-
-    def _num_decode_steps(self, scheduler_output) -> int:
-        """Multi-step decode: a batch of plain decodes runs several steps with one host sync, when
-        no request needs anything per step from the host (penalties and min_tokens read the output
-        so far; logprobs are returned per step). A request that stops early wastes its extra steps."""
-        n = self.config.num_scheduler_steps
-        if n <= 1 or self.scheduler.may_admit():
-            return 1
-        for s in scheduler_output.scheduled:
-            request, params = s.request, s.request.sampling_params
-            if s.num_new_tokens != 1 or not s.samples:
-                return 1
-            if (params.logprobs is not None or params.min_tokens > request.num_output_tokens
-                    or params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty):
-                return 1
-            n = min(n, self.config.max_model_len - request.num_tokens)  # tokens past max_tokens are dropped
-        if n <= 1 or not self.scheduler.add_lookahead(scheduler_output, n):
-            return 1
-        return n
-
-    def stats(self) -> dict:
+    def stats(self) -> SchedulerStats:
         kv = self.kv_cache_manager
-        return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
-                "kv_cache_usage": kv.usage, "num_kv_blocks": self.num_blocks,
-                "num_free_kv_blocks": kv.num_free_blocks, "prefix_cache_hit_tokens": kv.num_hit_tokens,
-                "prefix_cache_query_tokens": kv.num_query_tokens, "num_preemptions": self.scheduler.num_preemptions}
+        return SchedulerStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+                              kv_cache_usage=kv.usage, num_kv_blocks=self.num_blocks,
+                              num_free_kv_blocks=kv.num_free_blocks, prefix_cache_hit_tokens=kv.num_hit_tokens,
+                              prefix_cache_query_tokens=kv.num_query_tokens,
+                              num_preemptions=self.scheduler.num_preemptions)

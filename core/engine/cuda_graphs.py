@@ -3,7 +3,8 @@ import logging
 
 import torch
 
-from corral.backends.base import AttentionBackend, AttentionMetadata
+from corral.backends.base import AttentionBackend
+from corral.kernels.attention_metadata import AttentionMetadata
 from corral.layers.attention import ForwardContext
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ class IncrementalDetokenizer:
     Decoding works on a small window of ids (vLLM's prefix/read offsets): `ids[:read]` are tokens
     already turned into text that the new ones may still merge with, `ids[read:]` are the new ones.
     Text is taken only once the window decodes longer than its prefix and does not end in U+FFFD, so
-    a multi-byte character split over tokens comes out whole. The first window holds the tail of the
+    a multi-byte character split over tokens comes out whole (one the output ends inside is dropped).
+    The first window holds the tail of the
     prompt, so the output reads as `decode(prompt + output)` minus `decode(prompt)`: a SentencePiece
     decoder then keeps the leading space of the first output word, as in the full decode.
 
@@ -60,10 +61,11 @@ class IncrementalDetokenizer:
         return self._append(self._advance(text))
 
     def flush(self) -> str | None:
-        """The output ended: take even an incomplete character, as the full decode shows it.
-        Returns the stop string the output now ends at, if any."""
+        """The output ended: take the text still held back, less a character its last tokens left
+        incomplete (the full decode shows that as U+FFFD; a reply never ends in a broken
+        character). Returns the stop string the output now ends at, if any."""
         if not self._stopped and self._read < len(self._ids):
-            return self._append(self._advance(self._decode(self._ids)))
+            return self._append(self._advance(self._decode(self._ids)).rstrip("\ufffd"))
         return None
 
     def get_delta(self, finished: bool) -> str:

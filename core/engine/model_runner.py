@@ -3,7 +3,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from corral.backends.base import AttentionBackend, AttentionMetadata
+from corral.backends.base import AttentionBackend
+from corral.kernels.attention_metadata import AttentionMetadata
 from corral.engine.sampler import Sampler, SamplingMetadata
 from corral.engine.scheduler import ScheduledRequest, SchedulerOutput
 from corral.layers.attention import Attention, ForwardContext

@@ -1,6 +1,7 @@
 import torch
 
-from corral.backends.base import AttentionBackend, AttentionMetadata
+from corral.backends.base import AttentionBackend
+from corral.kernels.attention_metadata import AttentionMetadata
 from corral.config import EngineConfig
 from corral.engine.sampler import Sampler, SamplingMetadata
 from corral.layers.attention import Attention, ForwardContext

@@ -2,6 +2,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.engine.messages import EngineCoreRequest
 from corral.sampling_params import SamplingParams
 
 
@@ -46,6 +47,11 @@ class Request:
 
     def __post_init__(self):
         self.all_token_ids = list(self.prompt_token_ids) + list(self.output_token_ids)
+
+    @classmethod
+    def from_engine_core_request(cls, request: EngineCoreRequest) -> "Request":
+        return cls(request.request_id, request.prompt_token_ids, request.sampling_params, request.eos_token_ids,
+                   request.arrival_time)
 
     @property
     def num_prompt_tokens(self) -> int:

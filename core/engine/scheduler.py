@@ -38,14 +38,19 @@ class Scheduler:
     request's computed tokens up to its total (prompt + output so far): running requests first,
     then waiting ones. Long prompts are chunked by the budget, prefix-cache hits skip computed
     blocks, and when blocks run out the newest running request is preempted and recomputed later.
+
+    A batch of plain decodes may run several steps per host sync (multi-step decode, up to
+    `num_scheduler_steps`), and the next such group may be scheduled before the current one's tokens
+    are back (`schedule_continuation`); both are decided here, so that the engine loop stays a loop.
     """
 
     def __init__(self, kv_cache_manager: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int):
+                 max_model_len: int, num_scheduler_steps: int = 1):
         self.kv = kv_cache_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        self.num_scheduler_steps = num_scheduler_steps
         self.waiting = FCFSQueue()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -119,21 +124,59 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.prepend(request)
 
+    def num_decode_steps(self, scheduler_output: SchedulerOutput) -> int:
+        """Decode steps for this batch, with room reserved for them: several when it holds only plain
+        decodes that need nothing per step from the host (penalties and min_tokens read the output
+        so far; logprobs are returned per step) and no waiting request could join. A request that
+        stops early wastes its extra steps."""
+        n = self.num_scheduler_steps
+        if n <= 1 or self.may_admit():
+            return 1
+        for s in scheduler_output.scheduled:
+            request, params = s.request, s.request.sampling_params
+            if s.num_new_tokens != 1 or not s.samples:
+                return 1
+            if (params.logprobs is not None or params.min_tokens > request.num_output_tokens
+                    or params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty):
+                return 1
+            n = min(n, self.max_model_len - request.num_tokens)  # tokens past max_tokens are dropped
+        if n <= 1 or not self.add_lookahead(scheduler_output, n):
+            return 1
+        return n
+
     def add_lookahead(self, scheduler_output: SchedulerOutput, num_steps: int) -> bool:
-        """Room for num_steps - 1 more decode steps of every scheduled request (multi-step decode).
-        False if the pool cannot hold them; blocks already added stay with their requests for
-        the steps to come."""
+        """Room for num_steps - 1 more decode steps of every scheduled request. False if the pool
+        cannot hold them; blocks already added stay with their requests for the steps to come."""
         for s in scheduler_output.scheduled:
             if self.kv.allocate(s.request, num_steps - 1) is None:
                 return False
         return True
 
-    def schedule_continuation(self, requests: list[Request], num_steps: int) -> SchedulerOutput | None:
-        """The next group of num_steps decode steps for `requests`, scheduled while their current
-        group of num_steps is still running: each request's input is the last token that group
-        samples, which the host does not know yet. None if the pool cannot hold the new steps
+    def schedule_continuation(self, scheduler_output: SchedulerOutput, num_steps: int) -> SchedulerOutput | None:
+        """The next group of num_steps decode steps, scheduled while the current one (of num_steps,
+        `scheduler_output`) still runs: each request's input is the last token that group samples,
+        which the host does not know yet. None when the scheduler must see the current group's
+        tokens first: a waiting request could be admitted, a request nears max_model_len, or one
+        ends by length while others wait for its slot; or when the pool cannot hold the new steps
         (blocks already added stay with their requests). The current group's `update` and this
         one's may come in either order."""
+        if num_steps <= 1 or self.may_admit():
+            return None
+        requests = []
+        for s in scheduler_output.scheduled:
+            request, params = s.request, s.request.sampling_params
+            if request.status != RequestStatus.RUNNING:
+                continue  # finished by a stop token in the group before, or aborted
+            room = self.max_model_len - request.num_tokens
+            if room < 2 * num_steps:
+                return None
+            left = params.max_tokens - request.num_output_tokens if params.max_tokens is not None else room
+            if left > num_steps:  # those that end by length in the running group are left out
+                requests.append(request)
+            elif self.waiting:
+                return None
+        if not requests:
+            return None
         out = SchedulerOutput()
         for request in requests:
             block_ids = self.kv.allocate(request, 2 * num_steps - 1)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from corral.backends.base import AttentionMetadata
+from corral.kernels.attention_metadata import AttentionMetadata
 from corral.kernels.arrival import last_to_arrive, reset
 from corral.kernels.paged_attention import (LOG2E, _attend_tile, attention_output, check_attention_shapes,
                                             dot_precision)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from corral.backends.base import AttentionMetadata
+from corral.kernels.attention_metadata import AttentionMetadata
 
 LOG2E = 1.4426950408889634
 

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from corral.backends.base import AttentionBackend, AttentionMetadata
+from corral.backends.base import AttentionBackend
+from corral.kernels.attention_metadata import AttentionMetadata
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.engine.input_processor import PromptError
 from corral.engine.tokenizer import ChatTemplateError
 from corral.server.config import ServerConfig
 from corral.server.errors import APIError, AuthenticationError, BadRequestError, error_body, validation_error
@@ -103,8 +104,10 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     async def detokenize(body: DetokenizeRequest, request: Request):
         client = model_for(request, body.model)
         await client.wait_ready(config.request_load_timeout)
-        if client.vocab_size and any(not 0 <= t < client.vocab_size for t in body.tokens):
-            raise BadRequestError(f"token ids must be in [0, {client.vocab_size})", param="tokens")
+        try:
+            client.input_processor.check_token_ids(body.tokens)
+        except PromptError as e:
+            raise BadRequestError(str(e), param="tokens") from None
         return {"prompt": client.tokenizer.decode(body.tokens)}
 
     return app

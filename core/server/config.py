@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from corral.config import ConfigError
+from corral.config import ENGINE_ARGS, ConfigError, EngineArgs
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+DEFAULT_GPU_MEMORY_UTILIZATION = EngineArgs.__dataclass_fields__["gpu_memory_utilization"].default
 
 ENV_SERVER = {"CORRAL_API_KEY": "api_key", "CORRAL_HOST": "host", "CORRAL_PORT": "port"}
 ENV_MODEL = {"MAX_MODEL_LEN": "max_model_len", "GPU_MEMORY_UTILIZATION": "gpu_memory_utilization",
@@ -35,25 +35,15 @@ ALIASES = {"reference": "model", "served_model_name": "name", "default_sampling"
 
 
 @dataclass(slots=True)
-class ModelSpec:
-    """One served model: how to find it, what it is called, and how its engine runs."""
+class ModelSpec(EngineArgs):
+    """One served model: how to find it, what it is called, how the server treats it, and its
+    engine's settings (EngineArgs, declared once in corral.config)."""
 
     model: str
     name: str = ""
     aliases: list[str] = field(default_factory=list)
     source: str | None = None
-    dtype: str = "auto"
-    device: str | None = None
-    max_model_len: int | None = None
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    gpu_memory_utilization: float | None = None
-    kv_cache_memory_bytes: int | None = None
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    num_scheduler_steps: int = 8          # decode steps per host sync; 1 streams every token as it comes
-    load_format: str = "auto"             # "dummy": random weights, for benchmarks
+    gpu_memory_utilization: float | None = field(default=None, kw_only=True)  # None: an even split of the rest
     tensor_parallel_size: int = 1
     num_threads: int | None = None
     max_queue_len: int = 256
@@ -65,13 +55,10 @@ class ModelSpec:
 
     def engine_args(self) -> dict:
         """Keyword arguments of EngineConfig, less `model` (the resolved directory)."""
-        return {"dtype": self.dtype, "device": self.device, "max_model_len": self.max_model_len,
-                "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
-                "block_size": self.block_size, "enable_prefix_caching": self.enable_prefix_caching,
-                "enforce_eager": self.enforce_eager, "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
-                "num_scheduler_steps": self.num_scheduler_steps,
-                "load_format": self.load_format,
-                "gpu_memory_utilization": self.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION}
+        args = {name: getattr(self, name) for name in ENGINE_ARGS}
+        if args["gpu_memory_utilization"] is None:
+            args["gpu_memory_utilization"] = DEFAULT_GPU_MEMORY_UTILIZATION
+        return args
 
     @property
     def max_pending(self) -> int:
@@ -85,7 +72,7 @@ MODEL_KEYS = {f.name for f in fields(ModelSpec)}
 @dataclass(slots=True)
 class ServerConfig:
     models: list[ModelSpec]
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
     shutdown_timeout: float = 30.0
@@ -202,20 +189,18 @@ def _model_spec(values: dict) -> ModelSpec:
             spec.aliases.append(spec.model)
     if spec.reasoning_parser not in ("auto", "qwen3", "none"):
         raise ConfigError(f"{spec.name}: reasoning_parser must be auto, qwen3 or none, got {spec.reasoning_parser!r}")
-    for key in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "block_size",
-                "num_scheduler_steps"):
-        if getattr(spec, key) < 1:
-            raise ConfigError(f"{spec.name}: {key} must be >= 1, got {getattr(spec, key)}")
+    try:
+        spec.check()
+    except ConfigError as e:
+        raise ConfigError(f"{spec.name}: {e}") from None
+    if spec.tensor_parallel_size < 1:
+        raise ConfigError(f"{spec.name}: tensor_parallel_size must be >= 1, got {spec.tensor_parallel_size}")
     unknown = set(spec.sampling) - set(SAMPLING_KEYS)
     if unknown:
         raise ConfigError(f"{spec.name}: unknown sampling default(s) {', '.join(sorted(unknown))}; "
                           f"allowed: {', '.join(SAMPLING_KEYS)}")
-    if spec.load_format not in ("auto", "dummy"):
-        raise ConfigError(f"{spec.name}: load_format must be auto or dummy, got {spec.load_format!r}")
     if spec.max_queue_len < 0:
         raise ConfigError(f"{spec.name}: max_queue_len must be >= 0, got {spec.max_queue_len}")
-    if spec.gpu_memory_utilization is not None and not 0 < spec.gpu_memory_utilization <= 1:
-        raise ConfigError(f"{spec.name}: gpu_memory_utilization must be in (0, 1], got {spec.gpu_memory_utilization}")
     return spec
 
 

@@ -1,18 +1,18 @@
-"""One model as the API process sees it: its files, tokenizer and output processor, and its engine
+"""One model as the API process sees it: its files, input and output processors, and its engine
 process, restarted when it dies. Requests get per-request asyncio queues fed from the engine's pipe.
-
-States: unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails.
 """
 import asyncio
+import enum
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from corral.engine.llm_engine import child_params
+from corral.engine.input_processor import InputProcessor
+from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
+                                    EngineReady, FromEngine, RequestRejected, SchedulerStats)
 from corral.engine.output_processor import OutputProcessor
-from corral.engine.request import Request
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
@@ -27,6 +27,20 @@ MAX_CRASHES = 5             # engine deaths within CRASH_WINDOW seconds before t
 CRASH_WINDOW = 600.0
 
 
+class ModelState(str, enum.Enum):
+    """unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails."""
+
+    UNLOADED = "unloaded"
+    RESOLVING = "resolving"
+    DOWNLOADING = "downloading"
+    LOADING = "loading"
+    READY = "ready"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class EngineClient:
     def __init__(self, spec: ModelSpec, metrics=None, plugin_manager=None, num_threads: int | None = None,
                  log_level: int = logging.INFO, files_lock=None):
@@ -36,18 +50,14 @@ class EngineClient:
         self.plugin_manager = plugin_manager
         self.num_threads = spec.num_threads or num_threads
         self.log_level = log_level
-        self.state = "unloaded"
+        self.state = ModelState.UNLOADED
         self.error: str | None = None
         self.settled_once = False          # reached ready or error at least once
         self.progress = None               # a DownloadProgress while resolving
         self.model_dir: Path | None = None
-        self.tokenizer = None
-        self.eos_token_ids: frozenset[int] = frozenset()
-        self.defaults: dict = {}
+        self.input_processor: InputProcessor | None = None
         self.reasoning_parser: str | None = None
-        self.max_model_len: int | None = None
-        self.vocab_size: int | None = None
-        self.stats: dict = {}
+        self.stats: SchedulerStats | None = None
         self.restarts = 0
         self.num_pending = 0                # requests admitted and not yet released
         self.num_pending_seqs = 0           # their sequences: what the queue bound counts
@@ -63,24 +73,32 @@ class EngineClient:
 
     @property
     def pid(self) -> int | None:
-        return self.engine.pid if self.engine is not None and self.state == "ready" else None
+        return self.engine.pid if self.engine is not None and self.state == ModelState.READY else None
+
+    @property
+    def tokenizer(self):
+        return self.input_processor.tokenizer if self.input_processor is not None else None
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.input_processor.max_model_len if self.input_processor is not None else None
 
     # lifecycle
 
     def load(self):
         """Start loading unless loading or loaded."""
-        if self._closing or self.state not in ("unloaded", "error"):
+        if self._closing or self.state not in (ModelState.UNLOADED, ModelState.ERROR):
             return
         if self._load_task is None or self._load_task.done():
             self._settled.clear()
-            self.state = "loading"
+            self.state = ModelState.LOADING
             self._load_task = asyncio.create_task(self._load(), name=f"load-{self.name}")
 
     async def _load(self):
         try:
-            if self.tokenizer is None:
+            if self.input_processor is None:
                 await asyncio.to_thread(self._prepare)
-            self.state = "loading"
+            self.state = ModelState.LOADING
             engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len)  # capped by _prepare
             self.engine = EngineProcess(self.name, str(self.model_dir), engine_args, self.num_threads,
                                         self.log_level, asyncio.get_running_loop(), self._on_message)
@@ -104,63 +122,59 @@ class EngineClient:
                     self.progress = DownloadProgress(name=self.name)
                 except ImportError:
                     pass
-                self.state = "downloading"
+                self.state = ModelState.DOWNLOADING
             files = ModelFiles.read(resolve_model_dir(self.spec, self.plugin_manager, self.progress), self.spec)
-        self.model_dir, self.eos_token_ids, self.vocab_size = files.model_dir, files.eos_token_ids, files.vocab_size
-        self.max_model_len, self.defaults = files.max_model_len, files.defaults
-        self.reasoning_parser, self.tokenizer = files.reasoning_parser, files.tokenizer
+        self.model_dir, self.reasoning_parser = files.model_dir, files.reasoning_parser
+        self.input_processor = files.input_processor
 
-    def _on_message(self, engine: EngineProcess, message: tuple):
+    def _on_message(self, engine: EngineProcess, message: FromEngine):
         if engine is not self.engine:
             return  # from an engine already replaced
         try:
             self._handle(engine, message)
         except Exception:  # never leave requests waiting on outputs that will not come
-            logger.exception("model %s: cannot handle the engine's %r message", self.name, message[0])
+            logger.exception("model %s: cannot handle the engine's %s", self.name, type(message).__name__)
             self._fail_all(lambda: InternalServerError(f"model {self.name}: internal error; see the server log"))
 
-    def _handle(self, engine: EngineProcess, message: tuple):
-        kind = message[0]
-        if kind == "outputs":
-            results, to_abort = self.output_processor.process(message[1])
+    def _handle(self, engine: EngineProcess, message: FromEngine):
+        if isinstance(message, EngineOutputs):
+            results, to_abort = self.output_processor.process(message.outputs)
             for result in results:
                 if (q := self._queues.get(result.request_id)) is not None:
                     q.put_nowait(result)
             if to_abort:
-                self.engine.send(("abort", to_abort))
-            self.stats = message[2]
-        elif kind == "stats":
-            self.stats = message[1]
-        elif kind == "reject":
-            entry = self.output_processor.children.get(message[1])
+                self.engine.send(AbortRequests(to_abort))
+            self.stats = message.stats
+        elif isinstance(message, RequestRejected):
+            entry = self.output_processor.children.get(message.request_id)
             if entry is not None:
-                self._fail(entry[0].request_id, BadRequestError(message[2], param="prompt"))
-        elif kind == "ready":
-            info = message[1]
-            self.max_model_len, self.vocab_size = info["max_model_len"], info["vocab_size"]
-            self.stats = {"num_running": 0, "num_waiting": 0, "kv_cache_usage": 0.0,
-                          "num_kv_blocks": info["num_kv_blocks"]}
-            self.state, self.error, self.settled_once = "ready", None, True
+                self._fail(entry[0].request_id, BadRequestError(message.message, param="prompt"))
+        elif isinstance(message, EngineReady):
+            self.input_processor.max_model_len = message.max_model_len
+            self.input_processor.vocab_size = message.vocab_size
+            self.stats = SchedulerStats(num_kv_blocks=message.num_kv_blocks,
+                                        num_free_kv_blocks=message.num_kv_blocks)
+            self.state, self.error, self.settled_once = ModelState.READY, None, True
             self._settled.set()
             logger.info("model %s is ready (engine pid %s, %d KV blocks)", self.name, engine.pid,
-                        info["num_kv_blocks"])
-        elif kind == "fatal" and self.state == "ready":
-            logger.error("engine of %s failed: %s", self.name, message[1])
+                        message.num_kv_blocks)
+        elif isinstance(message, EngineFailed) and self.state == ModelState.READY:
+            logger.error("engine of %s failed: %s", self.name, message.message)
             self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} failed; the request was "
                                                    "not completed (the engine is restarting, retry shortly)"))
-        elif kind == "fatal":
-            self._set_error(message[1])
-        elif kind == "eof":
+        elif isinstance(message, EngineFailed):
+            self._set_error(message.message)
+        elif isinstance(message, EngineExited):
             self._on_engine_exit(engine)
 
     def _on_engine_exit(self, engine: EngineProcess):
-        if self._closing or self.state in ("unloaded", "error"):
+        if self._closing or self.state in (ModelState.UNLOADED, ModelState.ERROR):
             asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)  # reap it
             return
-        was_ready = self.state == "ready"
+        was_ready = self.state == ModelState.READY
         self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} died; the request was not "
                                                "completed (the engine is restarting, retry shortly)"))
-        self.state, self.stats = "loading", {}
+        self.state, self.stats = ModelState.LOADING, None
         self._settled.clear()
         self._exit_task = asyncio.create_task(self._after_exit(engine, was_ready))
 
@@ -179,18 +193,18 @@ class EngineClient:
         self.restarts += 1
         if self.metrics is not None:
             self.metrics.engine_restarts.labels(self.name).inc()
-        self.state = "unloaded"
+        self.state = ModelState.UNLOADED
         self.load()
 
     def _set_error(self, message: str):
         logger.error("model %s failed to load: %s", self.name, message)
-        self.state, self.error, self.settled_once = "error", message, True
+        self.state, self.error, self.settled_once = ModelState.ERROR, message, True
         self._fail_all(lambda: ModelUnavailableError(f"model {self.name} failed to load: {message}"))
         self._settled.set()
 
     def _fail(self, request_id: str, error: Exception):
         if self.output_processor is not None and request_id in self.output_processor.requests:
-            self.engine.send(("abort", self.output_processor.child_ids(request_id)))
+            self.engine.send(AbortRequests(self.output_processor.child_ids(request_id)))
             self.output_processor.abort(request_id)
         if (q := self._queues.get(request_id)) is not None:
             q.put_nowait(error)
@@ -201,10 +215,10 @@ class EngineClient:
 
     async def unload(self):
         """Stop the engine, keeping the files and tokenizer: the next request loads it again."""
-        if self.state != "ready" or self.num_pending:
+        if self.state != ModelState.READY or self.num_pending:
             return
         logger.info("unloading idle model %s", self.name)
-        self.state, self.stats = "unloaded", {}
+        self.state, self.stats = ModelState.UNLOADED, None
         self._settled.clear()
         await asyncio.to_thread(self.engine.stop, 10)
 
@@ -243,16 +257,16 @@ class EngineClient:
         self.last_used = time.monotonic()
 
     async def wait_ready(self, timeout: float):
-        if self.state == "ready":
+        if self.state == ModelState.READY:
             return
-        if self.state == "error":
+        if self.state == ModelState.ERROR:
             raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error}")
         self.load()
         try:
             await asyncio.wait_for(self._settled.wait(), timeout)
         except asyncio.TimeoutError:
             raise ModelUnavailableError(f"model {self.name} is still loading; retry later") from None
-        if self.state != "ready":
+        if self.state != ModelState.READY:
             raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error or self.state}")
 
     async def generate(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
@@ -265,8 +279,7 @@ class EngineClient:
             await self.wait_ready(timeout)
             child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
             self._queues[request_id], registered = q, True
-            self.engine.send(("add", [Request(cid, prompt_ids, child_params(params, i), self.eos_token_ids, start)
-                                      for i, cid in enumerate(child_ids)]))
+            self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, start)))
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):
@@ -299,6 +312,6 @@ class EngineClient:
             return
         child_ids = self.output_processor.child_ids(request_id)
         self.output_processor.abort(request_id)
-        self.engine.send(("abort", child_ids))
+        self.engine.send(AbortRequests(child_ids))
         if self.metrics is not None:
             self.metrics.requests_finished.labels(self.name, "abort").inc()

@@ -1,9 +1,6 @@
-"""The engine process of one served model: EngineCore with its own PluginManager, driven over a Pipe.
-
-Messages in:  ("add", [Request, ...]), ("abort", [request_id, ...]), ("shutdown",)
-Messages out: ("ready", info), ("outputs", [EngineCoreOutput, ...], stats), ("stats", stats),
-              ("reject", request_id, message), ("fatal", message)
-While idle the process blocks on the pipe; the pipe closing (the API process died) ends it.
+"""The engine process of one served model: EngineCore with its own PluginManager, driven over a Pipe
+with the typed messages of corral.engine.messages (ToEngine in, FromEngine out). While idle the
+process blocks on the pipe; the pipe closing (the API process died) ends it.
 """
 import logging
 import multiprocessing
@@ -13,12 +10,16 @@ import signal
 import threading
 from collections.abc import Callable
 
+from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
+                                    EngineReady, RequestRejected, Shutdown, ToEngine)
+from corral.engine.request import Request
+
 logger = logging.getLogger(__name__)
 
 class EngineProcess:
     """The API process's end: spawns `run_engine`, reads its messages on one thread and writes on
     another (a busy engine never blocks the event loop). `on_message(self, message)` runs on `loop`;
-    the pipe closing arrives as ("eof",)."""
+    the pipe closing arrives as EngineExited."""
 
     def __init__(self, name: str, model_dir: str, engine_args: dict, num_threads: int | None, log_level: int,
                  loop, on_message: Callable):
@@ -42,7 +43,7 @@ class EngineProcess:
         threading.Thread(target=self._read, daemon=True, name=f"engine-reader-{self.name}").start()
         threading.Thread(target=self._write, daemon=True, name=f"engine-writer-{self.name}").start()
 
-    def send(self, message: tuple):
+    def send(self, message: ToEngine):
         self._outbox.put(message)
 
     def _read(self):
@@ -50,14 +51,14 @@ class EngineProcess:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
-                message = ("eof",)
+                message = EngineExited()
             except Exception as e:  # an unreadable message: the engine is unusable
-                message = ("fatal", f"bad message from the engine: {e}")
+                message = EngineFailed(f"bad message from the engine: {e}")
             try:
                 self._loop.call_soon_threadsafe(self._on_message, self, message)
             except RuntimeError:
                 return  # the event loop is closed
-            if message[0] == "eof":
+            if isinstance(message, EngineExited):
                 return
 
     def _write(self):
@@ -69,7 +70,7 @@ class EngineProcess:
 
     def stop(self, timeout: float):
         """Blocking: ask the engine to exit, then terminate and kill it if it does not."""
-        self._outbox.put(("shutdown",))
+        self._outbox.put(Shutdown())
         self._outbox.put(None)
         if self.process.pid is None:
             return
@@ -91,19 +92,18 @@ def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: 
         core = _build_core(model_dir, engine_args, num_threads)
     except Exception as e:
         logger.exception("engine for %s failed to start", name)
-        _send(conn, ("fatal", f"{type(e).__name__}: {e}"))
+        _send(conn, EngineFailed(f"{type(e).__name__}: {e}"))
         conn.close()
         raise SystemExit(1)
-    _send(conn, ("ready", {"pid": os.getpid(), "max_model_len": core.config.max_model_len,
-                           "num_kv_blocks": core.num_blocks, "block_size": core.config.block_size,
-                           "vocab_size": core.model_config.vocab_size}))
+    _send(conn, EngineReady(os.getpid(), core.config.max_model_len, core.num_blocks, core.config.block_size,
+                            core.model_config.vocab_size))
     try:
         serve(core, conn)
     except (EOFError, OSError, BrokenPipeError):
         logger.info("the API process went away; engine for %s exits", name)
     except Exception as e:
         logger.exception("engine for %s failed", name)
-        _send(conn, ("fatal", f"{type(e).__name__}: {e}"))
+        _send(conn, EngineFailed(f"{type(e).__name__}: {e}"))
         raise SystemExit(1)
 
 
@@ -135,22 +135,21 @@ def serve(core, conn):
         if core.has_unfinished_requests():
             outputs = core.step()
             if outputs or changed:
-                conn.send(("outputs", outputs, core.stats()))
+                conn.send(EngineOutputs(outputs, core.stats()))
         elif changed:
-            conn.send(("stats", core.stats()))
+            conn.send(EngineOutputs([], core.stats()))
 
 
-def _handle(core, conn, message) -> bool:
-    kind = message[0]
-    if kind == "add":
-        for request in message[1]:
+def _handle(core, conn, message: ToEngine) -> bool:
+    if isinstance(message, AddRequests):
+        for request in message.requests:
             try:
-                core.add_request(request)
+                core.add_request(Request.from_engine_core_request(request))
             except ValueError as e:
-                conn.send(("reject", request.request_id, str(e)))
-    elif kind == "abort":
-        core.abort_requests(message[1])
-    elif kind == "shutdown":
+                conn.send(RequestRejected(request.request_id, str(e)))
+    elif isinstance(message, AbortRequests):
+        core.abort_requests(message.request_ids)
+    elif isinstance(message, Shutdown):
         return False
     return True
 

@@ -2,8 +2,10 @@
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from corral.engine.messages import SchedulerStats
+from corral.server.engine_client import ModelState
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
-STATES = ("unloaded", "resolving", "downloading", "loading", "ready", "error")
 
 
 class Metrics:
@@ -65,14 +67,14 @@ class EngineCollector:
         kv_blocks = GaugeMetricFamily("corral_kv_cache_blocks", "KV cache blocks of the engine", labels=["model"])
         state = GaugeMetricFamily("corral_model_state", "1 for the model's current state", labels=["model", "state"])
         for client in list(self.models):
-            stats = client.stats or {}
-            running.add_metric([client.name], stats.get("num_running", 0))
-            waiting.add_metric([client.name], stats.get("num_waiting", 0))
+            stats = client.stats or SchedulerStats()
+            running.add_metric([client.name], stats.num_running)
+            waiting.add_metric([client.name], stats.num_waiting)
             pending.add_metric([client.name], client.num_pending)
-            kv_usage.add_metric([client.name], stats.get("kv_cache_usage", 0.0))
-            kv_blocks.add_metric([client.name], stats.get("num_kv_blocks", 0))
-            for s in STATES:
-                state.add_metric([client.name, s], 1.0 if client.state == s else 0.0)
+            kv_usage.add_metric([client.name], stats.kv_cache_usage)
+            kv_blocks.add_metric([client.name], stats.num_kv_blocks)
+            for s in ModelState:
+                state.add_metric([client.name, s.value], 1.0 if client.state == s else 0.0)
         yield from (running, waiting, pending, kv_usage, kv_blocks, state)
 
     def describe(self):

@@ -1,12 +1,13 @@
 """The served models by name and alias, their states, and the idle unloading of keep_alive."""
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
 import time
 
 from corral.server.config import ServerConfig
-from corral.server.engine_client import EngineClient
+from corral.server.engine_client import EngineClient, ModelState
 from corral.server.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class ModelRegistry:
             now = time.monotonic()
             for client in self:
                 keep_alive = client.spec.keep_alive
-                if (keep_alive is not None and client.state == "ready" and not client.num_pending
+                if (keep_alive is not None and client.state == ModelState.READY and not client.num_pending
                         and now - client.last_used >= keep_alive):
                     await client.unload()
 
@@ -74,20 +75,20 @@ class ModelRegistry:
         entry = {"id": client.name, "object": "model", "created": self.created, "owned_by": "corral",
                  "root": client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
                  "state": client.state, "max_model_len": client.max_model_len}
-        if client.state == "error":
+        if client.state == ModelState.ERROR:
             entry["error"] = client.error
         progress = client.progress
-        if progress is not None and client.state in ("downloading", "resolving"):
+        if progress is not None and client.state in (ModelState.DOWNLOADING, ModelState.RESOLVING):
             entry["state"] = progress.state if progress.state in ("resolving", "downloading") else client.state
             entry["progress"] = progress.fraction
         return entry
 
     def health(self) -> tuple[int, dict]:
-        """200 while serving (at least one model ready, none in its first load), else 503."""
+        """200 whenever the server can serve: no model in its first load, and some model ready or able
+        to load on demand (unloaded by keep_alive, lazy, restarting after its engine died); else 503."""
         models = {c.name: {"state": c.state, "pid": c.pid, "restarts": c.restarts, "pending": c.num_pending,
-                           **({"error": c.error} if c.error else {}), **(c.stats or {})} for c in self}
-        serving = any(c.state == "ready" for c in self) and not self.starting
-        lazy_only = all(c.state == "unloaded" and not c.spec.preload for c in self)
-        ok = serving or lazy_only
+                           **({"error": c.error} if c.error else {}),
+                           **(dataclasses.asdict(c.stats) if c.stats else {})} for c in self}
+        ok = not self.starting and any(c.state != ModelState.ERROR for c in self)
         return (200 if ok else 503), {"status": "ok" if ok else "loading" if self.starting else "unavailable",
                                       "models": models}

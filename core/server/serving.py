@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response, StreamingResponse
 
+from corral.engine.input_processor import ContextLengthError, PromptError
 from corral.outputs import CompletionOutput, TokenLogprob
 from corral.sampling_params import SamplingParams, SamplingParamsError
 from corral.server.engine_client import EngineClient
@@ -29,22 +30,22 @@ def now() -> int:
 
 
 def check_prompt(client: EngineClient, prompt_ids: list[int], max_tokens: int | None, param: str) -> int:
-    """The max_tokens to use: as asked, or what the context leaves; 400 if the prompt does not fit."""
-    n, limit = len(prompt_ids), client.max_model_len
+    """The max_tokens to use: as asked, or what the context leaves; 400 if the prompt does not fit
+    (the model's InputProcessor decides; this gives its verdict OpenAI's words)."""
     what = "messages" if param == "messages" else "prompt"
-    if n == 0:
-        raise BadRequestError(f"the {what} is empty", param=param)
-    if client.vocab_size and any(not 0 <= t < client.vocab_size for t in prompt_ids):
-        raise BadRequestError(f"token ids must be in [0, {client.vocab_size})", param=param)
-    if max_tokens is not None and max_tokens < 1:
-        raise BadRequestError(f"max_tokens must be an integer >= 1, got {max_tokens}", param="max_tokens")
-    if n >= limit or (max_tokens is not None and n + max_tokens > limit):
-        requested = n + (max_tokens or 1)
+    valid = max_tokens is None or max_tokens >= 1  # an invalid max_tokens is SamplingParams' to refuse
+    try:
+        allowed = client.input_processor.check_prompt(prompt_ids, max_tokens if valid else None)
+    except ContextLengthError as e:
+        asked = e.max_tokens or 1
         raise BadRequestError(
-            f"This model's maximum context length is {limit} tokens. However, you requested {requested} tokens "
-            f"({n} in the {what}, {max_tokens or 1} in the completion). Please reduce the length of the "
-            f"{what} or completion.", param=param, code="context_length_exceeded")
-    return max_tokens if max_tokens is not None else limit - n
+            f"This model's maximum context length is {e.max_model_len} tokens. However, you requested "
+            f"{e.num_prompt_tokens + asked} tokens ({e.num_prompt_tokens} in the {what}, {asked} in the "
+            f"completion). Please reduce the length of the {what} or completion.", param=param,
+            code=e.code) from None
+    except PromptError as e:
+        raise BadRequestError(str(e).replace("the prompt", f"the {what}"), param=param) from None
+    return allowed if valid else max_tokens
 
 
 def check_num_sequences(client: EngineClient, n: int | None, num_prompts: int = 1) -> int:
@@ -61,11 +62,9 @@ def check_num_sequences(client: EngineClient, n: int | None, num_prompts: int = 
 
 def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,
                     logprobs: int | None) -> SamplingParams:
-    defaults = {k: v for k, v in client.defaults.items() if k != "max_tokens"}
     try:
-        params = body.sampling_params(defaults, max_tokens, logprobs)
-        if client.vocab_size:  # the engine checks this too, but could not name the parameter
-            params.check_vocab(client.vocab_size)
+        params = body.sampling_params(client.input_processor.sampling_defaults, max_tokens, logprobs)
+        client.input_processor.check_params(params)
     except SamplingParamsError as e:
         raise BadRequestError(str(e), param=e.param) from None
     except (TypeError, ValueError) as e:

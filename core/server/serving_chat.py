@@ -4,7 +4,7 @@ import functools
 
 from starlette.requests import Request as HTTPRequest
 
-from corral.engine.tokenizer import ChatTemplateError, render_chat
+from corral.engine.tokenizer import ChatTemplateError
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import ChatCompletionRequest
@@ -15,12 +15,13 @@ from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs
 
 
 def render_prompt(client: EngineClient, body: ChatCompletionRequest) -> tuple[str, list[int]]:
+    inputs = client.input_processor
     try:
-        prompt = render_chat(client.tokenizer, body.message_dicts(), body.add_generation_prompt is not False,
-                             body.chat_template_kwargs)
+        prompt = inputs.render_chat(body.message_dicts(), body.add_generation_prompt is not False,
+                                    body.chat_template_kwargs)
     except ChatTemplateError as e:
         raise BadRequestError(str(e), param="messages") from None
-    return prompt, client.tokenizer.encode(prompt, add_special_tokens=False)
+    return prompt, inputs.tokenize(prompt, add_special_tokens=False)
 
 
 async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
@@ -34,7 +35,7 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
         prompt, prompt_ids = await asyncio.to_thread(render_prompt, client, body)  # a long prompt: not on the loop
         max_tokens = body.requested_max_tokens()
         if max_tokens is None:
-            max_tokens = client.defaults.get("max_tokens")
+            max_tokens = client.input_processor.defaults.get("max_tokens")
         max_tokens = check_prompt(client, prompt_ids, max_tokens, "messages")
         params = sampling_params(body, client, max_tokens, logprobs)
     except BaseException:

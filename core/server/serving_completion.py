@@ -16,7 +16,7 @@ DEFAULT_MAX_TOKENS = 16
 
 def _encode(client: EngineClient, prompts: list) -> list[tuple[str | None, list[int]]]:
     """(text, token ids) of each prompt; token-id prompts have no text."""
-    return [(p, client.tokenizer.encode(p)) if isinstance(p, str) else (None, list(p)) for p in prompts]
+    return [(p if isinstance(p, str) else None, client.input_processor.tokenize(p)) for p in prompts]
 
 
 async def create_completion(body: CompletionRequest, client: EngineClient, request: HTTPRequest,
@@ -34,7 +34,7 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         encoded = await asyncio.to_thread(_encode, client, prompts)  # a long prompt: not on the event loop
         max_tokens = body.max_tokens
         if max_tokens is None:
-            max_tokens = client.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
+            max_tokens = client.input_processor.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
         limits = [check_prompt(client, ids, max_tokens, "prompt") for _, ids in encoded]
         params = [sampling_params(body, client, limit, body.logprobs) for limit in limits]
     except BaseException:

@@ -1,0 +1,90 @@
+"""Everything that crosses from the API process to an engine process and back: named, typed
+structs, never tuples read by position. The engine builds its own `Request` from an
+`EngineCoreRequest`; nothing mutable of the engine's is pickled across."""
+from dataclasses import dataclass
+
+from corral.outputs import EngineCoreOutput
+from corral.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class EngineCoreRequest:
+    """One sequence to generate: a validated prompt and its own sampling params (n already fanned out)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    eos_token_ids: frozenset[int]
+    arrival_time: float
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """The engine's load, sent with every batch of outputs (gauges, /health, gateways)."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    num_kv_blocks: int = 0
+    num_free_kv_blocks: int = 0
+    prefix_cache_hit_tokens: int = 0
+    prefix_cache_query_tokens: int = 0
+    num_preemptions: int = 0
+
+
+# API process -> engine process
+
+@dataclass(slots=True)
+class AddRequests:
+    requests: list[EngineCoreRequest]
+
+
+@dataclass(slots=True)
+class AbortRequests:
+    request_ids: list[str]
+
+
+@dataclass(slots=True)
+class Shutdown:
+    pass
+
+
+# engine process -> API process
+
+@dataclass(slots=True)
+class EngineReady:
+    pid: int
+    max_model_len: int
+    num_kv_blocks: int
+    block_size: int
+    vocab_size: int
+
+
+@dataclass(slots=True)
+class EngineOutputs:
+    """One step's outputs (possibly none, after requests changed) and the load after it."""
+
+    outputs: list[EngineCoreOutput]
+    stats: SchedulerStats
+
+
+@dataclass(slots=True)
+class RequestRejected:
+    request_id: str
+    message: str
+
+
+@dataclass(slots=True)
+class EngineFailed:
+    """The engine could not start, or failed while running; it exits after sending this."""
+
+    message: str
+
+
+@dataclass(slots=True)
+class EngineExited:
+    """Not sent: the API process's reader reports the pipe closing as this."""
+
+
+ToEngine = AddRequests | AbortRequests | Shutdown
+FromEngine = EngineReady | EngineOutputs | RequestRejected | EngineFailed | EngineExited
