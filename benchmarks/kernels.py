@@ -54,7 +54,7 @@ def check(label: str, actual, expected, tol: float):
 
 def paged_batch(query_lens: list[int], seq_lens: list[int], hkv: int, d: int):
     """A randomly filled cache [2, blocks, BLOCK_SIZE, hkv, d] whose blocks are handed out shuffled."""
-    from corral.backends.base import AttentionMetadata
+    from corral.kernels.attention_metadata import AttentionMetadata
     blocks = [math.ceil(s / BLOCK_SIZE) for s in seq_lens]
     order = torch.randperm(sum(blocks) + 1, device=DEVICE, dtype=torch.int32)
     tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=DEVICE)
