@@ -1,16 +1,13 @@
 """One real server for the session: uvicorn on 127.0.0.1 in a thread of this process, three engine
 processes (tiny random Qwen3, tiny random Llama, SmolLM2-135M-Instruct), driven over HTTP."""
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.server.helpers import API_KEY, ServerThread
 from tests.tiny_models import build_model
 
-API_KEY = "test-key"
 MAX_MODEL_LEN = 512
 
 # Qwen3's template: thinking on leaves the prompt inside <think>, thinking off closes it empty.
@@ -19,49 +16,6 @@ QWEN3_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% else %}<think>\n{% endif %}{% endif %}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    """uvicorn serving create_app(config) on a free loopback port, in a background thread."""
-
-    def __init__(self, config):
-        import uvicorn
-
-        from corral.server.api import create_app
-        config.host, config.port = "127.0.0.1", free_port()
-        self.config = config
-        self.app = create_app(config)
-        self.registry = self.app.state.registry
-        self.url = f"http://127.0.0.1:{config.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port,
-                                                    log_level="warning", timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn")
-
-    def start(self, timeout: float = 240.0) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get(f"{self.url}/health", timeout=5)
-                if r.status_code == 200 or (r.status_code == 503 and r.json()["status"] == "unavailable"):
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"the server did not become healthy within {timeout} s")
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def client(self, model: str):
-        return self.registry.get(model)
 
 
 @pytest.fixture(scope="session")

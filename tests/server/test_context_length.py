@@ -6,7 +6,7 @@ import pytest
 
 from corral import LLM
 from corral.config import ConfigError
-from tests.server.conftest import ServerThread
+from tests.server.helpers import ServerThread
 
 POSITIONS = 1024  # the tiny models' max_position_embeddings
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from tests.server.conftest import ServerThread
+from tests.server.helpers import ServerThread
 
 TRIGGER = [5, 6, 7]  # three prompt tokens in a row; random profiling and warm-up ids do not hold them
 

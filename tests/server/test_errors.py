@@ -5,19 +5,9 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY
+from tests.server.helpers import API_KEY, CHAT, GOOD, error_of
 
-CHAT = "/v1/chat/completions"
-GOOD = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
 LONG_PROMPT = "Hello world! " * 200  # about 600 tokens with the tiny tokenizer, past max_model_len 512
-
-
-def error_of(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert "Traceback" not in response.text
-    return body["error"]
 
 
 @pytest.fixture

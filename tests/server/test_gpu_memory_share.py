@@ -3,7 +3,7 @@ sizes in its error; the other answers through the openai client."""
 import httpx
 import pytest
 
-from tests.server.conftest import ServerThread
+from tests.server.helpers import ServerThread
 
 
 @pytest.mark.gpu

@@ -3,7 +3,7 @@ vocabulary, millions of sequences) and options corral cannot honour get a 400, n
 import openai
 import pytest
 
-from tests.server.test_errors import CHAT, GOOD, error_of
+from tests.server.helpers import CHAT, GOOD, error_of
 
 MODEL = GOOD["model"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.conftest import ServerThread, free_port
+from tests.server.helpers import ServerThread, free_port
 
 
 def corral_command() -> list[str]:

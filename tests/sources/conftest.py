@@ -2,13 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.sources.helpers import BIN_ONLY, GATED, TINY, TOKEN
 from tests.sources.hub_server import FakeHFHub, FakeModelScope, Repo, closed_port_url
 from tests.tiny_models import build_model
-
-TINY = "corral-test/tiny-llama"
-GATED = "corral-test/gated-llama"
-BIN_ONLY = "corral-test/bin-only"
-TOKEN = "hf_granted_token"
 
 TINY_MANIFEST = f"""
 ["tiny-llama"]
@@ -79,6 +75,3 @@ def tiny_manifest(isolated_env) -> str:
     (isolated_env / "models" / "tiny.toml").write_text(TINY_MANIFEST)
     return "tiny-llama"
 
-
-def same_files(a: Path, b: Path, names) -> bool:
-    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)

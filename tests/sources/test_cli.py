@@ -4,7 +4,7 @@ import json
 import pytest
 
 from corral.cli import main
-from tests.sources.conftest import GATED, TINY
+from tests.sources.helpers import GATED, TINY
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from corral.cli import main
 from corral.registry.errors import GatedRepoError, HubUnreachableError
 from corral.registry.sources import resolve_model
 from corral.store import META_FILE
-from tests.sources.conftest import GATED, TINY
+from tests.sources.helpers import GATED, TINY
 from tests.sources.hub_server import FakeHFHub, FakeHub, closed_port_url
 
 HTML = b"<!DOCTYPE html><html><body><h1>Welcome</h1><p>Please log in to continue.</p></body></html>"

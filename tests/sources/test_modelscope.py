@@ -8,7 +8,7 @@ from corral.progress import DownloadProgress
 from corral.registry.errors import HubUnreachableError, ModelNotFoundError, SourceUnavailableError
 from corral.registry.sources import resolve_model
 from corral.store import META_FILE
-from tests.sources.conftest import TINY, same_files
+from tests.sources.helpers import TINY, same_files
 
 SERVING = ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
            "tokenizer_config.json"]

@@ -2,7 +2,7 @@
 import pytest
 
 from corral.registry.sources import resolve_model
-from tests.sources.conftest import TINY
+from tests.sources.helpers import TINY
 
 PROMPTS = ["The capital of France is", "def main():", "Hello world! How are"]
 

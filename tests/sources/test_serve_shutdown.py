@@ -6,7 +6,7 @@ import time
 import httpx
 
 from corral.store import META_FILE
-from tests.sources.conftest import TINY
+from tests.sources.helpers import TINY
 from tests.sources.hub_server import FakeHFHub
 
 DELAY = 0.5  # seconds before each file's bytes
@@ -23,7 +23,7 @@ class SlowFileHub(FakeHFHub):
 
 def test_stopping_the_server_mid_download_stops_the_download(repos, isolated_env, monkeypatch):
     from corral.server.config import build_config
-    from tests.server.conftest import ServerThread
+    from tests.server.helpers import ServerThread
     with SlowFileHub(repos) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("CORRAL_DOWNLOAD_WORKERS", "1")  # one file at a time

@@ -86,7 +86,7 @@ def test_a_read_only_store_serves_its_complete_copies_and_names_itself_for_the_r
     import corral.store
     from corral.registry.errors import StoreNotWritableError
     from corral.registry.sources import resolve_model
-    from tests.sources.conftest import BIN_ONLY, TINY
+    from tests.sources.helpers import BIN_ONLY, TINY
 
     path = resolve_model(f"hf:{TINY}")
 
@@ -113,7 +113,7 @@ def test_a_download_that_the_disk_cannot_take_fails_before_it_starts(hf_hub):
     import corral.download
     from corral.registry.errors import SourceError
     from corral.registry.sources import resolve_model
-    from tests.sources.conftest import TINY
+    from tests.sources.helpers import TINY
 
     usage = namedtuple("usage", "total used free")
     with pytest.MonkeyPatch.context() as mp:

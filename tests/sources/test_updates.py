@@ -9,7 +9,7 @@ from corral.cli import main
 from corral.progress import DownloadProgress
 from corral.registry.sources import resolve_model
 from corral.store import META_FILE, ModelStore
-from tests.sources.conftest import TINY
+from tests.sources.helpers import TINY
 from tests.sources.hub_server import FakeModelScope, closed_port_url
 
 HUBS = [("hf", "hf_hub", "HF_ENDPOINT"), ("ms", "ms_hub", "MODELSCOPE_ENDPOINT")]

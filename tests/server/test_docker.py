@@ -14,7 +14,7 @@ import yaml
 from corral.cli import build_parser
 from corral.server.config import ServerConfig, build_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "docker-compose.yml"

@@ -4,7 +4,7 @@ import pytest
 from corral import LLM, SamplingParams
 from corral.engine.output_processor import OutputProcessor
 from corral.outputs import EngineCoreOutput
-from tests.test_parity import reference_generate
+from tests.models.helpers import reference_generate
 from tests.tiny_models import build_tokenizer, load_reference
 
 

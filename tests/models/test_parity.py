@@ -1,35 +1,9 @@
 """Greedy token-for-token parity with transformers (fp32) on tiny random models."""
-import random
-
 import pytest
-import torch
 
 from corral import LLM, SamplingParams
+from tests.models.helpers import NUM_NEW_TOKENS, make_prompts, reference_generate
 from tests.tiny_models import load_reference
-
-NUM_NEW_TOKENS = 32
-
-
-def make_prompts(shared_prefix: int = 0, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    prefix = [rng.randrange(3, 500) for _ in range(shared_prefix)]
-    lengths = [1, 5, 17, 33, 48, 9, 64, 23, 16, 40]
-    return [prefix + [rng.randrange(3, 500) for _ in range(n)] for n in lengths]
-
-
-def reference_generate(model, prompt: list[int], num_new: int = NUM_NEW_TOKENS) -> tuple[list[int], list[float]]:
-    """Plain greedy decoding with transformers' own KV cache; EOS is not special."""
-    tokens, logprobs, past = [], [], None
-    inputs = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(num_new):
-            out = model(input_ids=inputs, past_key_values=past, use_cache=True)
-            step = torch.log_softmax(out.logits[0, -1].float(), -1)
-            token = int(step.argmax())
-            tokens.append(token)
-            logprobs.append(step[token].item())
-            past, inputs = out.past_key_values, torch.tensor([[token]])
-    return tokens, logprobs
 
 
 @pytest.fixture(scope="module", params=["qwen3", "llama"])

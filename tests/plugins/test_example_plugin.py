@@ -22,10 +22,10 @@ from corral.cli import main
 from corral.commands.plugins import describe
 from corral.registry.architectures import UnknownArchitectureError
 from corral.registry.plugins import PluginManager
-from tests.test_parity import make_prompts, reference_generate
+from tests.models.helpers import make_prompts, reference_generate
 from tests.tiny_models import build_model, build_tokenizer, load_reference
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = "./examples/corral-qwen2"
 PACKAGE = "corral-qwen2"
 # pip builds with the setuptools already installed, and fetches nothing (a venv of Python >= 3.12 has no

@@ -3,7 +3,7 @@ theta 1e6, yarn): greedy tokens and logprobs against transformers in fp32 on tin
 import pytest
 
 from corral import LLM
-from tests.test_family_llama import YARN_ROPE, assert_matches_transformers, long_prompts, short_prompts
+from tests.models.helpers import YARN_ROPE, assert_matches_transformers, long_prompts, short_prompts
 from tests.tiny_models import build_model
 
 CONFIGS = {

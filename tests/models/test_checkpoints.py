@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from corral import LLM, SamplingParams
-from tests.test_parity import reference_generate
+from tests.models.helpers import reference_generate
 from tests.tiny_models import build_model, load_reference
 
 PROMPT = [5, 17, 42, 99, 3, 250]

@@ -2,7 +2,7 @@
 import pytest
 
 from corral import LLM, SamplingParams
-from tests.test_parity import reference_generate
+from tests.models.helpers import reference_generate
 from tests.tiny_models import load_reference
 
 PROMPTS = [

@@ -1,8 +1,8 @@
-"""Checkpoint contents of real Llama / Qwen3 releases beyond tests/test_checkpoints.py."""
+"""Checkpoint contents of real Llama / Qwen3 releases beyond tests/models/test_checkpoints.py."""
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_family_llama import assert_matches_transformers, short_prompts
+from tests.models.helpers import assert_matches_transformers, short_prompts
 from tests.tiny_models import build_model
 
 

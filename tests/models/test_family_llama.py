@@ -1,41 +1,16 @@
 """Llama family configurations of real checkpoints (Llama 2 / 3 / 3.1 / 3.2, biases, RoPE scaling):
 greedy tokens and logprobs against transformers in fp32 on tiny random models, on the CPU (the torch
 path, the oracle that benchmarks.engine_check holds the Triton backend to) wherever they run."""
-import random
-
 import pytest
 import torch
 
-from corral import LLM, SamplingParams
+from corral import LLM
 from corral.layers.rotary import RotaryEmbedding
-from tests.test_parity import reference_generate
-from tests.tiny_models import build_model, load_reference
+from tests.models.helpers import YARN_ROPE, assert_matches_transformers, long_prompts, short_prompts
+from tests.tiny_models import build_model
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
-YARN_ROPE = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
-
-
-def short_prompts() -> list[list[int]]:
-    rng = random.Random(0)
-    return [[rng.randrange(3, 500) for _ in range(n)] for n in (1, 7, 33)]
-
-
-def long_prompts(max_positions: int, num_new: int) -> list[list[int]]:
-    """Prompts whose last generated token sits at the final position the model has."""
-    rng = random.Random(1)
-    return [[rng.randrange(3, 500) for _ in range(n)] for n in (max_positions // 2, max_positions - num_new)]
-
-
-def assert_matches_transformers(model_dir, prompts: list[list[int]], num_new: int = 8):
-    reference = load_reference(model_dir)
-    llm = LLM(str(model_dir), dtype="float32", device="cpu")
-    params = SamplingParams(temperature=0, max_tokens=num_new, ignore_eos=True, logprobs=1)
-    for prompt, output in zip(prompts, llm.generate(prompts, params)):
-        tokens, logprobs = reference_generate(reference, prompt, num_new)
-        completion = output.outputs[0]
-        assert completion.token_ids == tokens
-        assert [lp.logprob for lp in completion.logprobs] == pytest.approx(logprobs, abs=1e-4)
 
 
 CONFIGS = {

@@ -1,0 +1,64 @@
+"""The CLI as a user meets it when something is wrong: a bad flag, a bad source, a CUDA device that is not
+there, a reader that leaves early. Each is one line on stderr, never a traceback."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from corral.cli import main
+
+
+def test_a_bad_log_level_is_a_usage_error_not_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--log-level", "loud", "list"])
+    assert exit_info.value.code == 2 and "invalid choice: 'LOUD'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_generate_on_a_cuda_device_that_is_not_there_is_one_line(tiny_model_dirs, capsys):
+    assert main(["generate", str(tiny_model_dirs["llama"]), "hi", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("corral: error: --device cuda: no CUDA device") and len(err.splitlines()) == 1
+
+
+def serve_args(*argv):
+    from corral.cli import build_parser
+    return build_parser().parse_args(["serve", *argv])
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["/models/q", "--source", "ollama"], {}, "unknown source 'ollama'"),
+    (["/models/q"], {"CORRAL_SOURCE": "modelscop"}, "unknown source 'modelscop'"),
+] + ([] if torch.cuda.is_available() else [(["/models/q", "--device", "cuda:0"], {}, "no CUDA device")]))
+def test_serve_refuses_a_bad_source_or_device_before_it_starts(argv, env, expected, monkeypatch):
+    from corral.commands.serve import build_server_config
+    monkeypatch.delenv("CORRAL_SOURCE", raising=False)
+    with pytest.raises(Exception, match=expected):
+        build_server_config(serve_args(*argv), env)
+
+
+def test_a_reader_that_leaves_early_gets_no_broken_pipe_error():
+    child = textwrap.dedent("""
+        import sys
+        import corral.commands.models as models
+        models.list_models = lambda args: [print("x" * 100) for _ in range(20000)] and 0
+        from corral.cli import main
+        sys.exit(main(["list"]))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(10)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert "Broken pipe" not in err and "BrokenPipeError" not in err
+
+
+def test_python_dash_m_corral_cli_gives_the_same_one_line_errors():
+    """Run as __main__, cli.py once caught its own CLIError class, not the one the commands raise."""
+    done = subprocess.run([sys.executable, "-m", "corral.cli", "plugins", "uninstall", "corral"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("corral: error: that would uninstall corral itself")
+    assert len(done.stderr.strip().splitlines()) == 1

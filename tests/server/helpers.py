@@ -1,0 +1,62 @@
+"""Shared by the server tests (and the sources tests that serve): a real server in a thread, the API key
+it is given, and the check that a response is an OpenAI-style error."""
+import socket
+import threading
+import time
+
+import httpx
+
+API_KEY = "test-key"
+CHAT = "/v1/chat/completions"
+GOOD = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn serving create_app(config) on a free loopback port, in a background thread."""
+
+    def __init__(self, config):
+        import uvicorn
+
+        from corral.server.api import create_app
+        config.host, config.port = "127.0.0.1", free_port()
+        self.config = config
+        self.app = create_app(config)
+        self.registry = self.app.state.registry
+        self.url = f"http://127.0.0.1:{config.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port,
+                                                    log_level="warning", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn")
+
+    def start(self, timeout: float = 240.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/health", timeout=5)
+                if r.status_code == 200 or (r.status_code == 503 and r.json()["status"] == "unavailable"):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the server did not become healthy within {timeout} s")
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self, model: str):
+        return self.registry.get(model)
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in response.text
+    return body["error"]
