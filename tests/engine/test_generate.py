@@ -56,7 +56,7 @@ def test_stop_strings_cut_the_text_and_finish_the_request(llm):
                                                       stop=[stop]))[0].outputs[0]
     assert output.text == greedy.text[:greedy.text.index(stop)]
     assert output.finish_reason == "stop" and output.stop_reason == stop
-    assert llm.engine.core.stats()["num_running"] == 0
+    assert llm.engine.core.stats().num_running == 0
 
 
 def test_top_logprobs_are_sorted_and_include_the_sampled_token_rank(llm):
@@ -72,7 +72,8 @@ def test_string_prompts_are_tokenized_and_text_is_returned(llm):
     output = llm.generate("Hello world", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0]
     tokenizer = llm.get_tokenizer()
     assert output.prompt_token_ids == tokenizer.encode("Hello world")
-    assert output.outputs[0].text == tokenizer.decode(output.outputs[0].token_ids)
+    # the full decode, less a character the last tokens left incomplete
+    assert output.outputs[0].text == tokenizer.decode(output.outputs[0].token_ids).rstrip("\ufffd")
 
 
 def test_chinese_text_streams_without_broken_characters(llm):
@@ -197,13 +198,13 @@ def test_reset_prefix_cache_makes_the_next_run_cold(llm):
     core, prompt = llm.engine.core, list(range(3, 3 + 70))  # four full blocks of 16
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     first = llm.generate([prompt], params)[0]
-    hits = core.stats()["prefix_cache_hit_tokens"]
+    hits = core.stats().prefix_cache_hit_tokens
     assert tokens(llm.generate([prompt], params)[0]) == tokens(first)
-    assert core.stats()["prefix_cache_hit_tokens"] - hits == 64
+    assert core.stats().prefix_cache_hit_tokens - hits == 64
     core.reset_prefix_cache()
-    hits = core.stats()["prefix_cache_hit_tokens"]
+    hits = core.stats().prefix_cache_hit_tokens
     assert tokens(llm.generate([prompt], params)[0]) == tokens(first)
-    assert core.stats()["prefix_cache_hit_tokens"] == hits
+    assert core.stats().prefix_cache_hit_tokens == hits
     core.add_request(Request("busy", prompt, params))
     with pytest.raises(RuntimeError, match="idle engine"):
         core.reset_prefix_cache()

@@ -46,7 +46,7 @@ def test_min_tokens_holds_off_a_stop_string_of_the_first_tokens(qwen3):
     llm, reference = qwen3
     prompt = [5, 6, 7]
     expected = reference_generate(reference, prompt, 24)[0]
-    text = llm.get_tokenizer().decode(expected)
+    text = llm.get_tokenizer().decode(expected).rstrip("\ufffd")  # less a character left incomplete
     stop = next(text[i:i + 2] for i in range(len(text)) if "\ufffd" not in text[i:i + 2] and len(text[i:i + 2]) == 2)
     params = SamplingParams(temperature=0, max_tokens=24, min_tokens=24, ignore_eos=True, stop=[stop])
     output = llm.generate([prompt], params)[0].outputs[0]

@@ -41,8 +41,8 @@ def test_greedy_tokens_and_logprobs_match_transformers(arch_case, regime):
         assert ours == pytest.approx(logprobs, abs=1e-4)
 
     if regime == "prefix_cache":
-        assert stats["prefix_cache_hit_tokens"] >= len(prompts) * 32
+        assert stats.prefix_cache_hit_tokens >= len(prompts) * 32
     if regime == "preemption":
-        assert stats["num_preemptions"] > 0
+        assert stats.num_preemptions > 0
     if regime == "chunked_prefill":
         assert max(len(p) for p in prompts) > 12

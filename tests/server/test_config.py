@@ -72,7 +72,7 @@ def test_yaml_file_with_a_list_of_models(tmp_path):
 def test_no_model_serves_the_default_manifest():
     config = build_config(env={})
     assert [m.model for m in config.models] == [DEFAULT_MODEL] and config.models[0].name == DEFAULT_MODEL
-    assert (config.host, config.port, config.api_key) == ("0.0.0.0", 8000, None)
+    assert (config.host, config.port, config.api_key) == ("127.0.0.1", 8000, None)  # this machine only, as Ollama
 
 
 def test_seed_deployment_environment_names_work():
@@ -159,3 +159,33 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
 def test_durations_and_sizes():
     assert parse_duration("1h30m") == 5400 and parse_duration(45) == 45 and parse_duration("-1") is None
     assert parse_size("512MiB") == 512 << 20 and parse_size("1.5GB") == 1_500_000_000 and parse_size(1024) == 1024
+
+
+def test_every_engine_setting_is_a_config_key_and_reaches_the_engine(tmp_path):
+    # declared once in EngineArgs; the config file, the flags and the offline LLM derive from it
+    from dataclasses import fields
+
+    from corral.config import EngineArgs, EngineConfig
+    values = {"dtype": "float16", "device": "cpu", "max_model_len": 64, "max_num_seqs": 3,
+              "max_num_batched_tokens": 77, "block_size": 32, "gpu_memory_utilization": 0.5, "num_kv_blocks": 9,
+              "kv_cache_memory_bytes": 1234, "enable_prefix_caching": False, "attention_backend": "torch",
+              "enforce_eager": True, "num_scheduler_steps": 2, "async_scheduling": False, "seed": 7,
+              "load_format": "dummy"}
+    assert set(values) == {f.name for f in fields(EngineArgs)}
+    lines = "\n".join(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}" for k, v in values.items())
+    path = tmp_path / "serve.toml"
+    path.write_text(f"[models.m]\nmodel = 'x'\n{lines}\n")
+    assert build_config(file=path, env={}).models[0].engine_args() == values
+    assert set(values) <= set(EngineConfig.__dataclass_fields__)
+
+
+def test_every_engine_setting_with_help_is_a_serve_flag():
+    from dataclasses import fields
+
+    from corral.config import EngineArgs
+    documented = [f for f in fields(EngineArgs) if f.metadata.get("help")]
+    assert {"max_model_len", "max_num_seqs", "num_scheduler_steps", "kv_cache_memory_bytes"} <= {
+        f.name for f in documented}
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    dests = {a.dest for a in serve._actions}
+    assert {f.name for f in documented} <= dests

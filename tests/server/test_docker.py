@@ -112,13 +112,20 @@ def test_the_image_is_cuda_runtime_with_corral_s_gpu_dependencies():
     assert base.startswith("nvidia/cuda:") and "runtime" in base
     install = " ".join(rest for op, rest in ops if op == "RUN" and "pip install" in rest)
     extras = re.search(r'"\.\[([\w,]+)\]"', install)[1].split(",")
-    assert {"server", "gpu"} <= set(extras)
+    assert "gpu" in extras
     import tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert set(extras) <= set(project["project"]["optional-dependencies"])
+    assert {"fastapi", "uvicorn"} <= {re.split(r"[<>=;\[ ]", d)[0] for d in project["project"]["dependencies"]}
     copied = {rest.split()[0] for op, rest in ops if op == "COPY"}
     package_dirs = set(project["tool"]["setuptools"]["package-dir"].values())
     assert package_dirs <= copied, "the image must contain every folder the corral package is built from"
+
+
+def test_the_image_serves_on_every_interface():
+    # corral serve binds 127.0.0.1 by default; a container must answer on its published port
+    env = " ".join(rest for op, rest in instructions(DOCKERFILE) if op == "ENV")
+    assert re.search(r"\bCORRAL_HOST=0\.0\.0\.0\b", env)
 
 
 def test_the_image_runs_corral_serve_as_a_non_root_user():

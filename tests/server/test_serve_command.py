@@ -162,3 +162,30 @@ def test_a_lazy_model_loads_on_first_request_and_unloads_after_keep_alive(lifecy
     assert not alive(pid)
     again = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
     assert again["choices"][0]["text"] == first["choices"][0]["text"]
+
+
+def test_health_stays_200_after_keep_alive_unloads_the_only_model(model_dirs):
+    # a Docker healthcheck must not mark an idle server unhealthy: the model loads again on demand
+    from corral.server.config import build_config
+    config = build_config([str(model_dirs["tiny-llama"])], served_names=["llama"],
+                          model_defaults={"max_model_len": 512, "kv_cache_memory_bytes": "16MiB", "device": "cpu",
+                                          "keep_alive": 1.0})
+    server = ServerThread(config)
+    server.thread.start()
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{server.url}/health", timeout=5)
+                if health.json()["models"]["llama"]["state"] == "unloaded":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert health.json()["models"]["llama"]["state"] == "unloaded"
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        r = httpx.post(f"{server.url}/v1/completions", json={"model": "llama", "prompt": "Hi", "max_tokens": 2},
+                       timeout=120)
+        assert r.status_code == 200
+    finally:
+        server.stop()

@@ -10,7 +10,8 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model_dir: Path, out: Path) -> Path:
+def write_llama_gguf(model_dir: Path, out: Path, tensor_type: str = "F32") -> Path:
+    """`tensor_type` F32, F16 or Q8_0 (matrices whose rows split into 32-value blocks; norms stay F32)."""
     import gguf
     from safetensors.numpy import load_file
     config = json.loads((model_dir / "config.json").read_text())
@@ -62,6 +63,12 @@ def write_llama_gguf(model_dir: Path, out: Path) -> Path:
             name = f"blk.{i}.{per_layer[module]}.weight"
         else:
             name = names[name]
+        if tensor_type == "F16":
+            tensor = tensor.astype(np.float16)
+        elif tensor_type == "Q8_0" and tensor.ndim == 2 and tensor.shape[-1] % 32 == 0:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(name, gguf.quants.quantize(tensor, kind), raw_dtype=kind)
+            continue
         w.add_tensor(name, tensor)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -127,3 +127,38 @@ def test_pulling_again_while_its_hub_is_down_keeps_the_copy_instead_of_fetching_
     before = len(hf_hub.requests)
     assert resolve_model(tiny_manifest, update=True) == path  # HF back: updated in place
     assert len(hf_hub.requests) > before
+
+
+class Plain404Hub(FakeHub):
+    """A web server that is not the Hub: every path is a plain 404 page."""
+
+    def is_file_path(self, path: str) -> bool:
+        return False
+
+    def route(self, h, method, path, query):
+        h.reply(404, b"Not Found", {"Content-Type": "text/plain"}, method)
+
+
+def test_auto_falls_back_to_modelscope_when_the_hf_endpoint_answers_a_plain_404(ms_hub, tiny_manifest, tiny_dir,
+                                                                               monkeypatch):
+    with Plain404Hub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        path = resolve_model(tiny_manifest)
+        with pytest.raises(HubUnreachableError, match="not an answer of the Hub API"):
+            resolve_model(f"hf:{TINY}")
+    assert path.parent.name == "ms"
+    assert (path / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("endpoint, suggested", [(None, "https://hf-mirror.com"),
+                                                 ("https://hf-mirror.com", "unset HF_ENDPOINT")])
+def test_the_unreachable_hint_never_suggests_the_endpoint_in_use(monkeypatch, endpoint, suggested):
+    from corral.plugins.huggingface import HuggingFaceSource
+    from corral.store import ModelStore
+    if endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    else:
+        monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    message = str(HuggingFaceSource(ModelStore()).unreachable("timed out"))
+    hint = message.split(";", 1)[1]
+    assert suggested in hint and (endpoint is None or endpoint not in hint)
