@@ -41,7 +41,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise GGUFConversionError(f"GGUF support needs transformers, gguf and accelerate: "
-                                  f"pip install 'corral[gguf]' ({e})") from e
+                                  f"pip install gguf accelerate ({e})") from e
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise GGUFConversionError(f"GGUF file not found: {gguf_path}")

@@ -27,9 +27,9 @@ def _client():
         import modelscope  # noqa: F401
     except ImportError:
         raise SourceUnavailableError("the ModelScope source needs the modelscope library: "
-                                     "pip install 'corral[modelscope]'") from None
+                                     "pip install 'modelscope>=1.40'") from None
     raise SourceUnavailableError("the ModelScope source needs modelscope >= 1.40: "
-                                 "pip install -U 'corral[modelscope]'")
+                                 "pip install -U 'modelscope>=1.40'")
 
 
 class ModelScopeSource(HubSource):

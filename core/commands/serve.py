@@ -79,7 +79,8 @@ def serve(args) -> int:
 
         from corral.server.api import create_app
     except ImportError as e:
-        raise CLIError(f"corral serve needs the server extra: pip install 'corral[server]' ({e})") from None
+        raise CLIError(f"corral serve needs fastapi and uvicorn, part of corral's install: "
+                       f"pip install fastapi uvicorn ({e})") from None
     config = build_server_config(args)
     for spec in config.models:
         if spec.tensor_parallel_size > 1:

@@ -187,7 +187,7 @@ def free_port() -> int:
 def server(install_result, tiny_qwen2, broken_plugins_env, tmp_path_factory):
     """`corral serve` in its own process, with the broken plugins present, serving the tiny Qwen2 (through
     the installed example) and a tiny Llama (a built-in)."""
-    pytest.importorskip("uvicorn", reason="the server extra is not installed")
+    pytest.importorskip("uvicorn", reason="uvicorn is not installed")
     ensure_installed(install_result)
     llama_dir = build_model("llama", tmp_path_factory.mktemp("llama") / "tiny-llama")
     port = free_port()
