@@ -142,7 +142,7 @@ class ModelRunner:
         room), each sampled token is fed straight back on the device. Nothing here waits for the
         device, so the host can prepare the next step while this one runs."""
         # longest sequences first: attention launches its programs in row order, and the longest
-        # first leave the short ones for the tail (docs/benchmarks.md, B5)
+        # first leave the short ones for the tail (docs/results/2026-11-b5-kernels.md)
         scheduled = sorted(out.scheduled, key=lambda s: s.num_computed_tokens + s.num_new_tokens, reverse=True)
         input_ids, positions, metadata, sample_rows = self.prepare(scheduled, previous)
         requests = [s.request for s in scheduled if s.samples]

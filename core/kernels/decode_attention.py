@@ -3,7 +3,7 @@
 Grid (num_kv_heads, num_seqs, max_splits): one program takes the GROUP query heads that share a
 KV head (padded to 16 rows for tl.dot) over one contiguous slice of the context. A sequence's KV
 heads are launched side by side, so the programs reading one cache row's heads run together (1-3%
-faster at batches of 128 and more than sequences side by side, docs/benchmarks.md). A sequence is cut
+faster at batches of 128 and more than sequences side by side, docs/results/2026-11-b5-kernels.md). A sequence is cut
 into slices of at most split_len keys (whole tiles), or into max_splits longer ones where that
 would need more, so short contexts use fewer programs and the rest return at once. An unsplit
 sequence writes its output directly; otherwise each slice writes a partial output with its
@@ -132,7 +132,7 @@ class DecodeSplit(NamedTuple):
 
 
 def default_split(num_seqs: int, num_kv_heads: int) -> DecodeSplit:
-    """Measured on an H200 (docs/benchmarks.md). Up to 64 (sequence, KV head) pairs, as in
+    """Measured on an H200 (docs/results/2026-11-b5-kernels.md). Up to 64 (sequence, KV head) pairs, as in
     single-stream decode, slices of 64 keys (one tile), at most 16 per sequence for 8 pairs or
     fewer, else 8: each slice is short, so a few hundred keys already fill the GPU; at batch 1 over
     200-1600 keys this took 6.4-11.5 us against 9.0-13.2 with the large-batch rule. Up to 511
