@@ -28,10 +28,11 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-def setting(default, help: str | None = None, flag: str | None = None):
-    """An engine setting: its default and, for those `corral serve` offers as flags, the help text
-    (and the flag's name where it is not the field's)."""
-    metadata = {"help": help, "flag": flag} if help else {}
+def setting(default, help: str | None = None, flag: str | None = None, metavar: str | None = None,
+            choices: tuple | None = None):
+    """A setting's default and, for those `corral serve` offers as flags, the help text (and the flag's
+    name where it is not the field's, its metavar, its choices)."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices} if help else {}
     return field(default=default, metadata=metadata)
 
 
@@ -59,7 +60,7 @@ class EngineArgs:
     async_scheduling: bool = setting(True)  # launch the next multi-step group before this one's tokens are back
     seed: int = setting(0)
     load_format: str = setting("auto", "dummy: random weights (config.json and a tokenizer suffice), "
-                                       "for benchmarks")
+                                       "for benchmarks", choices=("auto", "dummy"))
 
     def check(self):
         """The checks that need no model files; raises ConfigError."""

