@@ -111,8 +111,8 @@ class InputProcessor:
             params.check_vocab(self.vocab_size)
 
     def engine_requests(self, child_ids: list[str], prompt_token_ids: list[int], params: SamplingParams,
-                        arrival_time: float | None = None) -> list[EngineCoreRequest]:
+                        arrival_time: float | None = None, cache_salt: str | None = None) -> list[EngineCoreRequest]:
         """One EngineCoreRequest per sequence of a checked request."""
         arrival_time = time.monotonic() if arrival_time is None else arrival_time
         return [EngineCoreRequest(child_id, prompt_token_ids, child_params(params, i), self.eos_token_ids,
-                                  arrival_time) for i, child_id in enumerate(child_ids)]
+                                  arrival_time, cache_salt) for i, child_id in enumerate(child_ids)]

@@ -5,6 +5,15 @@ from corral.engine.block_pool import BlockKey, BlockPool, KVBlock
 from corral.engine.request import Request
 
 
+def salt_key(cache_salt: str | None) -> BlockKey:
+    """What a request's first block chains from: nothing, or its salt (vLLM's cache_salt), so that
+    requests with different salts never share a cached block, and so never learn of each other's
+    prompts."""
+    if cache_salt is None:
+        return b""
+    return hashlib.sha256(b"cache_salt\0" + cache_salt.encode("utf-8", "surrogatepass")).digest()
+
+
 class KVCacheManager:
     """Which KV blocks each request holds. The scheduler asks for room and gets block ids or
     None; it never sees blocks, ref counts or the prefix cache."""
@@ -100,7 +109,7 @@ class KVCacheManager:
         tokens, size = request.all_token_ids, self.block_size
         while len(keys) < num_blocks:
             i = len(keys)
-            digest = hashlib.sha256(keys[-1] if keys else b"")
+            digest = hashlib.sha256(keys[-1] if keys else salt_key(request.cache_salt))
             digest.update(array("q", tokens[i * size:(i + 1) * size]).tobytes())
             keys.append(digest.digest())
         return keys

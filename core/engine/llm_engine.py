@@ -21,15 +21,17 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    delta: bool = False, add_special_tokens: bool = True, final_only: bool = False):
-        """`delta`: outputs carry only what is new; `final_only`: one output, when the request ends."""
+                    delta: bool = False, add_special_tokens: bool = True, final_only: bool = False,
+                    cache_salt: str | None = None):
+        """`delta`: outputs carry only what is new; `final_only`: one output, when the request ends;
+        `cache_salt`: only requests with the same salt share prefix-cache blocks."""
         inputs = self.input_processor
         prompt_ids = inputs.tokenize(prompt, add_special_tokens)
         inputs.check_prompt(prompt_ids)
         inputs.check_params(params)
         child_ids = self.output_processor.add_request(request_id, prompt if isinstance(prompt, str) else None,
                                                       prompt_ids, params, delta, final_only)
-        for request in inputs.engine_requests(child_ids, prompt_ids, params):
+        for request in inputs.engine_requests(child_ids, prompt_ids, params, cache_salt=cache_salt):
             self.core.add_request(Request.from_engine_core_request(request))
 
     def abort_request(self, request_id: str):

@@ -16,6 +16,7 @@ class EngineCoreRequest:
     sampling_params: SamplingParams
     eos_token_ids: frozenset[int]
     arrival_time: float
+    cache_salt: str | None = None  # only requests with the same salt share prefix-cache blocks
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ class Request:
     stop_reason: int | str | None = None
     num_preemptions: int = 0
     num_cached_tokens: int | None = None  # prompt tokens the prefix cache held at its first admission
+    cache_salt: str | None = None  # only requests with the same salt share prefix-cache blocks
     # owned by the sampler: a torch.Generator for seeded requests
     generator: Any = None
 
@@ -51,7 +52,7 @@ class Request:
     @classmethod
     def from_engine_core_request(cls, request: EngineCoreRequest) -> "Request":
         return cls(request.request_id, request.prompt_token_ids, request.sampling_params, request.eos_token_ids,
-                   request.arrival_time)
+                   request.arrival_time, cache_salt=request.cache_salt)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -2,7 +2,6 @@
 import asyncio
 import importlib.metadata
 import logging
-import secrets
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,8 +11,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.engine.input_processor import PromptError
 from corral.engine.tokenizer import ChatTemplateError
+from corral.server.auth import APIKeyMiddleware, APIKeys
 from corral.server.config import ServerConfig
-from corral.server.errors import APIError, AuthenticationError, BadRequestError, error_body, validation_error
+from corral.server.errors import APIError, BadRequestError, error_body, validation_error
 from corral.server.metrics import Metrics
 from corral.server.model_registry import ModelRegistry
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -21,8 +21,6 @@ from corral.server.serving_chat import create_chat_completion, render_prompt
 from corral.server.serving_completion import create_completion
 
 logger = logging.getLogger(__name__)
-
-PROTECTED = ("/v1/", "/tokenize", "/detokenize")
 
 
 def tokenize_request(client, body: TokenizeRequest) -> list[int]:
@@ -49,8 +47,8 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    if config.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    if (keys := APIKeys.from_config(config)) is not None:
+        app.add_middleware(APIKeyMiddleware, keys=keys)
     _add_error_handlers(app)
 
     def model_for(request: Request, name: str | None):
@@ -167,26 +165,6 @@ class CatchAllMiddleware:
                 raise
             body = error_body("internal server error; see the server log", "internal_server_error")
             await JSONResponse(body, status_code=500)(scope, receive, send)
-
-
-class APIKeyMiddleware:
-    """`Authorization: Bearer KEY` on /v1, /tokenize and /detokenize; /health and /metrics stay open."""
-
-    def __init__(self, app, api_key: str):
-        self.app, self.api_key = app, api_key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith(PROTECTED) and scope["method"] != "OPTIONS":
-            headers = dict(scope["headers"])
-            given = headers.get(b"authorization", b"")
-            scheme, _, token = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):
-                message = "Missing API key: send `Authorization: Bearer KEY`" if not given else "Invalid API key"
-                response = JSONResponse(AuthenticationError(message).body(), status_code=401,
-                                        headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

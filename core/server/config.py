@@ -153,6 +153,11 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
     _split_memory(specs, total_memory)
     _check_names(specs)
     config = ServerConfig(models=specs, **{k: _coerce(ServerConfig, k, v) for k, v in server_values.items()})
+    if config.api_key_file:
+        from corral.server.auth import read_key_file
+        read_key_file(config.api_key_file)  # a missing or empty file fails now, in one line
+    if config.prefix_cache_isolation not in ("key", "none"):
+        raise ConfigError(f"prefix_cache_isolation must be key or none, got {config.prefix_cache_isolation!r}")
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be in [1, 65535], got {config.port}")
     return config

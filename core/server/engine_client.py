@@ -270,8 +270,9 @@ class EngineClient:
             raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error or self.state}")
 
     async def generate(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                       timeout: float = 600.0) -> AsyncIterator[RequestOutput]:
-        """Delta outputs of one admitted request until it finishes; leaving early aborts it."""
+                       timeout: float = 600.0, cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Delta outputs of one admitted request until it finishes; leaving early aborts it. Only
+        requests with the same `cache_salt` share prefix-cache blocks."""
         start = time.monotonic()
         first_token, generated, registered = None, 0, False
         q: asyncio.Queue = asyncio.Queue()
@@ -279,7 +280,8 @@ class EngineClient:
             await self.wait_ready(timeout)
             child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
             self._queues[request_id], registered = q, True
-            self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, start)))
+            self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, start,
+                                                                              cache_salt)))
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):

@@ -49,6 +49,7 @@ class SamplingFields(OpenAIBase):
     min_tokens: int | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    cache_salt: str | None = Field(default=None, min_length=1)  # only requests with the same salt share cached blocks
 
     def sampling_params(self, defaults: dict, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """SamplingParams from this request over the model's defaults; SamplingParamsError names a bad one."""

@@ -5,6 +5,7 @@ import functools
 from starlette.requests import Request as HTTPRequest
 
 from corral.engine.tokenizer import ChatTemplateError
+from corral.server.auth import cache_salt
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import ChatCompletionRequest
@@ -43,7 +44,8 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
         raise
     request_id = random_id("chatcmpl")
     in_reasoning = client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
-    outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout)
+    salt = cache_salt(request, body.cache_salt)
+    outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout, salt)
     if body.stream:
         return SSEResponse(_stream(body, client, request_id, prompt_ids, params.n, outputs, in_reasoning),
                            on_close=functools.partial(client.release, num_seqs))

@@ -4,6 +4,7 @@ import functools
 
 from starlette.requests import Request as HTTPRequest
 
+from corral.server.auth import cache_salt
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.protocol import CompletionRequest
@@ -41,7 +42,8 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         client.release(num_seqs)
         raise
     request_id = random_id("cmpl")
-    streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout)
+    salt = cache_salt(request, body.cache_salt)
+    streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout, salt)
                for i, ((text, ids), p) in enumerate(zip(encoded, params))]
     echoes = [_echo_text(client, text, ids) if body.echo else "" for text, ids in encoded]
     n = params[0].n

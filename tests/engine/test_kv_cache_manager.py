@@ -139,3 +139,15 @@ def test_a_prefix_that_only_hashes_like_another_never_reads_its_blocks():
     victim = admit(kv, req("victim", [1, 2, 3, 4, 5, 6, 7, 8, 9]))
     blocks, num_computed = kv.get_computed_blocks(req("other", [2**61, 2, 3, 4, 5, 6, 7, 8, 9]))
     assert num_computed == 4 and victim[1] not in [b.block_id for b in blocks]
+
+
+def test_only_requests_with_the_same_cache_salt_share_cached_blocks():
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    admit(kv, Request("a", prompt, SamplingParams(), cache_salt="alice"))
+    hits = {salt: kv.get_computed_blocks(Request(f"q-{salt}", prompt, SamplingParams(), cache_salt=salt))[1]
+            for salt in ("alice", "bob", None, "")}
+    assert hits == {"alice": 8, "bob": 0, None: 0, "": 0}
+    admit(kv, req("plain", prompt))
+    assert kv.get_computed_blocks(req("plain-again", prompt))[1] == 8
+    assert kv.get_computed_blocks(Request("b", prompt, SamplingParams(), cache_salt="bob"))[1] == 0
