@@ -1,7 +1,49 @@
+import json
 import math
 from dataclasses import dataclass, field
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+@dataclass(slots=True, frozen=True)
+class StructuredOutputsParams:
+    """What the output must match (vLLM's names), exactly one of: a JSON schema (`json`, a dict or its
+    text), any JSON object (`json_object`), a regular expression, one of several strings (`choice`),
+    or an EBNF grammar (xgrammar's dialect of GBNF)."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] | list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def __post_init__(self):
+        given = [k for k in ("json", "regex", "choice", "grammar", "json_object")
+                 if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise SamplingParamsError("structured_outputs", "structured_outputs takes exactly one of json, regex, "
+                                      f"choice, grammar or json_object; got {', '.join(given) or 'none'}")
+        if self.choice is not None:
+            if not self.choice or not all(isinstance(c, str) and c for c in self.choice):
+                raise SamplingParamsError("structured_outputs", "choice must be a list of non-empty strings")
+            object.__setattr__(self, "choice", tuple(self.choice))
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise SamplingParamsError("structured_outputs", f"{name} must be a non-empty string")
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise SamplingParamsError("structured_outputs", "json must be a JSON schema (an object or its text)")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(kind, text): what a compiled grammar is cached by."""
+        if self.json is not None:
+            return "json", self.json if isinstance(self.json, str) else json.dumps(self.json, sort_keys=True)
+        if self.json_object:
+            return "json_object", ""
+        if self.choice is not None:
+            return "choice", json.dumps(list(self.choice))
+        return ("regex", self.regex) if self.regex is not None else ("grammar", self.grammar)
 
 
 @dataclass(slots=True)
@@ -30,6 +72,7 @@ class SamplingParams:
     logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     MAX_LOGPROBS = 20
 
@@ -41,6 +84,8 @@ class SamplingParams:
         self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
         if self.top_k == -1:
             self.top_k = 0
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         self.validate()
 
     def validate(self):

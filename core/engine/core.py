@@ -13,6 +13,7 @@ from corral.engine.model_runner import InFlight, ModelRunner
 from corral.engine.profiling import profile_peak_memory
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler, SchedulerOutput
+from corral.engine.structured_output import StructuredOutputManager
 from corral.model_config import ModelConfig
 from corral.model_loader import load_weights
 from corral.outputs import EngineCoreOutput, TokenLogprob
@@ -64,8 +65,9 @@ class EngineCore:
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.num_scheduler_steps)
         self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None
+        self.structured_output = StructuredOutputManager(config.model, self.model_config.vocab_size)
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
-                                  self.model_config.vocab_size, config.seed)
+                                  self.model_config.vocab_size, config.seed, self.structured_output)
         if self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
             self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
 
@@ -111,7 +113,9 @@ class EngineCore:
                 for _ in range(mc.num_hidden_layers)]
 
     def add_request(self, request: Request):
-        """`request` passed the InputProcessor's checks; the engine trusts them."""
+        """`request` passed the InputProcessor's checks; the engine trusts them. A grammar is compiled
+        (once per grammar text) here, in the engine's process."""
+        self.structured_output.init_request(request)
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]):

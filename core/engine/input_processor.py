@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from corral.engine.messages import EngineCoreRequest
+from corral.engine.structured_output import StructuredOutputCompiler
 from corral.engine.tokenizer import eos_token_ids, load_tokenizer, render_chat
 from corral.sampling_params import INT64_MIN, SamplingParams
 
@@ -61,6 +62,7 @@ class InputProcessor:
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.defaults = dict(defaults or {})
+        self._grammars: StructuredOutputCompiler | None = None
         SamplingParams(**self.sampling_defaults)  # a bad default fails now, not per request
 
     @classmethod
@@ -106,9 +108,19 @@ class InputProcessor:
                 raise PromptError(f"token ids must be in [0, {self.vocab_size}); got {bad[:5]}")
 
     def check_params(self, params: SamplingParams):
-        """Raises SamplingParamsError for what only the model can judge (logit_bias ids)."""
+        """Raises SamplingParamsError for what only the model can judge (logit_bias ids), and
+        GrammarError for structured outputs that cannot be compiled (in bounded time)."""
         if self.vocab_size:
             params.check_vocab(self.vocab_size)
+        if params.structured_outputs is not None:
+            self.grammars.check(params.structured_outputs)
+
+    @property
+    def grammars(self) -> StructuredOutputCompiler:
+        if self._grammars is None:
+            self._grammars = StructuredOutputCompiler(self.tokenizer, self.vocab_size or len(self.tokenizer),
+                                                      list(self.eos_token_ids))
+        return self._grammars
 
     def engine_requests(self, child_ids: list[str], prompt_token_ids: list[int], params: SamplingParams,
                         arrival_time: float | None = None, cache_salt: str | None = None) -> list[EngineCoreRequest]:

@@ -7,6 +7,7 @@ from corral.backends.base import AttentionBackend
 from corral.kernels.attention_metadata import AttentionMetadata
 from corral.engine.sampler import Sampler, SamplingMetadata
 from corral.engine.scheduler import ScheduledRequest, SchedulerOutput
+from corral.engine.structured_output import StructuredOutputManager
 from corral.layers.attention import Attention, ForwardContext
 from corral.layers.linear import Linear
 
@@ -45,8 +46,10 @@ class ModelRunner:
     """Turns a SchedulerOutput into one flat batch, runs the model and samples on the device."""
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
-                 block_size: int, device: torch.device, vocab_size: int, seed: int = 0):
+                 block_size: int, device: torch.device, vocab_size: int, seed: int = 0,
+                 structured_output: StructuredOutputManager | None = None):
         self.model = model
+        self.structured_output = structured_output
         self.backend = backend
         self.block_size = block_size
         self.device = device
@@ -152,6 +155,10 @@ class ModelRunner:
         if not requests:
             return InFlight([], torch.empty(0, 1, dtype=torch.long), torch.empty(0, 1, dtype=torch.long), None, None)
         sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
+        if self.structured_output is not None:  # filled on the host while the device runs the forward
+            if (grammar := self.structured_output.bitmask(requests)) is not None:
+                sampling.grammar_bitmask = grammar[0].to(self.device, non_blocking=True)
+                sampling.grammar_rows = grammar[1]
         result = self.sampler(logits, sampling)
         steps = [result.sampled_token_ids]
         for _ in range(num_steps - 1):

@@ -45,6 +45,8 @@ class Request:
     cache_salt: str | None = None  # only requests with the same salt share prefix-cache blocks
     # owned by the sampler: a torch.Generator for seeded requests
     generator: Any = None
+    # owned by the structured-output manager: the grammar matcher of a constrained request
+    grammar: Any = None
 
     def __post_init__(self):
         self.all_token_ids = list(self.prompt_token_ids) + list(self.output_token_ids)

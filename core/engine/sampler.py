@@ -34,6 +34,8 @@ class SamplingMetadata:
     min_tokens_index: torch.Tensor | None = None
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     max_num_logprobs: int | None = None
+    grammar_bitmask: torch.Tensor | None = None  # [B, ceil(V / 32)] int32: bit t of row i allows token t
+    grammar_rows: list[int] | None = None  # the rows it constrains
 
     @classmethod
     def build(cls, requests: list[Request], vocab_size: int, device: torch.device) -> "SamplingMetadata":
@@ -109,6 +111,8 @@ class Sampler:
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        if metadata.grammar_bitmask is not None:
+            apply_grammar_bitmask(logits, metadata.grammar_bitmask, metadata.grammar_rows)
         logits = process_logits(logits, metadata)
         if self._one_pass(logits, metadata):
             from corral.kernels.sampling import gumbel_argmax
@@ -123,6 +127,13 @@ class Sampler:
     def _one_pass(logits: torch.Tensor, md: SamplingMetadata) -> bool:
         return (logits.is_cuda and not md.all_greedy and md.top_k is None and md.top_p is None
                 and md.min_p is None and not md.generators and logits.numel() < 2**31)
+
+
+def apply_grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]):
+    """Tokens a row's grammar does not allow become -inf, in place (xgrammar's kernel on the GPU)."""
+    from xgrammar import apply_token_bitmask_inplace
+    apply_token_bitmask_inplace(logits, bitmask, vocab_size=logits.shape[-1],
+                                indices=rows if len(rows) < logits.shape[0] else None)
 
 
 def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:

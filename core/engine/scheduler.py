@@ -127,7 +127,8 @@ class Scheduler:
     def num_decode_steps(self, scheduler_output: SchedulerOutput) -> int:
         """Decode steps for this batch, with room reserved for them: several when it holds only plain
         decodes that need nothing per step from the host (penalties and min_tokens read the output
-        so far; logprobs are returned per step) and no waiting request could join. A request that
+        so far; logprobs are returned per step; a grammar masks each step by the tokens before) and
+        no waiting request could join. A request that
         stops early wastes its extra steps."""
         n = self.num_scheduler_steps
         if n <= 1 or self.may_admit():
@@ -137,7 +138,8 @@ class Scheduler:
             if s.num_new_tokens != 1 or not s.samples:
                 return 1
             if (params.logprobs is not None or params.min_tokens > request.num_output_tokens
-                    or params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty):
+                    or params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
+                    or request.grammar is not None):  # a grammar's next bitmask needs this token
                 return 1
             n = min(n, self.max_model_len - request.num_tokens)  # tokens past max_tokens are dropped
         if n <= 1 or not self.add_lookahead(scheduler_output, n):
@@ -201,6 +203,8 @@ class Scheduler:
                 continue  # aborted while the step ran
             num_accepted, status = self._first_stop(request, token_ids)
             appended = token_ids[:num_accepted]
+            if request.grammar is not None and self._grammar_ends(request, appended):
+                status = status or RequestStatus.FINISHED_STOPPED
             request.append_output_tokens(appended)
             if status is None:
                 request.num_computed_tokens += len(token_ids) - 1
@@ -208,6 +212,13 @@ class Scheduler:
                 self.finish(request, status)
             updated.append((request, appended))
         return updated
+
+    @staticmethod
+    def _grammar_ends(request: Request, token_ids: list[int]) -> bool:
+        """Advance the request's grammar; True once it is complete (its stop token taken) or, which
+        the bitmask prevents, a token breaks it."""
+        grammar = request.grammar
+        return not all(grammar.accept_token(t) for t in token_ids) or grammar.is_terminated()
 
     def _first_stop(self, request: Request, token_ids: list[int]) -> tuple[int, RequestStatus | None]:
         """How many of token_ids the request takes, and how it finishes after them (None: it goes

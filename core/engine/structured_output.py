@@ -1,0 +1,106 @@
+"""Structured outputs through xgrammar (the grammar engine vLLM and SGLang use): each request's
+grammar is compiled once per process (the compiler caches by grammar text), a matcher per request
+follows its tokens, and every step the host fills a token bitmask for the constrained rows while the
+device runs the forward; the sampler applies it on the device, so constrained and free requests share
+a batch."""
+import concurrent.futures
+import json
+import logging
+import re
+
+from corral.sampling_params import StructuredOutputsParams
+
+logger = logging.getLogger(__name__)
+
+MAX_GRAMMAR_BYTES = 256 << 10
+COMPILE_TIMEOUT = 10.0
+
+
+class GrammarError(ValueError):
+    """A schema, regex or grammar the engine cannot compile."""
+
+
+class StructuredOutputCompiler:
+    """Compiles StructuredOutputsParams for one tokenizer. `vocab_size` is the model's (its logits'
+    width), which may pass the tokenizer's own length."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: list[int]):
+        import xgrammar as xgr
+        self._xgr = xgr
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+                                                       stop_token_ids=sorted(stop_token_ids) or None)
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
+
+    def compile(self, params: StructuredOutputsParams):
+        kind, text = params.key
+        if len(text) > MAX_GRAMMAR_BYTES:
+            raise GrammarError(f"the {kind} is {len(text)} bytes; at most {MAX_GRAMMAR_BYTES} are compiled")
+        try:
+            if kind == "json":
+                json.loads(text)
+                grammar = str(self._xgr.Grammar.from_json_schema(text, any_whitespace=False))
+                # xgrammar's length-bounded strings let raw control characters through, which JSON forbids
+                return self.compiler.compile_grammar(grammar.replace(r'[^\"\\\r\n]', r'[^\0-\x1f\"\\\r\n]'))
+            if kind == "json_object":
+                return self.compiler.compile_builtin_json_grammar()
+            if kind == "regex":
+                re.compile(text)
+                return self.compiler.compile_regex(text)
+            if kind == "choice":
+                alternatives = " | ".join(json.dumps(c) for c in json.loads(text))
+                return self.compiler.compile_grammar(f"root ::= {alternatives}")
+            return self.compiler.compile_grammar(text)
+        except (ValueError, RuntimeError, re.error) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GrammarError(f"cannot compile the {kind}: {first_line}") from None
+
+    def check(self, params: StructuredOutputsParams, timeout: float = COMPILE_TIMEOUT):
+        """Compile `params` (cached for the engine's own compile when they share this compiler), or
+        raise GrammarError, within `timeout` seconds: a grammar that takes longer is refused while
+        its compilation finishes on a worker thread."""
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
+        try:
+            executor.submit(self.compile, params).result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise GrammarError(f"the {params.key[0]} took longer than {timeout:.0f} s to compile; "
+                               "simplify it") from None
+        finally:
+            executor.shutdown(wait=False)
+
+    def matcher(self, params: StructuredOutputsParams):
+        return self._xgr.GrammarMatcher(self.compile(params))
+
+    def allocate_bitmask(self, num_rows: int):
+        return self._xgr.allocate_token_bitmask(num_rows, self.info.vocab_size)
+
+
+class StructuredOutputManager:
+    """The engine's side: a matcher for each constrained request, and the bitmask of each step."""
+
+    def __init__(self, model_dir: str, vocab_size: int):
+        self.model_dir, self.vocab_size = model_dir, vocab_size
+        self._compiler: StructuredOutputCompiler | None = None
+
+    @property
+    def compiler(self) -> StructuredOutputCompiler:
+        if self._compiler is None:  # the engine process loads the tokenizer only when a grammar needs it
+            from corral.engine.tokenizer import eos_token_ids, load_tokenizer
+            tokenizer = load_tokenizer(self.model_dir)
+            self._compiler = StructuredOutputCompiler(tokenizer, self.vocab_size,
+                                                      list(eos_token_ids(self.model_dir, tokenizer)))
+        return self._compiler
+
+    def init_request(self, request):
+        params = request.sampling_params.structured_outputs
+        if params is not None and request.grammar is None:
+            request.grammar = self.compiler.matcher(params)
+
+    def bitmask(self, requests) -> tuple[object, list[int]] | None:
+        """The bitmask of `requests` (rows in that order) and the rows it constrains; None if none."""
+        rows = [i for i, r in enumerate(requests) if r.grammar is not None]
+        if not rows:
+            return None
+        bitmask = self.compiler.allocate_bitmask(len(requests))
+        for i in rows:
+            requests[i].grammar.fill_next_token_bitmask(bitmask, i)
+        return bitmask, rows

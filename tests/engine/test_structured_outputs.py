@@ -1,0 +1,114 @@
+"""Structured outputs in the engine: whatever the weights, a constrained output parses and validates
+(jsonschema) or matches its regex or choice exactly; constrained and free requests share a batch;
+the sampler's bitmask masks exactly the tokens a reference unpacking of the bits says."""
+import json
+import re
+
+import jsonschema
+import pytest
+import torch
+
+from corral import LLM, SamplingParams
+from corral.engine.sampler import apply_grammar_bitmask
+from corral.engine.structured_output import GrammarError
+from corral.sampling_params import SamplingParamsError, StructuredOutputsParams
+
+SCHEMAS = {
+    "flat": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                              "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                              "ok": {"type": "boolean"}},
+             "required": ["name", "age", "ok"], "additionalProperties": False},
+    "nested": {"type": "object", "properties": {
+        "user": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 9999},
+                                                  "role": {"enum": ["admin", "guest"]}},
+                 "required": ["id", "role"], "additionalProperties": False},
+        "scores": {"type": "array", "items": {"type": "integer", "minimum": -5, "maximum": 5},
+                   "minItems": 1, "maxItems": 4}},
+        "required": ["user", "scores"], "additionalProperties": False},
+    "pattern_and_anyof": {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+        "value": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9}, {"type": "null"},
+                            {"enum": ["none", "some"]}]}},
+        "required": ["code", "value"], "additionalProperties": False},
+    "array_root": {"type": "array", "items": {"enum": [1, 2, 3, "x"]}, "minItems": 2, "maxItems": 5},
+}
+PROMPTS = [[5, 6, 7], [9, 9, 9, 9], [100, 3, 200]]
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama"])
+def llm(request, tiny_model_dirs):
+    return LLM(str(tiny_model_dirs[request.param]), max_model_len=512)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_sampled_outputs_validate_against_their_json_schema_whatever_the_weights(llm, name):
+    schema = SCHEMAS[name]
+    params = [SamplingParams(temperature=1.0, max_tokens=200, seed=seed, structured_outputs={"json": schema})
+              for seed in range(6)]
+    for output in llm.generate(PROMPTS * 2, params):
+        completion = output.outputs[0]
+        assert completion.finish_reason == "stop", completion.text
+        jsonschema.validate(json.loads(completion.text), schema)
+
+
+def test_regex_and_choice_outputs_match_exactly(llm):
+    pattern = r"[0-9]{3}-[a-z]{2,4}( ok)?"
+    choices = ["yes", "no", "not sure"]
+    for seed in range(6):
+        by_regex, by_choice = llm.generate([[5, 6, 7]] * 2, [
+            SamplingParams(temperature=1.0, max_tokens=30, seed=seed, structured_outputs={"regex": pattern}),
+            SamplingParams(temperature=1.0, max_tokens=30, seed=seed, structured_outputs={"choice": choices})])
+        assert re.fullmatch(pattern, by_regex.outputs[0].text)
+        assert by_choice.outputs[0].text in choices
+
+
+def test_an_ebnf_grammar_constrains_the_output(llm):
+    grammar = 'root ::= "(" item ("," item){0,3} ")"\nitem ::= [a-c] | "zz"'
+    for seed in range(4):
+        params = SamplingParams(temperature=1.0, max_tokens=40, seed=seed, structured_outputs={"grammar": grammar})
+        assert re.fullmatch(r"\((?:[a-c]|zz)(?:,(?:[a-c]|zz)){0,3}\)", llm.generate([[5, 6]], params)[0].outputs[0].text)
+
+
+def test_constrained_and_free_requests_share_a_batch_and_the_free_ones_are_unchanged(llm):
+    free = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    alone = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, free)]
+    constrained = SamplingParams(temperature=0, max_tokens=64, structured_outputs={"json": SCHEMAS["flat"]})
+    mixed = llm.generate(PROMPTS + PROMPTS, [free] * 3 + [constrained] * 3)
+    assert [o.outputs[0].token_ids for o in mixed[:3]] == alone
+    for o in mixed[3:]:
+        jsonschema.validate(json.loads(o.outputs[0].text), SCHEMAS["flat"])
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"json": "{not json"}, "cannot compile the json"),
+    ({"json": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}, "cannot compile the json"),
+    ({"regex": "([a-z"}, "cannot compile the regex"),
+    ({"grammar": "root ::= undefined_rule"}, "cannot compile the grammar"),
+])
+def test_a_grammar_that_cannot_compile_is_refused_before_it_reaches_the_engine(llm, spec, match):
+    with pytest.raises(GrammarError, match=match):
+        llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, structured_outputs=spec))
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_structured_outputs_take_exactly_one_kind():
+    with pytest.raises(SamplingParamsError, match="exactly one"):
+        StructuredOutputsParams(json={"type": "object"}, regex="a")
+    with pytest.raises(SamplingParamsError, match="exactly one"):
+        StructuredOutputsParams()
+    with pytest.raises(SamplingParamsError, match="choice"):
+        StructuredOutputsParams(choice=[])
+
+
+@pytest.mark.parametrize("rows", [[0, 2], [0, 1, 2, 3]])
+def test_the_bitmask_masks_exactly_the_tokens_its_bits_forbid(rows):
+    torch.manual_seed(0)
+    vocab = 100
+    logits = torch.randn(4, vocab)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (4, (vocab + 31) // 32), dtype=torch.int32)
+    masked = logits.clone()
+    apply_grammar_bitmask(masked, bitmask, rows)
+    for i in range(4):
+        for t in range(vocab):
+            allowed = i not in rows or (int(bitmask[i, t // 32]) >> (t % 32)) & 1
+            assert masked[i, t] == (logits[i, t] if allowed else float("-inf"))
