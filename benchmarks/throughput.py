@@ -10,14 +10,22 @@ from benchmarks.gpu_timeline import profiler_timeline
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
-from corral.sampling_params import SamplingParams
+from corral.sampling_params import SamplingParams, StructuredOutputsParams
 
 
-def b1_workload(num_requests=256, seed=0):
+# a JSON schema no output of B1's lengths can complete: every token of every request stays constrained
+LONG_ARRAY = StructuredOutputsParams(json={"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99},
+                                           "minItems": 2000})
+
+
+def b1_workload(num_requests=256, seed=0, structured: str = "none"):
+    """`structured`: none, all (every request constrained to LONG_ARRAY) or mixed (every other one)."""
     rng = random.Random(seed)
     prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(100, 1024))] for _ in range(num_requests)]
-    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=rng.randint(100, 1024))
-              for _ in range(num_requests)]
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=rng.randint(100, 1024),
+                             structured_outputs=LONG_ARRAY if structured == "all" or (structured == "mixed" and i % 2)
+                             else None)
+              for i in range(num_requests)]
     return prompts, params
 
 
@@ -27,10 +35,10 @@ def b2_workload(num_requests=1000, seed=0):
     return prompts, [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=128)] * num_requests
 
 
-def warm_up(engine: EngineCore, workload: str = "B1"):
+def warm_up(engine: EngineCore, workload: str = "B1", structured: str = "none"):
     """The workload's shape on other prompts, so that every Triton specialization, cuBLAS
     algorithm and allocator block a timed run meets already exists; then an empty prefix cache."""
-    prompts, params = b1_workload(seed=1) if workload == "B1" else b2_workload(256, seed=1)
+    prompts, params = b1_workload(seed=1, structured=structured) if workload == "B1" else b2_workload(256, seed=1)
     run(engine, prompts, params, "warmup")
     engine.reset_prefix_cache()
 
@@ -78,15 +86,25 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
+    ap.add_argument("--structured-outputs", default="none", choices=["none", "all", "mixed"],
+                    help="B1 with every request (or every other one) constrained to a JSON schema")
+    ap.add_argument("--tokenizer", help="a folder whose tokenizer files the model folder gets (a grammar needs one)")
     args = ap.parse_args()
-    prompts, params = b1_workload() if args.workload == "B1" else b2_workload()
+    prompts, params = (b1_workload(structured=args.structured_outputs) if args.workload == "B1"
+                       else b2_workload())
     roofline = b1_roofline(args.model, prompts, params) if args.workload == "B1" else {}
-    config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=args.max_model_len,
+    directory = model_dir(args.model)
+    if args.tokenizer:
+        import shutil
+        from pathlib import Path
+        for f in Path(args.tokenizer).glob("tokenizer*"):
+            shutil.copy(f, Path(directory) / f.name)
+    config = EngineConfig(directory, load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
                           async_scheduling=args.async_scheduling, attention_backend=args.attention_backend)
     engine = EngineCore(config)
-    warm_up(engine, args.workload)
+    warm_up(engine, args.workload, args.structured_outputs)
     if args.profile:
         profile(engine, prompts[:128], params[:128])
         return
@@ -121,6 +139,7 @@ def report(args, engine, prompts, seconds, num_out, repeat, compiled, roofline):
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
               num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager, repeat=repeat,
               num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling,
+              structured_outputs=args.structured_outputs,
               attention_backend=args.attention_backend, compiled_during_run=compiled))
 
 
