@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Downloads into .whl/ the server's packages that the GPU machine's image lacks, and the openai client
-# its GPU server tests use (Python 3.12, x86-64).
+# Downloads into .whl/ the server's packages that the GPU machine's image lacks, the openai client
+# its GPU server tests use, and xgrammar (Python 3.12, x86-64).
 # Install there with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -10,7 +10,8 @@ PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 WHEELS=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5
         annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 opentelemetry-api==1.45.2
         typing-extensions==4.16.0  # pydantic 2.14 needs typing-extensions >= 4.16; the image may hold an older one
-        openai==3.57.0 jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5)
+        openai==3.57.0 jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
+        xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2)  # structured outputs
 mkdir -p .whl
 for wheel in "${WHEELS[@]}"; do
     # shellcheck disable=SC2086

@@ -112,3 +112,16 @@ def test_the_bitmask_masks_exactly_the_tokens_its_bits_forbid(rows):
         for t in range(vocab):
             allowed = i not in rows or (int(bitmask[i, t // 32]) >> (t % 32)) & 1
             assert masked[i, t] == (logits[i, t] if allowed else float("-inf"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_bitmask_applied_on_the_gpu_masks_as_on_the_cpu(dtype):
+    torch.manual_seed(0)
+    vocab, rows = 151936, [0, 3, 5]
+    logits = torch.randn(8, vocab, dtype=dtype)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (8, (vocab + 31) // 32), dtype=torch.int32)
+    on_cpu, on_gpu = logits.clone(), logits.cuda()
+    apply_grammar_bitmask(on_cpu, bitmask, rows)
+    apply_grammar_bitmask(on_gpu, bitmask.cuda(), rows)
+    assert torch.equal(on_gpu.cpu(), on_cpu)
