@@ -1,5 +1,4 @@
-"""The FastAPI app: OpenAI routes, /tokenize, /detokenize, /health, /metrics; auth and error bodies."""
-import asyncio
+"""The FastAPI app: OpenAI routes, /tokenize, /detokenize, /health, /metrics; auth, limits and error bodies."""
 import importlib.metadata
 import logging
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from corral.engine.tokenizer import ChatTemplateError
 from corral.server.auth import APIKeyMiddleware, APIKeys
 from corral.server.config import ServerConfig
 from corral.server.errors import APIError, BadRequestError, error_body, validation_error
+from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
 from corral.server.metrics import Metrics
 from corral.server.model_registry import ModelRegistry
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -23,12 +23,26 @@ from corral.server.serving_completion import create_completion
 logger = logging.getLogger(__name__)
 
 
-def tokenize_request(client, body: TokenizeRequest) -> list[int]:
+def tokenize_request(client, body: TokenizeRequest, tokenization: Tokenization, trust_template: bool) -> dict:
     chat = body.chat()
     if chat is None:
-        return client.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
-    prompt, ids = render_prompt(client, chat)
-    return client.tokenizer.encode(prompt, add_special_tokens=True) if body.add_special_tokens else ids
+        ids = tokenization.encode(client, body.prompt, "prompt", body.add_special_tokens is not False)
+    else:
+        prompt, ids = render_prompt(client, chat, chat.template_kwargs(trust_template), tokenization)
+        if body.add_special_tokens:
+            ids = tokenization.encode(client, prompt, "messages", add_special_tokens=True)
+    result = {"count": len(ids), "max_model_len": client.max_model_len, "tokens": ids}
+    if body.return_token_strs:
+        result["token_strs"] = client.tokenizer.convert_ids_to_tokens(ids)
+    return result
+
+
+def detokenize_request(client, body: DetokenizeRequest) -> dict:
+    try:
+        client.input_processor.check_token_ids(body.tokens)
+    except PromptError as e:
+        raise BadRequestError(str(e), param="tokens") from None
+    return {"prompt": client.tokenizer.decode(body.tokens)}
 
 
 def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
@@ -43,9 +57,12 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
         logger.info("shutting down: stopping %d engine(s)", len(registry.clients))
         await registry.shutdown(timeout=10.0)
 
-    app = FastAPI(title="corral", summary="Several LLMs behind one OpenAI-compatible API", lifespan=lifespan)
+    docs = {} if config.enable_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="corral", summary="Several LLMs behind one OpenAI-compatible API", lifespan=lifespan, **docs)
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
+    app.state.tokenization = tokenization = Tokenization()
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(RequestSizeLimitMiddleware, max_bytes=config.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if (keys := APIKeys.from_config(config)) is not None:
         app.add_middleware(APIKeyMiddleware, keys=keys)
@@ -92,21 +109,13 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     async def tokenize(body: TokenizeRequest, request: Request):
         client = model_for(request, body.model)
         await client.wait_ready(config.request_load_timeout)
-        ids = await asyncio.to_thread(tokenize_request, client, body)  # a long prompt: not on the event loop
-        result = {"count": len(ids), "max_model_len": client.max_model_len, "tokens": ids}
-        if body.return_token_strs:
-            result["token_strs"] = client.tokenizer.convert_ids_to_tokens(ids)
-        return result
+        return await tokenization.run(tokenize_request, client, body, tokenization, config.trust_request_chat_template)
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, request: Request):
         client = model_for(request, body.model)
         await client.wait_ready(config.request_load_timeout)
-        try:
-            client.input_processor.check_token_ids(body.tokens)
-        except PromptError as e:
-            raise BadRequestError(str(e), param="tokens") from None
-        return {"prompt": client.tokenizer.decode(body.tokens)}
+        return await tokenization.run(detokenize_request, client, body)
 
     return app
 

@@ -5,7 +5,7 @@ server config's `sampling` section, then SamplingParams' own. Unknown fields are
 """
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.sampling_params import SamplingParams
 from corral.server.errors import BadRequestError
@@ -13,6 +13,27 @@ from corral.server.errors import BadRequestError
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "seed", "min_tokens", "ignore_eos", "skip_special_tokens",
                    "include_stop_str_in_output")
+
+
+def unicode_text(value):
+    """`value` (a string, or strings nested in lists and dicts) if it is Unicode text; JSON can also carry
+    lone UTF-16 surrogates ("\\ud800"), which no tokenizer can encode and no response can echo."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"lone UTF-16 surrogate {value[e.start]!r} at character {e.start}; "
+                                 "text must be valid Unicode") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            unicode_text(k), unicode_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            unicode_text(v)
+    elif isinstance(value, BaseModel):
+        unicode_text(value.model_dump())
+    return value
 
 
 class OpenAIBase(BaseModel):
@@ -50,6 +71,8 @@ class SamplingFields(OpenAIBase):
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
     cache_salt: str | None = Field(default=None, min_length=1)  # only requests with the same salt share cached blocks
+
+    _text = field_validator("model", "stop", "cache_salt")(unicode_text)
 
     def sampling_params(self, defaults: dict, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """SamplingParams from this request over the model's defaults; SamplingParamsError names a bad one."""
@@ -97,6 +120,13 @@ class ChatMessage(OpenAIBase):
     content: str | list[ContentPart] | None = None
     reasoning_content: str | None = None
 
+    _text = field_validator("content", "reasoning_content")(unicode_text)
+
+    @model_validator(mode="after")
+    def _extra_text(self):
+        unicode_text(self.model_extra)  # name, tool_calls, ... reach the template too
+        return self
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -106,12 +136,27 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = None
     # vLLM extras
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None
     add_generation_prompt: bool | None = True
     # tool calling: not supported; checked so that it is not silently ignored
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     functions: list[Any] | None = None
     function_call: str | dict[str, Any] | None = None
+
+    _template_text = field_validator("chat_template_kwargs", "chat_template")(unicode_text)
+
+    def template_kwargs(self, trusted: bool) -> dict:
+        """chat_template_kwargs, with the request's own chat_template only where the server trusts it (a
+        template is a program the server runs)."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.chat_template is not None:
+            kwargs["chat_template"] = self.chat_template
+        if "chat_template" in kwargs and not trusted:
+            param = "chat_template" if self.chat_template is not None else "chat_template_kwargs"
+            raise BadRequestError("this server does not render chat templates that requests bring; its operator "
+                                  "can allow them with --trust-request-chat-template", param=param)
+        return kwargs
 
     def check_unsupported(self):
         super().check_unsupported()
@@ -165,6 +210,8 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
     best_of: int | None = None
 
+    _text = field_validator("prompt")(unicode_text)
+
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
         if isinstance(p, str) or (p and isinstance(p[0], int)):
@@ -190,7 +237,10 @@ class TokenizeRequest(OpenAIBase):
     add_special_tokens: bool | None = None
     add_generation_prompt: bool | None = True
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None
     return_token_strs: bool | None = False
+
+    _text = field_validator("model", "prompt", "chat_template_kwargs", "chat_template")(unicode_text)
 
     def chat(self) -> ChatCompletionRequest | None:
         if (self.prompt is None) == (self.messages is None):
@@ -198,7 +248,7 @@ class TokenizeRequest(OpenAIBase):
         if self.messages is None:
             return None
         return ChatCompletionRequest(model=self.model, messages=self.messages,
-                                     chat_template_kwargs=self.chat_template_kwargs,
+                                     chat_template_kwargs=self.chat_template_kwargs, chat_template=self.chat_template,
                                      add_generation_prompt=self.add_generation_prompt)
 
 

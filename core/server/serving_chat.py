@@ -1,5 +1,4 @@
 """POST /v1/chat/completions: chat template, generation, reasoning split, JSON or SSE chunks."""
-import asyncio
 import functools
 
 from starlette.requests import Request as HTTPRequest
@@ -8,6 +7,7 @@ from corral.engine.tokenizer import ChatTemplateError
 from corral.server.auth import cache_salt
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
+from corral.server.limits import Tokenization
 from corral.server.protocol import ChatCompletionRequest
 from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
 from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_num_sequences, check_prompt,
@@ -15,25 +15,28 @@ from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs
                                    usage)
 
 
-def render_prompt(client: EngineClient, body: ChatCompletionRequest) -> tuple[str, list[int]]:
-    inputs = client.input_processor
+def render_prompt(client: EngineClient, body: ChatCompletionRequest, template_kwargs: dict,
+                  tokenization: Tokenization) -> tuple[str, list[int]]:
     try:
-        prompt = inputs.render_chat(body.message_dicts(), body.add_generation_prompt is not False,
-                                    body.chat_template_kwargs)
+        prompt = client.input_processor.render_chat(body.message_dicts(), body.add_generation_prompt is not False,
+                                                    template_kwargs)
     except ChatTemplateError as e:
-        raise BadRequestError(str(e), param="messages") from None
-    return prompt, inputs.tokenize(prompt, add_special_tokens=False)
+        param = "chat_template" if "chat_template" in template_kwargs else "messages"
+        raise BadRequestError(str(e), param=param) from None
+    return prompt, tokenization.encode(client, prompt, "messages", add_special_tokens=False)
 
 
 async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
                                  load_timeout: float):
     body.check_stream_options()
     body.check_unsupported()
+    config, tokenization = request.app.state.config, request.app.state.tokenization
+    template_kwargs = body.template_kwargs(config.trust_request_chat_template)
     num_seqs = check_num_sequences(client, body.n)
     logprobs = body.requested_logprobs()
     await client.admit(load_timeout, num_seqs)
     try:
-        prompt, prompt_ids = await asyncio.to_thread(render_prompt, client, body)  # a long prompt: not on the loop
+        prompt, prompt_ids = await tokenization.run(render_prompt, client, body, template_kwargs, tokenization)
         max_tokens = body.requested_max_tokens()
         if max_tokens is None:
             max_tokens = client.input_processor.defaults.get("max_tokens")

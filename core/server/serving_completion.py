@@ -1,5 +1,4 @@
 """POST /v1/completions: one or several prompts (text or token ids), n choices each, JSON or SSE."""
-import asyncio
 import functools
 
 from starlette.requests import Request as HTTPRequest
@@ -7,6 +6,7 @@ from starlette.requests import Request as HTTPRequest
 from corral.server.auth import cache_salt
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
+from corral.server.limits import Tokenization
 from corral.server.protocol import CompletionRequest
 from corral.server.serving import (Choice, SSEResponse, TokenText, check_num_sequences, check_prompt, chunk_writer,
                                    completion_logprobs, merged, now, random_id, sampling_params, sse, sse_error,
@@ -15,9 +15,13 @@ from corral.server.serving import (Choice, SSEResponse, TokenText, check_num_seq
 DEFAULT_MAX_TOKENS = 16
 
 
-def _encode(client: EngineClient, prompts: list) -> list[tuple[str | None, list[int]]]:
-    """(text, token ids) of each prompt; token-id prompts have no text."""
-    return [(p if isinstance(p, str) else None, client.input_processor.tokenize(p)) for p in prompts]
+def _encode(client: EngineClient, prompts: list, tokenization: Tokenization) -> list[tuple[str | None, list[int]]]:
+    """(text, token ids) of each prompt; token-id prompts have no text. Every text is measured before any is
+    encoded."""
+    for p in prompts:
+        if isinstance(p, str):
+            tokenization.check_length(client, p, "prompt")
+    return [(p, tokenization.encode(client, p, "prompt")) if isinstance(p, str) else (None, list(p)) for p in prompts]
 
 
 async def create_completion(body: CompletionRequest, client: EngineClient, request: HTTPRequest,
@@ -29,10 +33,11 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         raise BadRequestError("echo with logprobs is not supported (prompt logprobs are not computed)",
                               param="echo")
     prompts = body.prompts()
+    tokenization = request.app.state.tokenization
     num_seqs = check_num_sequences(client, body.n, len(prompts))
     await client.admit(load_timeout, num_seqs)
     try:
-        encoded = await asyncio.to_thread(_encode, client, prompts)  # a long prompt: not on the event loop
+        encoded = await tokenization.run(_encode, client, prompts, tokenization)
         max_tokens = body.max_tokens
         if max_tokens is None:
             max_tokens = client.input_processor.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)

@@ -1,0 +1,85 @@
+"""What one request may cost the API process: a body of at most max_request_bytes, a prompt no longer in
+characters than the context can hold, and tokenizer work (template rendering, encoding) a few at a time
+on worker threads, never on the event loop."""
+import asyncio
+import weakref
+
+from starlette.responses import JSONResponse
+
+from corral.engine.tokenizer import max_token_chars
+from corral.server.errors import BadRequestError, error_body
+
+MAX_CONCURRENT_TOKENIZATIONS = 2
+
+
+class RequestSizeLimitMiddleware:
+    """413 for a body past `max_bytes`: at once by its Content-Length, else (chunked) as soon as the bytes
+    received pass it. The body is read here, so the app never parses one that is too large."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        body = error_body(f"the request body is larger than this server takes ({self.max_bytes} bytes; "
+                          "--max-request-size)", "invalid_request_error", code="request_too_large")
+        await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+
+class Tokenization:
+    """Tokenizer work of one app: refuses text longer than the context before encoding it, and runs at most
+    MAX_CONCURRENT_TOKENIZATIONS jobs at once on worker threads."""
+
+    def __init__(self, limit: int = MAX_CONCURRENT_TOKENIZATIONS):
+        self.slots = asyncio.Semaphore(limit)
+        self.token_chars: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def run(self, fn, *args):
+        async with self.slots:
+            return await asyncio.to_thread(fn, *args)
+
+    def check_length(self, client, text: str, param: str):
+        """A context_length_exceeded 400 for text that cannot fit in max_model_len tokens."""
+        tokenizer, max_model_len = client.tokenizer, client.max_model_len
+        if tokenizer not in self.token_chars:
+            self.token_chars[tokenizer] = max_token_chars(tokenizer)
+        limit = max_model_len * self.token_chars[tokenizer]
+        if len(text) > limit:
+            what = "messages" if param == "messages" else "prompt"
+            raise BadRequestError(
+                f"This model's maximum context length is {max_model_len} tokens. However, the {what} has "
+                f"{len(text)} characters, more than {max_model_len} tokens can hold (at most {limit}). Please "
+                f"reduce the length of the {what}.", param=param, code="context_length_exceeded")
+
+    def encode(self, client, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text that fits the context in characters; 400 for one the tokenizer cannot take."""
+        self.check_length(client, text, param)
+        try:
+            return client.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        except (TypeError, ValueError, UnicodeError) as e:
+            raise BadRequestError(f"the {param} cannot be tokenized: {e}", param=param) from None
