@@ -18,30 +18,39 @@ from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
 from corral.server.engine_process import EngineProcess
 from corral.server.errors import (BadRequestError, EngineDeadError, InternalServerError, ModelUnavailableError,
-                                  QueueFullError)
+                                  QueueFullError, is_local_path, without_paths)
 from corral.server.model_files import ModelFiles, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
-MAX_CRASHES = 5             # engine deaths within CRASH_WINDOW seconds before the model is marked error
-CRASH_WINDOW = 600.0
-
 
 class ModelState(str, enum.Enum):
-    """unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails."""
+    """unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails;
+    ready -> restarting -> ready when its engine dies (restarting after a backoff while it keeps dying)."""
 
     UNLOADED = "unloaded"
     RESOLVING = "resolving"
     DOWNLOADING = "downloading"
     LOADING = "loading"
     READY = "ready"
+    RESTARTING = "restarting"
     ERROR = "error"
 
     def __str__(self) -> str:
         return self.value
 
 
+def restart_delay(num_crashes: int, base: float, cap: float) -> float:
+    """Seconds to wait before restarting an engine that died num_crashes times within the crash window:
+    none after one death, then base, 2 x base, 4 x base ... up to cap."""
+    return 0.0 if num_crashes <= 1 else min(base * 2 ** (num_crashes - 2), cap)
+
+
 class EngineClient:
+    crash_window = 600.0        # engine deaths this recent count towards the backoff and `failing`
+    restart_backoff = 1.0
+    max_restart_backoff = 60.0
+
     def __init__(self, spec: ModelSpec, metrics=None, plugin_manager=None, num_threads: int | None = None,
                  log_level: int = logging.INFO, files_lock=None):
         self.spec, self.name = spec, spec.name
@@ -51,7 +60,7 @@ class EngineClient:
         self.num_threads = spec.num_threads or num_threads
         self.log_level = log_level
         self.state = ModelState.UNLOADED
-        self.error: str | None = None
+        self.error: str | None = None      # for clients: names the model, never its directory
         self.settled_once = False          # reached ready or error at least once
         self.progress = None               # a DownloadProgress while resolving
         self.model_dir: Path | None = None
@@ -76,6 +85,17 @@ class EngineClient:
         return self.engine.pid if self.engine is not None and self.state == ModelState.READY else None
 
     @property
+    def crashes(self) -> int:
+        """Engine deaths within the last crash_window seconds."""
+        now = time.monotonic()
+        return sum(1 for t in self._crashes if now - t < self.crash_window)
+
+    @property
+    def failing(self) -> bool:
+        """Its engine died more than once within the crash window, or it could not load."""
+        return self.state == ModelState.ERROR or self.crashes > 1
+
+    @property
     def tokenizer(self):
         return self.input_processor.tokenizer if self.input_processor is not None else None
 
@@ -89,16 +109,20 @@ class EngineClient:
         """Start loading unless loading or loaded."""
         if self._closing or self.state not in (ModelState.UNLOADED, ModelState.ERROR):
             return
+        self._start_load(ModelState.LOADING)
+
+    def _start_load(self, state: ModelState):
         if self._load_task is None or self._load_task.done():
             self._settled.clear()
-            self.state = ModelState.LOADING
+            self.state = state
             self._load_task = asyncio.create_task(self._load(), name=f"load-{self.name}")
 
     async def _load(self):
         try:
             if self.input_processor is None:
                 await asyncio.to_thread(self._prepare)
-            self.state = ModelState.LOADING
+            if self.state != ModelState.RESTARTING:
+                self.state = ModelState.LOADING
             engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len)  # capped by _prepare
             self.engine = EngineProcess(self.name, str(self.model_dir), engine_args, self.num_threads,
                                         self.log_level, asyncio.get_running_loop(), self._on_message)
@@ -158,8 +182,10 @@ class EngineClient:
             self._settled.set()
             logger.info("model %s is ready (engine pid %s, %d KV blocks)", self.name, engine.pid,
                         message.num_kv_blocks)
-        elif isinstance(message, EngineFailed) and self.state == ModelState.READY:
-            logger.error("engine of %s failed: %s", self.name, message.message)
+        elif isinstance(message, EngineFailed) and self.state in (ModelState.READY, ModelState.RESTARTING):
+            logger.error("engine of %s failed: %s", self.name, message.message)  # its exit restarts it
+            self.state = ModelState.RESTARTING  # new requests wait for the next engine, not this dying one
+            self._settled.clear()
             self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} failed; the request was "
                                                    "not completed (the engine is restarting, retry shortly)"))
         elif isinstance(message, EngineFailed):
@@ -171,36 +197,47 @@ class EngineClient:
         if self._closing or self.state in (ModelState.UNLOADED, ModelState.ERROR):
             asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)  # reap it
             return
-        was_ready = self.state == ModelState.READY
+        crashed = self.state in (ModelState.READY, ModelState.RESTARTING)  # it had served: restart it
         self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} died; the request was not "
                                                "completed (the engine is restarting, retry shortly)"))
-        self.state, self.stats = ModelState.LOADING, None
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()  # it waits for a ready message this engine will never send
+        self.state, self.stats = (ModelState.RESTARTING if crashed else ModelState.LOADING), None
         self._settled.clear()
-        self._exit_task = asyncio.create_task(self._after_exit(engine, was_ready))
+        self._exit_task = asyncio.create_task(self._after_exit(engine, crashed))
 
-    async def _after_exit(self, engine: EngineProcess, was_ready: bool):
+    async def _after_exit(self, engine: EngineProcess, crashed: bool):
         await asyncio.to_thread(engine.stop, 1)
         code = engine.process.exitcode
-        if not was_ready:
+        if not crashed:
             self._set_error(f"the engine exited while loading (exit code {code})")
             return
         now = time.monotonic()
-        self._crashes = [t for t in self._crashes if now - t < CRASH_WINDOW] + [now]
-        if len(self._crashes) > MAX_CRASHES:
-            self._set_error(f"the engine died {len(self._crashes)} times in {CRASH_WINDOW:.0f} s; not restarting")
-            return
-        logger.error("engine of %s died (exit code %s); restarting", self.name, code)
+        self._crashes = [t for t in self._crashes if now - t < self.crash_window] + [now]
+        delay = restart_delay(len(self._crashes), self.restart_backoff, self.max_restart_backoff)
+        logger.error("engine of %s died (exit code %s; %d time(s) in %.0f s); restarting in %.0f s", self.name,
+                     code, len(self._crashes), self.crash_window, delay)
         self.restarts += 1
         if self.metrics is not None:
             self.metrics.engine_restarts.labels(self.name).inc()
-        self.state = ModelState.UNLOADED
-        self.load()
+        await asyncio.sleep(delay)
+        if not self._closing:
+            self._start_load(ModelState.RESTARTING)
 
     def _set_error(self, message: str):
         logger.error("model %s failed to load: %s", self.name, message)
+        message = without_paths(message, self._own_paths())
         self.state, self.error, self.settled_once = ModelState.ERROR, message, True
         self._fail_all(lambda: ModelUnavailableError(f"model {self.name} failed to load: {message}"))
         self._settled.set()
+
+    def _own_paths(self) -> dict[str, str]:
+        """This model's directories as clients may see them: by the model's name."""
+        shown = f"the directory of model {self.name}"
+        paths = {self.spec.model: shown} if is_local_path(self.spec.model) else {}
+        if self.model_dir is not None:
+            paths[str(self.model_dir)] = shown
+        return paths
 
     def _fail(self, request_id: str, error: Exception):
         if self.output_processor is not None and request_id in self.output_processor.requests:
@@ -228,9 +265,15 @@ class EngineClient:
             self.progress.cancel()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-        self._fail_all(lambda: ModelUnavailableError("the server is shutting down"))
+        if self._exit_task is not None and not self._exit_task.done():
+            self._exit_task.cancel()
+        self.fail_in_flight("the server is shutting down")
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop, timeout)
+
+    def fail_in_flight(self, message: str):
+        """End every running request with a 503 saying `message` (streams end with an error event)."""
+        self._fail_all(lambda: ModelUnavailableError(message))
 
     # requests
 

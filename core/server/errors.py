@@ -1,4 +1,6 @@
 """OpenAI-style errors: {"error": {"message", "type", "param", "code"}} with the right HTTP status."""
+import os
+import re
 from http import HTTPStatus
 
 
@@ -100,3 +102,21 @@ def _is_type_tag(part) -> bool:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_local_path(reference: str) -> bool:
+    """A model reference that names a place on this machine rather than a hub repository or a name."""
+    scheme = reference.partition(":")[0].lower()
+    return (scheme in ("local", "file") or reference.startswith(("/", "./", "../", "~", ".\\"))
+            or reference.lower().endswith(".gguf") or os.path.isabs(reference) or os.path.exists(reference))
+
+
+# an absolute path: after a space, quote or bracket (not inside a URL or an Org/Name repository)
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\-])(?:~|[A-Za-z]:)?[/\\][\w.~-][^\s'\",;:()\[\]]*")
+
+
+def without_paths(message: str, known: dict[str, str]) -> str:
+    """`message` for a client: each known path as its description, any other absolute path as <path>."""
+    for path, shown in sorted(known.items(), key=lambda item: -len(item[0])):
+        message = message.replace(path, shown)
+    return ABSOLUTE_PATH.sub("<path>", message)

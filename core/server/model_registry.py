@@ -8,7 +8,7 @@ import time
 
 from corral.server.config import ServerConfig
 from corral.server.engine_client import EngineClient, ModelState
-from corral.server.errors import ModelNotFoundError
+from corral.server.errors import ModelNotFoundError, is_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ModelRegistry:
     def describe(self, client: EngineClient) -> dict:
         """A /v1/models entry."""
         entry = {"id": client.name, "object": "model", "created": self.created, "owned_by": "corral",
-                 "root": client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
+                 "root": client.name if is_local_path(client.spec.model) else client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
                  "state": client.state, "max_model_len": client.max_model_len}
         if client.state == ModelState.ERROR:
             entry["error"] = client.error
@@ -85,10 +85,18 @@ class ModelRegistry:
 
     def health(self) -> tuple[int, dict]:
         """200 whenever the server can serve: no model in its first load, and some model ready or able
-        to load on demand (unloaded by keep_alive, lazy, restarting after its engine died); else 503."""
-        models = {c.name: {"state": c.state, "pid": c.pid, "restarts": c.restarts, "pending": c.num_pending,
-                           **({"error": c.error} if c.error else {}),
-                           **(dataclasses.asdict(c.stats) if c.stats else {})} for c in self}
-        ok = not self.starting and any(c.state != ModelState.ERROR for c in self)
-        return (200 if ok else 503), {"status": "ok" if ok else "loading" if self.starting else "unavailable",
-                                      "models": models}
+        to load on demand (unloaded by keep_alive, lazy, restarting after one engine death); else 503.
+        Status "degraded" while some model is failing (could not load, or its engine keeps dying).
+        Open without a key, so states and counts only: no pids, no error text."""
+        models = {c.name: {"state": c.state, "failing": c.failing, "crashes": c.crashes, "restarts": c.restarts,
+                           "pending": c.num_pending, **(dataclasses.asdict(c.stats) if c.stats else {})}
+                  for c in self}
+        serving = any(c.state == ModelState.READY or not c.failing for c in self)
+        if self.starting or not serving:
+            return 503, {"status": "loading" if self.starting else "unavailable", "models": models}
+        return 200, {"status": "degraded" if any(c.failing for c in self) else "ok", "models": models}
+
+    def fail_in_flight(self, message: str):
+        """End every running request of every model with a 503 saying `message`."""
+        for client in self:
+            client.fail_in_flight(message)

@@ -89,7 +89,7 @@ def test_an_error_inside_one_engine_fails_its_request_restarts_it_and_spares_the
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         assert _state(server.url, "faulty")["state"] == "ready", "the plugin's architecture did not load"
         before = client.completions.create(model="faulty", prompt=[5, 6, 8], max_tokens=3, temperature=0)
-        old_pid = _state(server.url, "faulty")["pid"]
+        old_pid = server.client("faulty").pid
 
         with pytest.raises(openai.APIStatusError) as failed:
             client.completions.create(model="faulty", prompt=[1, *TRIGGER, 9], max_tokens=3)
@@ -100,7 +100,7 @@ def test_an_error_inside_one_engine_fails_its_request_restarts_it_and_spares_the
         assert healthy.usage.completion_tokens == 4
 
         deadline = time.monotonic() + 120
-        while (state := _state(server.url, "faulty"))["state"] != "ready" or state["pid"] == old_pid:
+        while (state := _state(server.url, "faulty"))["state"] != "ready" or server.client("faulty").pid == old_pid:
             assert time.monotonic() < deadline, f"the faulty model did not come back: {state}"
             time.sleep(0.2)
         assert state["restarts"] == 1
