@@ -3,6 +3,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -84,24 +85,60 @@ def serve(args) -> int:
     logger.info("serving %s on http://%s:%d", ", ".join(f"{s.name} ({s.model})" for s in config.models),
                 config.host, config.port)
     app = create_app(config)
-    server = make_server(uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level.lower(),
-                                        timeout_graceful_shutdown=config.shutdown_timeout), app.state.registry)
+    server = make_server(uvicorn_config(app, config, args.log_level.lower()), app.state.registry)
     server.run()
     if server.exit_code:
         raise CLIError("no model could be loaded: " + "; ".join(f"{c.name}: {c.error}" for c in app.state.registry))
     return 0
 
 
+def uvicorn_config(app, config, log_level: str = "info"):
+    """uvicorn's settings from ServerConfig: connection timeouts and limit, shutdown grace."""
+    import functools
+
+    import uvicorn
+
+    from corral.server.connections import HeaderTimeoutH11Protocol
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
+                          http=functools.partial(HeaderTimeoutH11Protocol, header_timeout=config.header_timeout),
+                          timeout_keep_alive=config.timeout_keep_alive, limit_concurrency=config.limit_concurrency,
+                          timeout_graceful_shutdown=config.shutdown_timeout)
+
+
 def make_server(uvicorn_config, registry):
     """uvicorn's server, but it exits 0 after SIGTERM or SIGINT (uvicorn re-raises the signal, which
-    would end the process with 143), and it stops when every model failed its first load."""
+    would end the process with 143), it stops when every model failed its first load, and at the end
+    of its shutdown grace it ends the requests still running with a 503 (streams with an error event
+    and [DONE]) instead of cutting them off."""
+    import asyncio
+
     import uvicorn
 
     class Server(uvicorn.Server):
         exit_code = 0
 
+        async def shutdown(self, sockets=None):
+            grace = self.config.timeout_graceful_shutdown
+            ending = None
+            if grace is not None:
+                ending = asyncio.create_task(self._fail_in_flight_after(grace - min(1.0, grace / 4)))
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if ending is not None:
+                    ending.cancel()
+
+        async def _fail_in_flight_after(self, delay: float):
+            await asyncio.sleep(max(delay, 0.0))
+            if running := sum(c.num_pending for c in registry):
+                logger.warning("shutdown grace is over: ending %d request(s) still running with 503", running)
+                registry.fail_in_flight("the server is shutting down")
+
         @contextlib.contextmanager
         def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():  # served from a thread (tests)
+                yield
+                return
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 yield
