@@ -17,6 +17,12 @@ def register_architectures(register):
     register("LlamaForCausalLM", "corral.plugins.llama:LlamaForCausalLM")
 
 
+@hookimpl
+def register_tool_parsers(register):  # Llama 3.1+ chat templates; Llama 2 and 3.0 have no tool format
+    register("llama3_json", "corral.tool_parsers.llama3_json:Llama3JsonToolParser",
+             architectures=["LlamaForCausalLM"], chat_template_contains=["<|python_tag|>", "ipython"])
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, qkv_bias: bool | None = None):
         super().__init__()

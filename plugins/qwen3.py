@@ -12,6 +12,11 @@ def register_architectures(register):
     register("Qwen3ForCausalLM", "corral.plugins.qwen3:Qwen3ForCausalLM")
 
 
+@hookimpl
+def register_tool_parsers(register):
+    register("hermes", "corral.tool_parsers.hermes:HermesToolParser", architectures=["Qwen3ForCausalLM"])
+
+
 class Qwen3Attention(LlamaAttention):
     def __init__(self, config: ModelConfig):
         super().__init__(config)

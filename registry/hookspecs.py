@@ -12,3 +12,8 @@ def register_architectures(register):
 @hookspec
 def register_sources(register):
     """Register model sources: register("hf", SourceClass)."""
+
+
+@hookspec
+def register_tool_parsers(register):
+    """Register tool-call parsers: register("hermes", "module:Class", architectures=[...], chat_template_contains=[...])."""

@@ -9,6 +9,7 @@ import pluggy
 from corral.registry import hookspecs
 from corral.registry.architectures import ArchitectureRegistry
 from corral.registry.conflicts import Registration, pick_winners
+from corral.registry.tool_parsers import ToolParserRegistry, ToolParserTarget
 
 logger = logging.getLogger(__name__)
 
@@ -17,12 +18,20 @@ BUILTIN_PREFIX = "corral.plugins."
 
 
 TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # "module:Class"
+
+
+def is_target(value) -> bool:
+    return isinstance(value, str) and bool(TARGET.fullmatch(value))
+
+
 # what each hook's register(key, value) takes as the value, and how to say so
 EXPECTED = {
-    "register_architectures": (lambda value: isinstance(value, str) and bool(TARGET.fullmatch(value)),
-                               'a "module:Class" string'),
+    "register_architectures": (is_target, 'a "module:Class" string'),
     "register_sources": (callable, "a source class"),
+    "register_tool_parsers": (is_target, 'a "module:Class" string'),
 }
+# hooks whose register() also takes keyword options: what it keeps of (value, **options)
+OPTIONS = {"register_tool_parsers": ToolParserTarget}
 
 
 def one_line(e: BaseException) -> str:
@@ -121,11 +130,21 @@ class PluginManager:
             info = self.infos.get(name) or PluginInfo(name=name, module=name, version=None)
             mine: list[Registration] = []
 
-            def register(key, value, _plugin=name, _info=info, _mine=mine):
+            def register(key, value, _plugin=name, _info=info, _mine=mine, **options):
                 if self.trace:
-                    logger.info("plugin %s: %s(%r, %r)", _plugin, hook_name, key, value)
+                    logger.info("plugin %s: %s(%r, %r%s)", _plugin, hook_name, key, value,
+                                "".join(f", {k}={v!r}" for k, v in options.items()))
+                message = None
                 if not (isinstance(key, str) and key) or not valid(value):
                     message = f"{hook_name}: register({key!r}, {value!r}) refused: it takes a name and {expected}"
+                elif hook_name in OPTIONS:
+                    try:
+                        value = OPTIONS[hook_name](value, **options)
+                    except TypeError as e:
+                        message = f"{hook_name}: register({key!r}, {value!r}, ...) refused: {e}"
+                elif options:
+                    message = f"{hook_name}: register({key!r}, {value!r}, ...) refused: it takes no options"
+                if message:
                     _info.fail(message)
                     logger.warning("plugin %s: %s", _plugin, message)
                     return
@@ -150,6 +169,9 @@ class PluginManager:
         winners, conflicts = self.registrations("register_architectures")
         return ArchitectureRegistry({k: r.value for k, r in winners.items()},
                                     {k: r.plugin for k, r in winners.items()}, conflicts)
+
+    def tool_parsers(self) -> ToolParserRegistry:
+        return ToolParserRegistry(self.collect("register_tool_parsers"))
 
 
 def _package(ep: importlib.metadata.EntryPoint) -> str | None:

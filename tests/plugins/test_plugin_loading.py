@@ -15,7 +15,7 @@ def fake_distribution(plugin_distribution):
 def test_builtin_architectures_load_through_entry_points():
     pm = PluginManager()
     names = {p.name: p for p in pm.plugins()}
-    assert names["qwen3"].builtin and names["qwen3"].hooks == ["register_architectures"]
+    assert names["qwen3"].builtin and names["qwen3"].hooks == ["register_architectures", "register_tool_parsers"]
     assert {"Qwen3ForCausalLM", "LlamaForCausalLM"} <= set(pm.architectures().names())
 
 

@@ -1,0 +1,88 @@
+"""Llama 3.1 / 3.2 / 3.3 JSON tool calls: [<|python_tag|>]{"name": "f", "parameters": {...}}; {...}.
+
+An output that does not start with a call is content, all of it. Text after the calls (other than
+`; <call>`) is content too.
+"""
+import json
+
+from corral.tool_parsers.base import ParsedToolCalls, ToolCall, ToolParser, call_from_text
+from corral.tool_parsers.call_json import MORE, NO, OK, JsonDepth, call_from_json, match_call_head, skip_ws
+
+PYTHON_TAG = "<|python_tag|>"
+
+
+class Llama3JsonToolParser(ToolParser):
+    def parse(self, text: str) -> ParsedToolCalls:
+        calls, pos, decoder = [], 0, json.JSONDecoder()
+        while True:
+            i = skip_ws(text, pos)
+            lead = PYTHON_TAG if not calls else ";"
+            if text.startswith(lead, i):
+                i += len(lead)
+            elif calls:
+                break
+            try:
+                obj, end = decoder.raw_decode(text, skip_ws(text, i))
+            except ValueError:
+                break
+            found = call_from_json(obj)
+            if not found:
+                break
+            calls.append(ToolCall(*found))
+            pos = end
+        if not calls:
+            return ParsedToolCalls(text or None, [])
+        return ParsedToolCalls(text[pos:].lstrip() or None, calls)
+
+    def _step(self, final: bool) -> bool:
+        buf = self._buf
+        if self._state in ("start", "after"):  # before the first call, or after one
+            s = buf.lstrip()
+            lead = PYTHON_TAG if self._state == "start" else ";"
+            if not final and len(s) < len(lead) and lead.startswith(s):
+                return False
+            if self._state == "after" and not s:  # final: nothing after the calls
+                return False
+            body = s[len(lead):] if s.startswith(lead) else s if self._state == "start" else None
+            status = match_call_head(body)[0] if body is not None else NO
+            if status == MORE and not final:
+                return False
+            if status == OK:
+                self._buf = body
+                self._head(final)
+                self._state = "args"
+            elif body is not None and body.lstrip().startswith("{"):
+                self._lead, self._buf = buf[:len(buf) - len(body)], body
+                self._begin_object()
+                self._state = "object"
+            else:
+                self._buf, self._state = buf if self._state == "start" else s, "text"
+            return True
+        if self._state == "object":  # a call whose head is not in the usual order: read it whole
+            end = self._scan_object(final)
+            if end is None:
+                return False
+            call = call_from_text(buf[:end])
+            if call:
+                self._whole_call(call.name, call.arguments)
+                self._buf, self._state = buf[end:], "after"
+            else:
+                self._buf = self._lead + buf if self._index == 0 else (self._lead + buf).lstrip()
+                self._state = "text"
+            return True
+        if self._state == "args":
+            if self._stream_arguments():
+                self._depth = JsonDepth(depth=1)  # inside the call object, after its arguments
+                self._state = "tail"
+                return True
+            return False
+        if self._state == "tail":
+            end = self._depth.close(buf)
+            self._buf = "" if end is None else buf[end:]
+            if end is None:
+                return False
+            self._state = "after"
+            return True
+        self._content(buf)  # text
+        self._buf = ""
+        return False
