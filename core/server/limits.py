@@ -10,11 +10,15 @@ from corral.engine.tokenizer import max_token_chars
 from corral.server.errors import BadRequestError, error_body
 
 MAX_CONCURRENT_TOKENIZATIONS = 2
+# what of a refused body is read and dropped, so that a client still sending it gets to read its 413
+DRAIN_BYTES, DRAIN_SECONDS = 64 << 20, 2.0
 
 
 class RequestSizeLimitMiddleware:
-    """413 for a body past `max_bytes`: at once by its Content-Length, else (chunked) as soon as the bytes
-    received pass it. The body is read here, so the app never parses one that is too large."""
+    """413 for a body past `max_bytes`: by its Content-Length, else (chunked) as soon as the bytes received
+    pass it. The body is read here, so the app never parses one that is too large; the rest of a refused
+    one is read and dropped (up to DRAIN_BYTES, for DRAIN_SECONDS at most), so that a client still sending
+    it reads the 413 rather than a reset."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -46,9 +50,25 @@ class RequestSizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not (length.isdigit() and int(length) > DRAIN_BYTES):
+            try:
+                await asyncio.wait_for(self._drain(receive), DRAIN_SECONDS)
+            except asyncio.TimeoutError:
+                pass
         body = error_body(f"the request body is larger than this server takes ({self.max_bytes} bytes; "
                           "--max-request-size)", "invalid_request_error", code="request_too_large")
         await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+    @staticmethod
+    async def _drain(receive):
+        """The rest of the body, dropped as it comes: the memory stays flat."""
+        drained = 0
+        while drained < DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            drained += len(message.get("body", b""))
 
 
 class Tokenization:

@@ -175,11 +175,20 @@ def test_a_killed_engine_fails_its_requests_with_503_restarts_and_the_others_nev
 
 
 @pytest.mark.parametrize("endpoint, body", [
-    ("/v1/completions", {"prompt": "hello world, " * 300_000, "max_tokens": 1}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello world, " * 300_000}]}),
+    ("/v1/completions", {"prompt": "hello world", "max_tokens": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello world"}], "max_tokens": 1}),
 ])
-def test_a_huge_prompt_is_tokenized_off_the_event_loop(server, http, endpoint, body):
-    """Tokenizing a 4 MB prompt takes seconds; meanwhile the server answers everyone else."""
+def test_a_slow_tokenization_runs_off_the_event_loop(server, http, monkeypatch, endpoint, body):
+    """A prompt that takes seconds to tokenize (a huge one is now refused by its length before it is
+    tokenized, so the tokenizer is made slow instead); meanwhile the server answers everyone else."""
+    tokenizer = server.client("tiny-qwen3").input_processor.tokenizer
+    encode = tokenizer.encode
+
+    def slow_encode(*args, **kwargs):
+        time.sleep(3)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", slow_encode)
     result, started = {}, time.monotonic()
 
     def post():
@@ -196,8 +205,7 @@ def test_a_huge_prompt_is_tokenized_off_the_event_loop(server, http, endpoint, b
         slowest = max(slowest, time.monotonic() - start)
         time.sleep(0.05)
     poster.join()
-    assert result["response"].status_code == 400
-    assert result["response"].json()["error"]["code"] == "context_length_exceeded"
+    assert result["response"].status_code == 200, result["response"].text
     assert result["seconds"] > 2, "the prompt was too quick to tokenize for this test to mean anything"
     assert slowest < 1.0
 
