@@ -16,7 +16,7 @@ from pathlib import Path
 from corral.registry.conflicts import pick_winners
 from corral.registry.plugins import ENTRY_POINT_GROUP, PluginManager
 
-HOOKS = ("register_architectures", "register_sources")
+HOOKS = ("register_architectures", "register_sources", "register_tool_parsers")
 RULE = ("when two plugins register one name, a third-party plugin beats a built-in and between third-party "
         "plugins the entry-point name that sorts first wins; CORRAL_PLUGINS=a,b,... chooses by leaving the other out")
 PIP_FLAGS = {"upgrade": "--upgrade", "no_deps": "--no-deps", "no_build_isolation": "--no-build-isolation",

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from corral.sampling_params import SamplingParams
+from corral.sampling_params import SamplingParams, SamplingParamsError, StructuredOutputsParams
 from corral.server.errors import BadRequestError
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -71,6 +71,11 @@ class SamplingFields(OpenAIBase):
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
     cache_salt: str | None = Field(default=None, min_length=1)  # only requests with the same salt share cached blocks
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     _text = field_validator("model", "stop", "cache_salt")(unicode_text)
 
@@ -80,7 +85,37 @@ class SamplingFields(OpenAIBase):
         values.update({k: getattr(self, k) for k in SAMPLING_FIELDS if getattr(self, k) is not None})
         return SamplingParams(n=self.n if self.n is not None else 1, max_tokens=max_tokens, logprobs=logprobs,
                               stop=self.stop or [], stop_token_ids=self.stop_token_ids or [],
-                              logit_bias=self.parsed_logit_bias(), **values)
+                              logit_bias=self.parsed_logit_bias(), structured_outputs=self.structured_output(),
+                              **values)
+
+    def structured_output_field(self) -> str:
+        """The field that says what the output must match (for an error's `param`)."""
+        return next((name for name in STRUCTURED_FIELDS if getattr(self, name) is not None), "response_format")
+
+    def structured_output(self) -> StructuredOutputsParams | None:
+        """What the output must match, from whichever one of OpenAI's response_format, vLLM's
+        structured_outputs or its older guided_* fields the request uses."""
+        given = {name: getattr(self, name) for name in STRUCTURED_FIELDS if getattr(self, name) is not None}
+        if (self.response_format or {}).get("type", "text") == "text":
+            given.pop("response_format", None)
+        if len(given) > 1:
+            raise BadRequestError(f"give one of {', '.join(STRUCTURED_FIELDS)}; got {', '.join(given)}",
+                                  param=list(given)[1])
+        if not given:
+            return None
+        (name, value), = given.items()
+        try:
+            if name == "response_format":
+                return _response_format(value)
+            if name == "structured_outputs":
+                known = {"json", "regex", "choice", "grammar", "json_object"}
+                return StructuredOutputsParams(**{k: v for k, v in value.items() if k in known})
+            kind = name.removeprefix("guided_")
+            return StructuredOutputsParams(**{kind: value})
+        except SamplingParamsError as e:
+            raise BadRequestError(str(e), param=name) from None
+        except TypeError as e:
+            raise BadRequestError(f"{name}: {e}", param=name) from None
 
     def parsed_logit_bias(self) -> dict[int, float]:
         bias = {}
@@ -100,12 +135,25 @@ class SamplingFields(OpenAIBase):
             raise BadRequestError("stream_options is only allowed when stream is true", param="stream_options")
 
     def check_unsupported(self):
-        """Options corral cannot honour get a 400 rather than being ignored (vLLM rejects them too when
-        it is not set up for them): the client would otherwise take plain text for a guaranteed format."""
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise BadRequestError(f"response_format type {kind!r} is not supported (no structured output); "
-                                  "only 'text' is", param="response_format")
+        """Options corral cannot honour get a 400 rather than being ignored."""
+
+
+STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                     "guided_grammar")
+
+
+def _response_format(value: dict) -> StructuredOutputsParams:
+    kind = value.get("type")
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise BadRequestError("response_format.json_schema must be an object with a `schema` object",
+                                  param="response_format")
+        return StructuredOutputsParams(json=spec.get("schema") or {"type": "object"})
+    raise BadRequestError(f"response_format type {kind!r} is not one of text, json_object, json_schema",
+                          param="response_format")
 
 
 class ContentPart(OpenAIBase):
@@ -119,8 +167,9 @@ class ChatMessage(OpenAIBase):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None  # vLLM's newer name for reasoning_content
 
-    _text = field_validator("content", "reasoning_content")(unicode_text)
+    _text = field_validator("content", "reasoning_content", "reasoning")(unicode_text)
 
     @model_validator(mode="after")
     def _extra_text(self):
@@ -198,6 +247,8 @@ class ChatCompletionRequest(SamplingFields):
                 m["content"] = "\n".join(texts)
             elif message.content is None:
                 m["content"] = ""
+            if "reasoning" in m:  # templates (Qwen3's) read reasoning_content
+                m.setdefault("reasoning_content", m.pop("reasoning"))
             out.append(m)
         return out
 

@@ -10,6 +10,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response, StreamingResponse
 
 from corral.engine.input_processor import ContextLengthError, PromptError
+from corral.engine.structured_output import GrammarError
 from corral.outputs import CompletionOutput, TokenLogprob
 from corral.sampling_params import SamplingParams, SamplingParamsError
 from corral.server.engine_client import EngineClient
@@ -60,13 +61,16 @@ def check_num_sequences(client: EngineClient, n: int | None, num_prompts: int = 
     return total
 
 
-def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,
-                    logprobs: int | None) -> SamplingParams:
+async def sampling_params(body: SamplingFields, client: EngineClient, max_tokens: int,
+                          logprobs: int | None) -> SamplingParams:
+    """The request's SamplingParams, checked against the model (a grammar compiled, off the event loop)."""
     try:
         params = body.sampling_params(client.input_processor.sampling_defaults, max_tokens, logprobs)
-        client.input_processor.check_params(params)
+        await asyncio.to_thread(client.input_processor.check_params, params)
     except SamplingParamsError as e:
         raise BadRequestError(str(e), param=e.param) from None
+    except GrammarError as e:
+        raise BadRequestError(str(e), param=body.structured_output_field()) from None
     except (TypeError, ValueError) as e:
         raise BadRequestError(str(e)) from None
     return params

@@ -41,12 +41,14 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
         if max_tokens is None:
             max_tokens = client.input_processor.defaults.get("max_tokens")
         max_tokens = check_prompt(client, prompt_ids, max_tokens, "messages")
-        params = sampling_params(body, client, max_tokens, logprobs)
+        params = await sampling_params(body, client, max_tokens, logprobs)
     except BaseException:
         client.release(num_seqs)
         raise
     request_id = random_id("chatcmpl")
-    in_reasoning = client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
+    # a grammar holds from the first token, so a prompt that opens the thinking does not make its output thinking
+    in_reasoning = (client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
+                    and params.structured_outputs is None)
     salt = cache_salt(request, body.cache_salt)
     outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout, salt)
     if body.stream:
@@ -72,8 +74,8 @@ async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, wan
         if client.reasoning_parser is not None:
             reasoning, content = split_reasoning(ch.text, in_reasoning)
             message["content"] = content
-            if reasoning is not None:
-                message["reasoning_content"] = reasoning
+            if reasoning is not None:  # vLLM renamed the field `reasoning` in 2026; clients read either
+                message["reasoning_content"] = message["reasoning"] = reasoning
         result.append({"index": ch.index, "message": message,
                        "logprobs": chat_logprobs(ch.logprobs, token_text) if want_logprobs else None,
                        "finish_reason": ch.finish_reason, "stop_reason": ch.stop_reason})
@@ -119,7 +121,7 @@ def _delta(parser: ReasoningParser | None, text: str, finished: bool) -> dict:
         reasoning, content = reasoning + more_reasoning, content + more_content
     delta = {}
     if reasoning:
-        delta["reasoning_content"] = reasoning
+        delta["reasoning_content"] = delta["reasoning"] = reasoning
     if content:
         delta["content"] = content
     return delta

@@ -42,7 +42,7 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         if max_tokens is None:
             max_tokens = client.input_processor.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
         limits = [check_prompt(client, ids, max_tokens, "prompt") for _, ids in encoded]
-        params = [sampling_params(body, client, limit, body.logprobs) for limit in limits]
+        params = [await sampling_params(body, client, limit, body.logprobs) for limit in limits]
     except BaseException:
         client.release(num_seqs)
         raise

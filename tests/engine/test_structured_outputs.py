@@ -14,7 +14,7 @@ from corral.engine.structured_output import GrammarError
 from corral.sampling_params import SamplingParamsError, StructuredOutputsParams
 
 SCHEMAS = {
-    "flat": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+    "flat": {"type": "object", "properties": {"name": {"type": "string", "pattern": "^[a-z]{1,6}$"},
                                               "age": {"type": "integer", "minimum": 0, "maximum": 120},
                                               "ok": {"type": "boolean"}},
              "required": ["name", "age", "ok"], "additionalProperties": False},

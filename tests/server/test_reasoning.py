@@ -77,3 +77,20 @@ def test_streamed_reasoning_matches_non_streamed(openai_client):
 def test_models_without_a_reasoning_parser_keep_think_tags_in_content(server):
     assert server.client("tiny-llama").reasoning_parser is None
     assert server.client("tiny-qwen3").reasoning_parser == "qwen3"
+
+
+def test_reasoning_is_also_given_under_vllm_s_newer_name(openai_client):
+    kwargs = dict(model="tiny-qwen3", messages=MESSAGES, temperature=0, max_tokens=16)
+    message = openai_client.chat.completions.create(**kwargs).choices[0].message
+    assert message.reasoning == message.reasoning_content and message.reasoning
+    chunks = list(openai_client.chat.completions.create(stream=True, **kwargs))
+    assert "".join(getattr(c.choices[0].delta, "reasoning", None) or "" for c in chunks) == message.reasoning
+
+
+def test_an_assistant_turn_s_reasoning_reaches_the_template_under_either_name():
+    # Qwen3's template reads reasoning_content; vLLM's newer clients send reasoning
+    from corral.server.protocol import ChatCompletionRequest
+    for field in ("reasoning", "reasoning_content"):
+        body = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Hello", field: "Thought."}])
+        assert body.message_dicts()[1] == {"role": "assistant", "content": "Hello", "reasoning_content": "Thought."}
