@@ -7,6 +7,8 @@ import concurrent.futures
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 
 from corral.sampling_params import StructuredOutputsParams
 
@@ -14,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 MAX_GRAMMAR_BYTES = 256 << 10
 COMPILE_TIMEOUT = 10.0
+CACHE_SIZE = 512  # compiled grammars kept per process, least recently used dropped first
 
 
 class GrammarError(ValueError):
@@ -30,9 +33,23 @@ class StructuredOutputCompiler:
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
                                                        stop_token_ids=sorted(stop_token_ids) or None)
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_lock = threading.Lock()  # the API process checks grammars on worker threads
 
     def compile(self, params: StructuredOutputsParams):
-        kind, text = params.key
+        key = params.key
+        with self._cache_lock:
+            if (compiled := self._cache.get(key)) is not None:
+                self._cache.move_to_end(key)
+                return compiled
+        compiled = self._compile(*key)
+        with self._cache_lock:
+            self._cache[key] = compiled
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _compile(self, kind: str, text: str):
         if len(text) > MAX_GRAMMAR_BYTES:
             raise GrammarError(f"the {kind} is {len(text)} bytes; at most {MAX_GRAMMAR_BYTES} are compiled")
         try:
