@@ -30,6 +30,8 @@ def add_commands(subparsers):
                    help="load each model on its first request instead of at startup")
     p.add_argument("--source", help="auto, hf, modelscope, pypi or local (env CORRAL_SOURCE)")
     p.add_argument("--reasoning-parser", help="auto (Qwen3 models), qwen3 or none")
+    p.add_argument("--tool-call-parser", help="auto (from the model's architecture and chat template; generic "
+                                              "JSON when it has no format) or a parser: corral plugins lists them")
     p.set_defaults(handler=serve)
 
 
@@ -63,7 +65,8 @@ def build_server_config(args, env=None):
     from corral.server.config import SERVER_KEYS
     server = {k: getattr(args, k, None) for k in SERVER_KEYS}
     model_defaults = {k: getattr(args, k, None) for k in (
-        *ENGINE_ARGS, "tensor_parallel_size", "max_queue_len", "keep_alive", "source", "reasoning_parser")}
+        *ENGINE_ARGS, "tensor_parallel_size", "max_queue_len", "keep_alive", "source", "reasoning_parser",
+        "tool_call_parser")}
     model_defaults["preload"] = None if args.lazy is None else not args.lazy
     return build_config(args.models, args.config, server, model_defaults, args.served_model_name, env)
 

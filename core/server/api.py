@@ -28,7 +28,7 @@ def tokenize_request(client, body: TokenizeRequest, tokenization: Tokenization, 
     if chat is None:
         ids = tokenization.encode(client, body.prompt, "prompt", body.add_special_tokens is not False)
     else:
-        prompt, ids = render_prompt(client, chat, chat.template_kwargs(trust_template), tokenization)
+        prompt, ids, _ = render_prompt(client, chat, chat.template_kwargs(trust_template), tokenization)
         if body.add_special_tokens:
             ids = tokenization.encode(client, prompt, "messages", add_special_tokens=True)
     result = {"count": len(ids), "max_model_len": client.max_model_len, "tokens": ids}

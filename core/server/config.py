@@ -50,6 +50,7 @@ class ModelSpec(EngineArgs):
     keep_alive: float | None = None      # seconds idle before unloading; None: never
     preload: bool = True
     reasoning_parser: str = "auto"        # auto (Qwen3 models), qwen3 or none
+    tool_call_parser: str = "auto"        # auto (from the architecture and chat template) or a parser's name
     sampling: dict = field(default_factory=dict)
     startup_timeout: float = 900.0
 
@@ -211,6 +212,12 @@ def _model_spec(values: dict) -> ModelSpec:
             spec.aliases.append(spec.model)
     if spec.reasoning_parser not in ("auto", "qwen3", "none"):
         raise ConfigError(f"{spec.name}: reasoning_parser must be auto, qwen3 or none, got {spec.reasoning_parser!r}")
+    if spec.tool_call_parser != "auto":
+        from corral.registry.plugins import PluginManager
+        names = PluginManager().tool_parsers().names()
+        if spec.tool_call_parser not in names:
+            raise ConfigError(f"{spec.name}: tool_call_parser must be auto or one of {', '.join(names)}, "
+                              f"got {spec.tool_call_parser!r}")
     try:
         spec.check()
     except ConfigError as e:

@@ -66,6 +66,8 @@ class EngineClient:
         self.model_dir: Path | None = None
         self.input_processor: InputProcessor | None = None
         self.reasoning_parser: str | None = None
+        self.tool_parser: type | None = None       # None: the generic JSON format
+        self.json_tool_parser: type | None = None
         self.stats: SchedulerStats | None = None
         self.restarts = 0
         self.num_pending = 0                # requests admitted and not yet released
@@ -147,8 +149,10 @@ class EngineClient:
                 except ImportError:
                     pass
                 self.state = ModelState.DOWNLOADING
-            files = ModelFiles.read(resolve_model_dir(self.spec, self.plugin_manager, self.progress), self.spec)
+            files = ModelFiles.read(resolve_model_dir(self.spec, self.plugin_manager, self.progress), self.spec,
+                                    self.plugin_manager)
         self.model_dir, self.reasoning_parser = files.model_dir, files.reasoning_parser
+        self.tool_parser, self.json_tool_parser = files.tool_parser, files.json_tool_parser
         self.input_processor = files.input_processor
 
     def _on_message(self, engine: EngineProcess, message: FromEngine):

@@ -1,5 +1,6 @@
 """What the API process reads from a model's directory: its input processor (tokenizer, EOS ids,
-context length, sampling defaults) and reasoning parser. The weights stay with the engine process."""
+context length, sampling defaults), reasoning parser and tool-call parser. The weights stay with the
+engine process."""
 import json
 import logging
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from pathlib import Path
 from corral.engine.input_processor import InputProcessor
 from corral.model_config import positions_of
 from corral.server.config import ModelSpec
+from corral.server.tool_calling import template_shows_tools
 
 logger = logging.getLogger(__name__)
 
@@ -17,17 +19,37 @@ class ModelFiles:
     model_dir: Path
     input_processor: InputProcessor
     reasoning_parser: str | None   # "qwen3" or None
+    tool_parser: type | None       # the model's own tool-call format; None: generic (corral.server.tool_calling)
+    json_tool_parser: type         # the generic format's parser
 
     @classmethod
-    def read(cls, model_dir: Path, spec: ModelSpec) -> "ModelFiles":
+    def read(cls, model_dir: Path, spec: ModelSpec, plugin_manager=None) -> "ModelFiles":
         hf_config = json.loads((model_dir / "config.json").read_text())
         inputs = InputProcessor.from_model_dir(model_dir, served_max_model_len(spec, hf_config),
                                                hf_config.get("vocab_size"), spec.sampling)
+        architectures = hf_config.get("architectures") or [hf_config.get("model_type") or ""]
         parser = spec.reasoning_parser
         if parser == "auto":
-            architectures = hf_config.get("architectures") or [hf_config.get("model_type") or ""]
             parser = "qwen3" if any(a.lower().startswith("qwen3") for a in architectures) else "none"
-        return cls(model_dir, inputs, None if parser == "none" else parser)
+        tool_parser, json_tool_parser = tool_parsers(spec, inputs, architectures, plugin_manager)
+        return cls(model_dir, inputs, None if parser == "none" else parser, tool_parser, json_tool_parser)
+
+
+def tool_parsers(spec: ModelSpec, inputs: InputProcessor, architectures: list[str], plugin_manager=None):
+    """(the model's own tool-call parser or None, the generic one): its own only where its chat template
+    shows the tools (a template that ignores them leaves the model no way to know them)."""
+    from corral.registry.plugins import PluginManager
+    registry = (plugin_manager or PluginManager()).tool_parsers()
+    template = getattr(inputs.tokenizer, "chat_template", None)
+    template = template if isinstance(template, str) or template is None else json.dumps(template)
+    override = None if spec.tool_call_parser == "auto" else spec.tool_call_parser
+    parser = registry.for_model(architectures, override, template)
+    if parser is not None and not template_shows_tools(inputs.render_chat):
+        log = logger.warning if override else logger.info
+        log("%s: the chat template does not render tools; tool calls use the generic JSON prompt and parser "
+            "instead of %s", spec.name, parser.__name__)
+        parser = None
+    return parser, registry.resolve("json")
 
 
 def served_max_model_len(spec: ModelSpec, hf_config: dict) -> int:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from corral.sampling_params import SamplingParams, SamplingParamsError, StructuredOutputsParams
 from corral.server.errors import BadRequestError
+from corral.server.tool_calling import ToolPlan, template_arguments
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "seed", "min_tokens", "ignore_eos", "skip_special_tokens",
@@ -187,13 +188,34 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     chat_template: str | None = None
     add_generation_prompt: bool | None = True
-    # tool calling: not supported; checked so that it is not silently ignored
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # OpenAI's legacy function calling: refused, so that it is not silently ignored
     functions: list[Any] | None = None
     function_call: str | dict[str, Any] | None = None
 
-    _template_text = field_validator("chat_template_kwargs", "chat_template")(unicode_text)
+    _template_text = field_validator("chat_template_kwargs", "chat_template", "tools", "tool_choice")(unicode_text)
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The request's tools checked (400 naming tools or tool_choice), or None without tools."""
+        return ToolPlan.from_request(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def structured_output(self) -> StructuredOutputsParams | None:
+        """tool_choice required or a named function is held by a JSON schema of the call(s)."""
+        plan = self.tool_plan()
+        schema = plan.schema() if plan is not None else None
+        if schema is None:
+            return super().structured_output()
+        if super().structured_output() is not None:
+            what = "required" if plan.choice == "required" else f"naming {plan.function}"
+            raise BadRequestError(f"tool_choice {what} cannot be combined with {super().structured_output_field()} "
+                                  "(the calls' own schema holds the output)", param="tool_choice")
+        return StructuredOutputsParams(json=schema)
+
+    def structured_output_field(self) -> str:
+        plan = self.tool_plan()
+        return "tools" if plan is not None and plan.schema() is not None else super().structured_output_field()
 
     def template_kwargs(self, trusted: bool) -> dict:
         """chat_template_kwargs, with the request's own chat_template only where the server trusts it (a
@@ -210,13 +232,8 @@ class ChatCompletionRequest(SamplingFields):
     def check_unsupported(self):
         super().check_unsupported()
         if self.functions or self.function_call not in (None, "none"):
-            raise BadRequestError("function calling is not supported by this server", param="functions")
-        if self.tools and self.tool_choice != "none":
-            raise BadRequestError("tool calling is not supported by this server: the model would not see the "
-                                  "tools and its calls would not be parsed; remove `tools` or set tool_choice "
-                                  "to \"none\"", param="tools")
-        if self.tool_choice not in (None, "none") and not self.tools:
-            raise BadRequestError("tool_choice is only allowed when tools are specified", param="tool_choice")
+            raise BadRequestError("functions and function_call (deprecated by OpenAI) are not supported; use "
+                                  "tools and tool_choice", param="functions")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -233,7 +250,8 @@ class ChatCompletionRequest(SamplingFields):
         return top
 
     def message_dicts(self) -> list[dict]:
-        """Messages as the chat template expects them: text parts joined into one string."""
+        """Messages as the chat template expects them: text parts joined into one string, tool-call
+        arguments as objects."""
         out = []
         for i, message in enumerate(self.messages):
             m = message.model_dump(exclude_none=True)
@@ -250,7 +268,7 @@ class ChatCompletionRequest(SamplingFields):
             if "reasoning" in m:  # templates (Qwen3's) read reasoning_content
                 m.setdefault("reasoning_content", m.pop("reasoning"))
             out.append(m)
-        return out
+        return template_arguments(out)
 
 
 class CompletionRequest(SamplingFields):
@@ -289,6 +307,8 @@ class TokenizeRequest(OpenAIBase):
     add_generation_prompt: bool | None = True
     chat_template_kwargs: dict[str, Any] | None = None
     chat_template: str | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     return_token_strs: bool | None = False
 
     _text = field_validator("model", "prompt", "chat_template_kwargs", "chat_template")(unicode_text)
@@ -300,7 +320,8 @@ class TokenizeRequest(OpenAIBase):
             return None
         return ChatCompletionRequest(model=self.model, messages=self.messages,
                                      chat_template_kwargs=self.chat_template_kwargs, chat_template=self.chat_template,
-                                     add_generation_prompt=self.add_generation_prompt)
+                                     add_generation_prompt=self.add_generation_prompt, tools=self.tools,
+                                     tool_choice=self.tool_choice)
 
 
 class DetokenizeRequest(OpenAIBase):

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: chat template, generation, reasoning split, JSON or SSE chunks."""
+"""POST /v1/chat/completions: chat template, generation, reasoning split, tool calls, JSON or SSE chunks."""
 import functools
 
 from starlette.requests import Request as HTTPRequest
@@ -13,30 +13,39 @@ from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning, spl
 from corral.server.serving import (Choice, SSEResponse, TokenText, chat_logprobs, check_num_sequences, check_prompt,
                                    chunk_writer, now, random_id, sampling_params, sse, sse_error, until_disconnect,
                                    usage)
+from corral.server.tool_calling import generic_messages, is_generic, output_parser
 
 
 def render_prompt(client: EngineClient, body: ChatCompletionRequest, template_kwargs: dict,
-                  tokenization: Tokenization) -> tuple[str, list[int]]:
+                  tokenization: Tokenization) -> tuple[str, list[int], bool]:
+    """The prompt, its token ids, and whether tools took the generic way (corral.server.tool_calling)."""
+    plan, messages = body.tool_plan(), body.message_dicts()
+    tool_turns = any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+    generic = (plan is not None or tool_turns) and is_generic(client, template_kwargs)
+    if generic:
+        messages = generic_messages(messages, plan)
     try:
-        prompt = client.input_processor.render_chat(body.message_dicts(), body.add_generation_prompt is not False,
-                                                    template_kwargs)
+        prompt = client.input_processor.render_chat(messages, body.add_generation_prompt is not False,
+                                                    template_kwargs, plan.tools if plan and not generic else None)
     except ChatTemplateError as e:
         param = "chat_template" if "chat_template" in template_kwargs else "messages"
         raise BadRequestError(str(e), param=param) from None
-    return prompt, tokenization.encode(client, prompt, "messages", add_special_tokens=False)
+    return prompt, tokenization.encode(client, prompt, "messages", add_special_tokens=False), generic
 
 
 async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
                                  load_timeout: float):
     body.check_stream_options()
     body.check_unsupported()
+    plan = body.tool_plan()
     config, tokenization = request.app.state.config, request.app.state.tokenization
     template_kwargs = body.template_kwargs(config.trust_request_chat_template)
     num_seqs = check_num_sequences(client, body.n)
     logprobs = body.requested_logprobs()
     await client.admit(load_timeout, num_seqs)
     try:
-        prompt, prompt_ids = await tokenization.run(render_prompt, client, body, template_kwargs, tokenization)
+        prompt, prompt_ids, generic = await tokenization.run(render_prompt, client, body, template_kwargs,
+                                                             tokenization)
         max_tokens = body.requested_max_tokens()
         if max_tokens is None:
             max_tokens = client.input_processor.defaults.get("max_tokens")
@@ -49,19 +58,20 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
     # a grammar holds from the first token, so a prompt that opens the thinking does not make its output thinking
     in_reasoning = (client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
                     and params.structured_outputs is None)
+    tool_parser = functools.partial(output_parser, plan, client, generic)  # one per choice
     salt = cache_salt(request, body.cache_salt)
     outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout, salt)
     if body.stream:
-        return SSEResponse(_stream(body, client, request_id, prompt_ids, params.n, outputs, in_reasoning),
-                           on_close=functools.partial(client.release, num_seqs))
+        return SSEResponse(_stream(body, client, request_id, prompt_ids, params.n, outputs, in_reasoning,
+                                   tool_parser), on_close=functools.partial(client.release, num_seqs))
     try:
         return await until_disconnect(request, _collect(client, request_id, prompt_ids, params.n, outputs,
-                                                        in_reasoning, logprobs is not None))
+                                                        in_reasoning, logprobs is not None, tool_parser))
     finally:
         client.release(num_seqs)
 
 
-async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, want_logprobs) -> dict:
+async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, want_logprobs, tool_parser) -> dict:
     choices, cached = [Choice(i) for i in range(n)], 0
     async for out in outputs:
         cached = out.num_cached_tokens
@@ -70,23 +80,29 @@ async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, wan
     token_text = TokenText(client.tokenizer)
     result = []
     for ch in choices:
-        message = {"role": "assistant", "content": ch.text}
+        message, finish_reason = {"role": "assistant", "content": ch.text}, ch.finish_reason
         if client.reasoning_parser is not None:
             reasoning, content = split_reasoning(ch.text, in_reasoning)
             message["content"] = content
             if reasoning is not None:  # vLLM renamed the field `reasoning` in 2026; clients read either
                 message["reasoning_content"] = message["reasoning"] = reasoning
+        if (parser := tool_parser()) is not None:
+            parsed = parser.parse(message["content"] or "")
+            if parsed.tool_calls:  # content is None when there are only calls
+                message["content"], message["tool_calls"] = parsed.content, [c.to_openai() for c in parsed.tool_calls]
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         result.append({"index": ch.index, "message": message,
                        "logprobs": chat_logprobs(ch.logprobs, token_text) if want_logprobs else None,
-                       "finish_reason": ch.finish_reason, "stop_reason": ch.stop_reason})
+                       "finish_reason": finish_reason, "stop_reason": ch.stop_reason})
     return {"id": request_id, "object": "chat.completion", "created": now(), "model": client.name,
             "choices": result, "usage": usage(len(prompt_ids), sum(ch.num_tokens for ch in choices), cached)}
 
 
-async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning):
+async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning, tool_parser):
     created, include_usage = now(), body.include_usage
     token_text = TokenText(client.tokenizer)
     parsers = [ReasoningParser(in_reasoning) if client.reasoning_parser else None for _ in range(n)]
+    tool_parsers, called = [tool_parser() for _ in range(n)], [False] * n
     completion_tokens = cached = 0
 
     chunk = chunk_writer(request_id, "chat.completion.chunk", created, client.name, include_usage)
@@ -99,17 +115,38 @@ async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning
             cached = out.num_cached_tokens
             for c in out.outputs:
                 completion_tokens += len(c.token_ids)
-                delta = _delta(parsers[c.index], c.text, c.finished)
-                if not delta and not c.finished and not c.logprobs:
+                deltas = _deltas(parsers[c.index], tool_parsers[c.index], c.text, c.finished)
+                if not deltas and not c.finished and not c.logprobs:
                     continue
-                yield chunk([{"index": c.index, "delta": delta,
-                              "logprobs": chat_logprobs(c.logprobs, token_text) if c.logprobs is not None else None,
-                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
+                called[c.index] = called[c.index] or any("tool_calls" in d for d in deltas)
+                finish_reason = c.finish_reason
+                if called[c.index] and finish_reason == "stop":
+                    finish_reason = "tool_calls"
+                deltas = deltas or [{}]
+                for k, delta in enumerate(deltas):  # the logprobs go with the first, the end with the last
+                    last = k == len(deltas) - 1
+                    yield chunk([{"index": c.index, "delta": delta,
+                                  "logprobs": chat_logprobs(c.logprobs, token_text) if c.logprobs is not None
+                                  and k == 0 else None,
+                                  "finish_reason": finish_reason if last else None,
+                                  "stop_reason": c.stop_reason if last else None}])
         if include_usage:
             yield chunk([], usage=usage(len(prompt_ids), completion_tokens, cached))
     except Exception as e:
         yield sse_error(e)
     yield sse("[DONE]")
+
+
+def _deltas(parser: ReasoningParser | None, tool_parser, text: str, finished: bool) -> list[dict]:
+    """The chunk deltas of one piece of a choice's output: reasoning, then content or tool-call pieces."""
+    delta = _delta(parser, text, finished)
+    if tool_parser is None:
+        return [delta] if delta else []
+    content = delta.pop("content", "")
+    messages = tool_parser.feed(content) if content else []
+    if finished:
+        messages += tool_parser.finish()
+    return ([delta] if delta else []) + [m.to_openai() for m in messages]
 
 
 def _delta(parser: ReasoningParser | None, text: str, finished: bool) -> dict:
