@@ -64,7 +64,9 @@ class EngineCore:
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.num_scheduler_steps)
-        self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None
+        self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None  # launched, not yet read
+        self.current: tuple[SchedulerOutput, int, InFlight] | None = None  # being read, step by step
+        self.current_step = 0
         self.structured_output = StructuredOutputManager(config.model, self.model_config.vocab_size)
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed, self.structured_output)
@@ -127,27 +129,35 @@ class EngineCore:
             raise RuntimeError("reset_prefix_cache needs an idle engine: requests still hold KV blocks")
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self.in_flight is not None
+        return self.scheduler.has_unfinished_requests() or self.in_flight is not None or self.current is not None
 
     def step(self) -> list[EngineCoreOutput]:
-        """Outputs of one step. When the scheduler allows it, the next multi-step decode group is
-        launched before this one's tokens come back (async scheduling): the device never waits for
-        the host between groups."""
-        if self.in_flight is None:
-            scheduler_output = self.scheduler.schedule()
-            if not scheduler_output.scheduled:
-                return []
-            num_steps = self.scheduler.num_decode_steps(scheduler_output)
-            self.in_flight = (scheduler_output, num_steps, self.runner.launch(scheduler_output, num_steps))
-        scheduler_output, num_steps, launched = self.in_flight
-        self.in_flight = None
-        if self.config.async_scheduling:
-            continuation = self.scheduler.schedule_continuation(scheduler_output, num_steps)
-            if continuation is not None:
-                self.in_flight = (continuation, num_steps,
-                                  self.runner.launch(continuation, num_steps, previous=launched))
-        runner_output = launched.result()
-        updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
+        """Outputs of one decode step: a multi-step group's tokens come back step by step, as the
+        device produces them, so that a client sees one token per chunk. When the scheduler allows
+        it, the next group is launched before this one's tokens come back (async scheduling): the
+        device never waits for the host between groups."""
+        if self.current is None:
+            if self.in_flight is None:
+                scheduler_output = self.scheduler.schedule()
+                if not scheduler_output.scheduled:
+                    return []
+                num_steps = self.scheduler.num_decode_steps(scheduler_output)
+                self.in_flight = (scheduler_output, num_steps, self.runner.launch(scheduler_output, num_steps))
+            self.current, self.current_step = self.in_flight, 0
+            scheduler_output, num_steps, launched = self.current
+            self.in_flight = None
+            if self.config.async_scheduling:
+                continuation = self.scheduler.schedule_continuation(scheduler_output, num_steps)
+                if continuation is not None:
+                    self.in_flight = (continuation, num_steps,
+                                      self.runner.launch(continuation, num_steps, previous=launched))
+        scheduler_output, num_steps, launched = self.current
+        step = self.current_step
+        runner_output = launched.step_result(step)
+        self.current_step += 1
+        if self.current_step == num_steps:
+            self.current = None
+        updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids, after_first_step=step > 0)
         logprobs = runner_output.logprobs
         by_request = {}
         if logprobs is not None:

@@ -19,14 +19,23 @@ class InFlight:
     requests: list  # the requests that sampled, in row order
     sampled: torch.Tensor  # [B, num_steps] on the device: the next continuation reads its last column
     host: torch.Tensor  # the same, on the host once `copied` has fired
-    copied: torch.cuda.Event | None
+    copied: list[torch.cuda.Event] | None  # one per step: its tokens are on the host
     sampler_output: object | None  # kept for logprobs (single steps only)
     rows: list[int] | None = None  # the row of each request that sampled, in scheduled order
 
     def result(self) -> "RunnerOutput":
+        """Every step's tokens, once the last step's are on the host."""
         if self.copied is not None:
-            self.copied.synchronize()
-        tokens = self.host.tolist()
+            self.copied[-1].synchronize()
+        return self._output(self.host.tolist())
+
+    def step_result(self, step: int) -> "RunnerOutput":
+        """Step `step`'s tokens (one per request), as soon as they are on the host."""
+        if self.copied is not None:
+            self.copied[step].synchronize()
+        return self._output(self.host[:, step:step + 1].tolist())
+
+    def _output(self, tokens: list[list[int]]) -> "RunnerOutput":
         logprobs = ModelRunner._logprobs(self.requests, self.sampler_output) if self.sampler_output else None
         if self.rows is not None:
             tokens = [tokens[r] for r in self.rows]
@@ -161,18 +170,27 @@ class ModelRunner:
                 sampling.grammar_rows = grammar[1]
         result = self.sampler(logits, sampling)
         steps = [result.sampled_token_ids]
-        for _ in range(num_steps - 1):
+        on_gpu = self.device.type == "cuda"
+        # each step's tokens go to pinned host memory as soon as that step ends, so they can stream one by one
+        host = torch.empty((num_steps, len(requests)), dtype=torch.long, pin_memory=True) if on_gpu else None
+        copied = [self._copy_to_host(steps[0], host[0])] if on_gpu else None
+        for i in range(1, num_steps):
             positions = positions + 1
             metadata = self._advance(metadata, positions)
             logits = self._forward(steps[-1], positions, metadata, sample_rows)
             steps.append(self.sampler(logits, sampling).sampled_token_ids)
+            if on_gpu:
+                copied.append(self._copy_to_host(steps[-1], host[i]))
         sampled = torch.stack(steps, dim=1)
-        if self.device.type != "cuda":
-            return InFlight(requests, sampled, sampled, None, result if num_steps == 1 else None, rows)
-        host = sampled.to("cpu", non_blocking=True)
+        return InFlight(requests, sampled, host.T if on_gpu else sampled, copied,
+                        result if num_steps == 1 else None, rows)
+
+    @staticmethod
+    def _copy_to_host(tokens: torch.Tensor, host: torch.Tensor) -> torch.cuda.Event:
+        host.copy_(tokens, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
-        return InFlight(requests, sampled, host, copied, result if num_steps == 1 else None, rows)
+        return copied
 
     def _advance(self, metadata: AttentionMetadata, positions: torch.Tensor) -> AttentionMetadata:
         """The metadata of the next decode step: every sequence one token longer."""

@@ -191,11 +191,13 @@ class Scheduler:
             request.num_computed_tokens += 1
         return out
 
-    def update(self, scheduler_output: SchedulerOutput,
-               sampled_token_ids: list[list[int]]) -> list[tuple[Request, list[int]]]:
+    def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[list[int]],
+               after_first_step: bool = False) -> list[tuple[Request, list[int]]]:
         """Append the tokens sampled for each request that sampled (in scheduled order), one by one,
         finishing those that stop; tokens after a stop are dropped. Several tokens per request mean
-        a multi-step decode, whose extra steps computed the KV of all but the last token."""
+        a multi-step decode, whose extra steps computed the KV of all but the last token; a group read
+        step by step comes as one token each, `after_first_step` for all but the first, whose step
+        computed the KV of the token before."""
         updated = []
         samplers = [s.request for s in scheduler_output.scheduled if s.samples]
         for request, token_ids in zip(samplers, sampled_token_ids, strict=True):
@@ -207,7 +209,7 @@ class Scheduler:
                 status = status or RequestStatus.FINISHED_STOPPED
             request.append_output_tokens(appended)
             if status is None:
-                request.num_computed_tokens += len(token_ids) - 1
+                request.num_computed_tokens += len(token_ids) - 1 + after_first_step
             else:
                 self.finish(request, status)
             updated.append((request, appended))

@@ -107,12 +107,20 @@ def test_two_engines_live_in_one_process(tiny_model_dirs):
     assert [done["q"], done["l"]] == alone
 
 
-def test_plain_decode_batches_run_several_steps_per_host_sync(tiny_model_dirs):
-    llm = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=4)
+def test_plain_decode_batches_run_several_steps_per_launch_and_stream_one_token_per_step(tiny_model_dirs):
+    llm = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=4, async_scheduling=False)
+    launch, groups = llm.engine.core.runner.launch, []
+
+    def counted(out, num_steps=1, previous=None):
+        groups.append(num_steps)
+        return launch(out, num_steps, previous)
+
+    llm.engine.core.runner.launch = counted
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     llm.engine.core.add_request(Request("a", [5, 6, 7], params))
-    chunks = [len(o.new_token_ids) for _ in range(4) for o in llm.engine.core.step()]
-    assert chunks == [1, 4, 4, 1]  # prefill, two 4-step decodes, then the one token left (rest dropped)
+    chunks = [len(o.new_token_ids) for _ in range(10) for o in llm.engine.core.step()]
+    assert groups == [1, 4, 4, 4]  # prefill, then 4-step decodes (the last one's extra steps dropped)
+    assert chunks == [1] * 10  # but each step's token comes back on its own
     single = LLM(str(tiny_model_dirs["llama"]), num_scheduler_steps=1)
     assert (single.generate([[5, 6, 7]], params)[0].outputs[0].token_ids
             == llm.generate([[5, 6, 7]], params)[0].outputs[0].token_ids)

@@ -1,0 +1,28 @@
+"""Streaming as a client sees it at light load: one token per chunk at the decode rate, not bursts of
+a multi-step decode group (the server runs 8 decode steps per launch by default)."""
+import json
+
+import httpx
+import pytest
+
+from tests.server.helpers import API_KEY
+
+
+def test_a_streamed_completion_arrives_one_token_per_chunk_at_light_load(server, served_models):
+    # a real model writes whole characters (a random one's bytes often end inside one, held back)
+    if "smollm2" not in served_models:
+        pytest.skip("smollm2-135m-instruct is not available")
+    assert server.client("smollm2").spec.num_scheduler_steps > 1
+    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    texts, usage = [], None
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                data = json.loads(line[6:])
+                usage = data.get("usage") or usage
+                texts += [c["text"] for c in data["choices"] if c["text"]]
+    tokens = usage["completion_tokens"]
+    assert tokens == 48
+    assert len(texts) / tokens >= 0.9, f"{len(texts)} chunks for {tokens} tokens"
