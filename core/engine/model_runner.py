@@ -172,7 +172,7 @@ class ModelRunner:
         steps = [result.sampled_token_ids]
         on_gpu = self.device.type == "cuda"
         # each step's tokens go to pinned host memory as soon as that step ends, so they can stream one by one
-        host = torch.empty((num_steps, len(requests)), dtype=torch.long, pin_memory=True) if on_gpu else None
+        host = torch.empty((num_steps, len(requests)), dtype=steps[0].dtype, pin_memory=True) if on_gpu else None
         copied = [self._copy_to_host(steps[0], host[0])] if on_gpu else None
         for i in range(1, num_steps):
             positions = positions + 1

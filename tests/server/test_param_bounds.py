@@ -56,30 +56,16 @@ def test_more_sequences_than_the_queue_holds_get_400(server, http, engine_surviv
     assert error["param"] == "n"
 
 
-def test_tools_are_rejected_not_ignored(openai_client, engine_survives):
+def test_tool_choice_without_tools_is_refused_and_none_makes_no_calls(openai_client, engine_survives):
+    # tools and response_format are served now (tests/server/test_tool_calls.py, test_structured_outputs.py)
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
     kwargs = dict(model=MODEL, messages=GOOD["messages"], max_tokens=3)
-    for tool_choice in (openai.NOT_GIVEN, "auto", "required"):
-        with pytest.raises(openai.BadRequestError) as e:
-            openai_client.chat.completions.create(**kwargs, tools=tools, tool_choice=tool_choice)
-        assert e.value.status_code == 400 and e.value.body["param"] == "tools"
     with pytest.raises(openai.BadRequestError) as e:
         openai_client.chat.completions.create(**kwargs, tool_choice="required")
     assert e.value.body["param"] == "tool_choice"
     r = openai_client.chat.completions.create(**kwargs, tools=tools, tool_choice="none")
     assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason == "length"
-
-
-@pytest.mark.parametrize("response_format", [
-    {"type": "json_object"},
-    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
-])
-def test_structured_output_is_rejected_not_ignored(openai_client, engine_survives, response_format):
-    with pytest.raises(openai.BadRequestError) as e:
-        openai_client.chat.completions.create(model=MODEL, messages=GOOD["messages"], max_tokens=3,
-                                              response_format=response_format)
-    assert e.value.body["param"] == "response_format"
 
 
 def test_text_response_format_is_served(openai_client):

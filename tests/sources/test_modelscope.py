@@ -97,7 +97,7 @@ def test_both_hubs_down_names_both_endpoints(hf_down, tiny_manifest, monkeypatch
 def test_without_the_modelscope_library_the_error_says_what_to_install(ms_hub, monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope_hub", None)
     monkeypatch.setitem(sys.modules, "modelscope", None)
-    with pytest.raises(SourceUnavailableError, match=r"pip install 'corral\[modelscope\]'"):
+    with pytest.raises(SourceUnavailableError, match=r"pip install 'modelscope>=1.40'"):
         resolve_model(f"ms:{TINY}")
 
 
