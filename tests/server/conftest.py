@@ -6,16 +6,10 @@ import httpx
 import pytest
 
 from tests.server.helpers import API_KEY, ServerThread
+from tests.server.templates import QWEN3_TEMPLATE, QWEN3_TOOL_TEMPLATE
 from tests.tiny_models import build_model
 
 MAX_MODEL_LEN = 512
-
-# Qwen3's template: thinking on leaves the prompt inside <think>, thinking off closes it empty.
-QWEN3_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
-    "{% else %}<think>\n{% endif %}{% endif %}")
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +107,25 @@ def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.fixture(scope="session")
+def tool_models(tmp_path_factory) -> dict[str, Path]:
+    """The tiny models with a longer context (the generic tool prompt is some 800 tokens on their
+    tokenizer, past the session server's 512), and a third whose chat template shows tools (Qwen3's)."""
+    root = tmp_path_factory.mktemp("tool-models")
+    dirs = {name: build_model(arch, root / name, max_position_embeddings=4096)
+            for name, arch in (("tiny-qwen3", "qwen3"), ("tiny-llama", "llama"), ("qwen3-tools", "qwen3"))}
+    (dirs["tiny-qwen3"] / "chat_template.jinja").write_text(QWEN3_TEMPLATE)
+    (dirs["qwen3-tools"] / "chat_template.jinja").write_text(QWEN3_TOOL_TEMPLATE)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tool_server(tool_models):
+    from corral.server.config import build_config
+    config = build_config([str(d) for d in tool_models.values()], served_names=list(tool_models),
+                          model_defaults={"max_model_len": 2048, "kv_cache_memory_bytes": "32MiB", "device": "cpu"})
+    running = ServerThread(config).start()
+    yield running
+    running.stop()

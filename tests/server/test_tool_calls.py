@@ -8,16 +8,12 @@ The tiny models' byte-level tokenizer spends about a token per character, and th
 with two tools is some 800 tokens, past the session server's 512: these tests serve the same tiny
 models with a longer context, and a third whose chat template shows tools (Qwen3's)."""
 import json
-from pathlib import Path
 
 import httpx
 import jsonschema
 import openai
 import pytest
 
-from tests.server.conftest import QWEN3_TEMPLATE
-from tests.server.helpers import ServerThread
-from tests.tiny_models import build_model
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
@@ -36,55 +32,12 @@ MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 TINY = ["tiny-qwen3", "tiny-llama"]  # no tool format: generic JSON
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
-# Qwen3's chat template, its tool parts (system listing in <tools>, <tool_call> turns, <tool_response>)
-QWEN3_TOOL_TEMPLATE = """\
-{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}\
-{%- endif %}{{- '# Tools\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}\
-{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}\
-{{- '\\n</tools>\\n\\nFor each function call, return a json object within <tool_call></tool_call> tags.<|im_end|>\\n' }}\
-{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}\
-{%- for message in messages %}\
-{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}\
-{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}\
-{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + message.content }}\
-{%- for tool_call in message.tool_calls or [] %}\
-{%- if (loop.first and message.content) or not loop.first %}{{- '\\n' }}{%- endif %}\
-{%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}\
-{{- '<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' }}\
-{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}\
-{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}\
-{%- elif message.role == 'tool' %}\
-{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}\
-{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}\
-{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}\
-{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
-
 # a finished first turn: the assistant called get_weather (arguments as OpenAI sends them, JSON text)
 TWO_TURNS = MESSAGES + [
     {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather",
                                                           "arguments": '{"city":"Paris","unit":"celsius"}'}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, clear"}]
-
-
-@pytest.fixture(scope="module")
-def tool_models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tool-models")
-    dirs = {name: build_model(arch, root / name, max_position_embeddings=4096)
-            for name, arch in (("tiny-qwen3", "qwen3"), ("tiny-llama", "llama"), ("qwen3-tools", "qwen3"))}
-    (dirs["tiny-qwen3"] / "chat_template.jinja").write_text(QWEN3_TEMPLATE)
-    (dirs["qwen3-tools"] / "chat_template.jinja").write_text(QWEN3_TOOL_TEMPLATE)
-    return dirs
-
-
-@pytest.fixture(scope="module")
-def tool_server(tool_models):
-    from corral.server.config import build_config
-    config = build_config([str(d) for d in tool_models.values()], served_names=list(tool_models),
-                          model_defaults={"max_model_len": 2048, "kv_cache_memory_bytes": "32MiB", "device": "cpu"})
-    running = ServerThread(config).start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
