@@ -125,3 +125,14 @@ def test_the_bitmask_applied_on_the_gpu_masks_as_on_the_cpu(dtype):
     apply_grammar_bitmask(on_cpu, bitmask, rows)
     apply_grammar_bitmask(on_gpu, bitmask.cuda(), rows)
     assert torch.equal(on_gpu.cpu(), on_cpu)
+
+
+def test_smollm2_s_outputs_validate_against_every_schema(smollm2_dir):
+    llm = LLM(str(smollm2_dir), max_model_len=512)
+    names = sorted(SCHEMAS)
+    params = [SamplingParams(temperature=1.0, max_tokens=160, seed=seed, structured_outputs={"json": SCHEMAS[name]})
+              for name in names for seed in range(2)]
+    prompts = [llm.get_tokenizer().encode(f"Write a {name.replace('_', ' ')} record as JSON:")
+               for name in names for _ in range(2)]
+    for output, p in zip(llm.generate(prompts, params), params):
+        jsonschema.validate(json.loads(output.outputs[0].text), p.structured_outputs.json)
