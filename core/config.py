@@ -55,8 +55,8 @@ class EngineArgs:
     enable_prefix_caching: bool = setting(True)
     attention_backend: str | None = setting(None)
     enforce_eager: bool = setting(False, "no CUDA graphs (they are captured for decode batches by default)")
-    num_scheduler_steps: int = setting(8, "decode steps per host sync (default 8): fewer host round trips; "
-                                          "1 streams each token as soon as it is sampled")
+    num_scheduler_steps: int = setting(8, "decode steps per launch (default 8): fewer host round trips; each "
+                                          "step's tokens still stream as soon as they are sampled")
     async_scheduling: bool = setting(True)  # launch the next multi-step group before this one's tokens are back
     seed: int = setting(0)
     load_format: str = setting("auto", "dummy: random weights (config.json and a tokenizer suffice), "

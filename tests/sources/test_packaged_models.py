@@ -16,7 +16,7 @@ from tests.sources.gguf_writer import write_llama_gguf
 def build_wheel(dest, name: str, version: str, files: dict[str, bytes], requires: list[str]):
     """A minimal wheel of `name`, holding `files` under its package folder."""
     package, dist_info = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}.dist-info"
-    metadata = "\n".join([f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+    metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
                           *(f"Requires-Dist: {r}" for r in requires)]) + "\n"
     wheel = dest / f"{package}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
