@@ -3,7 +3,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
-from corral.tool_parsers.call_json import MORE, NO, JsonDepth, call_from_json, match_call_head
+from corral.tool_parsers.call_json import MORE, NO, JsonDepth, call_from_json, match_call_head, skip_ws
 
 
 def new_call_id() -> str:
@@ -163,6 +163,30 @@ def call_from_text(text: str) -> ToolCall | None:
     except ValueError:
         return None
     return ToolCall(*found) if found else None
+
+
+def read_calls(text: str, pos: int, separator: str, lead: str = "", many: bool = True) -> tuple[list[ToolCall], int]:
+    """Calls written one after another from text[pos:]: the first after an optional `lead`, each next one
+    after `separator` (`many`: more than one may come). Stops at the first thing that is not a call;
+    returns the calls and the index just past the last."""
+    calls, decoder = [], json.JSONDecoder()
+    while not calls or many:
+        i = skip_ws(text, pos)
+        mark = separator if calls else lead
+        if mark and text.startswith(mark, i):
+            i += len(mark)
+        elif calls:
+            break
+        try:
+            obj, end = decoder.raw_decode(text, skip_ws(text, i))
+        except ValueError:
+            break
+        found = call_from_json(obj)
+        if not found:
+            break
+        calls.append(ToolCall(*found))
+        pos = end
+    return calls, pos
 
 
 def content_around(items: list) -> str | None:

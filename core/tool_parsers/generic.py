@@ -5,8 +5,8 @@ An output that does not start with a call is content, all of it; text after the 
 """
 import json
 
-from corral.tool_parsers.base import ParsedToolCalls, ToolCall, ToolParser, call_from_text
-from corral.tool_parsers.call_json import MORE, OK, JsonDepth, call_from_json, match_call_head, skip_ws
+from corral.tool_parsers.base import ParsedToolCalls, ToolParser, call_from_text, read_calls
+from corral.tool_parsers.call_json import MORE, OK, JsonDepth, match_call_head, skip_ws
 
 FENCE, FENCE_LANG = "```", "```json"
 
@@ -35,22 +35,7 @@ class JsonToolParser(ToolParser):
             fenced, i = True, i + len(FENCE_LANG if text.startswith(FENCE_LANG, i) else FENCE)
         i = skip_ws(text, i)
         is_list = text.startswith("[", i)
-        pos, calls, decoder = i + is_list, [], json.JSONDecoder()
-        while not calls or is_list:
-            j = skip_ws(text, pos)
-            if calls:
-                if not text.startswith(",", j):
-                    break
-                j += 1
-            try:
-                obj, end = decoder.raw_decode(text, skip_ws(text, j))
-            except ValueError:
-                break
-            found = call_from_json(obj)
-            if not found:
-                break
-            calls.append(ToolCall(*found))
-            pos = end
+        calls, pos = read_calls(text, i + is_list, ",", many=is_list)
         if not calls:
             return ParsedToolCalls(text or None, [])
         for closing, used in (("]", is_list), (FENCE, fenced)):

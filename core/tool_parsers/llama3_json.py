@@ -3,33 +3,16 @@
 An output that does not start with a call is content, all of it. Text after the calls (other than
 `; <call>`) is content too.
 """
-import json
 
-from corral.tool_parsers.base import ParsedToolCalls, ToolCall, ToolParser, call_from_text
-from corral.tool_parsers.call_json import MORE, NO, OK, JsonDepth, call_from_json, match_call_head, skip_ws
+from corral.tool_parsers.base import ParsedToolCalls, ToolParser, call_from_text, read_calls
+from corral.tool_parsers.call_json import MORE, NO, OK, JsonDepth, match_call_head
 
 PYTHON_TAG = "<|python_tag|>"
 
 
 class Llama3JsonToolParser(ToolParser):
     def parse(self, text: str) -> ParsedToolCalls:
-        calls, pos, decoder = [], 0, json.JSONDecoder()
-        while True:
-            i = skip_ws(text, pos)
-            lead = PYTHON_TAG if not calls else ";"
-            if text.startswith(lead, i):
-                i += len(lead)
-            elif calls:
-                break
-            try:
-                obj, end = decoder.raw_decode(text, skip_ws(text, i))
-            except ValueError:
-                break
-            found = call_from_json(obj)
-            if not found:
-                break
-            calls.append(ToolCall(*found))
-            pos = end
+        calls, pos = read_calls(text, 0, ";", lead=PYTHON_TAG)
         if not calls:
             return ParsedToolCalls(text or None, [])
         return ParsedToolCalls(text[pos:].lstrip() or None, calls)
