@@ -2,13 +2,14 @@
 tokenization, the model's sampling defaults, the checks a prompt must pass, and the fan-out of a
 request's n sequences into EngineCoreRequests. Each check is written here once."""
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
 
 from corral.engine.messages import EngineCoreRequest
 from corral.engine.structured_output import StructuredOutputCompiler
-from corral.engine.tokenizer import eos_token_ids, load_tokenizer, render_chat
+from corral.engine.tokenizer import eos_token_ids, load_tokenizer, max_token_chars, render_chat
 from corral.sampling_params import INT64_MIN, SamplingParams
 
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -18,6 +19,17 @@ class PromptError(ValueError):
     """A prompt the model cannot take."""
 
     code = "invalid_value"
+
+
+class TextTooLongError(PromptError):
+    """A prompt longer in characters than the context can hold in tokens: refused before tokenizing it."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, num_chars: int, limit: int, max_model_len: int):
+        self.num_chars, self.limit, self.max_model_len = num_chars, limit, max_model_len
+        super().__init__(f"the prompt has {num_chars} characters, more than max_model_len {max_model_len} tokens "
+                         f"can hold (at most {limit})")
 
 
 class ContextLengthError(PromptError):
@@ -85,9 +97,24 @@ class InputProcessor:
         return render_chat(self.tokenizer, messages, add_generation_prompt, chat_template_kwargs, tools)
 
     def tokenize(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
-        if isinstance(prompt, str):
+        """Token ids of a text that fits the context in characters (a huge text is never tokenized);
+        PromptError for one the tokenizer cannot take."""
+        if not isinstance(prompt, str):
+            return list(prompt)
+        self.check_text_length(prompt)
+        try:
             return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
-        return list(prompt)
+        except (TypeError, ValueError, UnicodeError) as e:
+            raise PromptError(f"the prompt cannot be tokenized: {e}") from None
+
+    def check_text_length(self, text: str):
+        limit = self.max_model_len * self.max_token_chars
+        if len(text) > limit:
+            raise TextTooLongError(len(text), limit, self.max_model_len)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        return max_token_chars(self.tokenizer)
 
     def check_prompt(self, prompt_token_ids: list[int], max_tokens: int | None = None) -> int | None:
         """Raises PromptError for an empty prompt, ids outside the vocabulary, or a prompt that does

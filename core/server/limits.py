@@ -2,12 +2,12 @@
 characters than the context can hold, and tokenizer work (template rendering, encoding) a few at a time
 on worker threads, never on the event loop."""
 import asyncio
-import weakref
 
 from starlette.responses import JSONResponse
 
-from corral.engine.tokenizer import max_token_chars
-from corral.server.errors import BadRequestError, error_body
+from corral.engine.input_processor import PromptError
+from corral.server.errors import error_body
+from corral.server.serving import prompt_error
 
 MAX_CONCURRENT_TOKENIZATIONS = 2
 # what of a refused body is read and dropped, so that a client still sending it gets to read its 413
@@ -72,34 +72,28 @@ class RequestSizeLimitMiddleware:
 
 
 class Tokenization:
-    """Tokenizer work of one app: refuses text longer than the context before encoding it, and runs at most
-    MAX_CONCURRENT_TOKENIZATIONS jobs at once on worker threads."""
+    """Tokenizer work of one app, at most MAX_CONCURRENT_TOKENIZATIONS jobs at once on worker threads; the
+    model's InputProcessor refuses text longer than the context before encoding it."""
 
     def __init__(self, limit: int = MAX_CONCURRENT_TOKENIZATIONS):
         self.slots = asyncio.Semaphore(limit)
-        self.token_chars: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     async def run(self, fn, *args):
         async with self.slots:
             return await asyncio.to_thread(fn, *args)
 
-    def check_length(self, client, text: str, param: str):
+    @staticmethod
+    def check_length(client, text: str, param: str):
         """A context_length_exceeded 400 for text that cannot fit in max_model_len tokens."""
-        tokenizer, max_model_len = client.tokenizer, client.max_model_len
-        if tokenizer not in self.token_chars:
-            self.token_chars[tokenizer] = max_token_chars(tokenizer)
-        limit = max_model_len * self.token_chars[tokenizer]
-        if len(text) > limit:
-            what = "messages" if param == "messages" else "prompt"
-            raise BadRequestError(
-                f"This model's maximum context length is {max_model_len} tokens. However, the {what} has "
-                f"{len(text)} characters, more than {max_model_len} tokens can hold (at most {limit}). Please "
-                f"reduce the length of the {what}.", param=param, code="context_length_exceeded")
-
-    def encode(self, client, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of a text that fits the context in characters; 400 for one the tokenizer cannot take."""
-        self.check_length(client, text, param)
         try:
-            return client.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-        except (TypeError, ValueError, UnicodeError) as e:
-            raise BadRequestError(f"the {param} cannot be tokenized: {e}", param=param) from None
+            client.input_processor.check_text_length(text)
+        except PromptError as e:
+            raise prompt_error(e, param) from None
+
+    @staticmethod
+    def encode(client, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text that fits the context in characters; 400 for one the tokenizer cannot take."""
+        try:
+            return client.input_processor.tokenize(text, add_special_tokens)
+        except PromptError as e:
+            raise prompt_error(e, param) from None

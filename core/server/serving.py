@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response, StreamingResponse
 
-from corral.engine.input_processor import ContextLengthError, PromptError
+from corral.engine.input_processor import ContextLengthError, PromptError, TextTooLongError
 from corral.engine.structured_output import GrammarError
 from corral.outputs import CompletionOutput, TokenLogprob
 from corral.sampling_params import SamplingParams, SamplingParamsError
@@ -30,22 +30,31 @@ def now() -> int:
     return int(time.time())
 
 
+def prompt_error(e: PromptError, param: str) -> BadRequestError:
+    """The InputProcessor's verdict on a prompt, in OpenAI's words."""
+    what = "messages" if param == "messages" else "prompt"
+    if isinstance(e, ContextLengthError):
+        asked = e.max_tokens or 1
+        return BadRequestError(
+            f"This model's maximum context length is {e.max_model_len} tokens. However, you requested "
+            f"{e.num_prompt_tokens + asked} tokens ({e.num_prompt_tokens} in the {what}, {asked} in the "
+            f"completion). Please reduce the length of the {what} or completion.", param=param, code=e.code)
+    if isinstance(e, TextTooLongError):
+        return BadRequestError(
+            f"This model's maximum context length is {e.max_model_len} tokens. However, the {what} has "
+            f"{e.num_chars} characters, more than {e.max_model_len} tokens can hold (at most {e.limit}). Please "
+            f"reduce the length of the {what}.", param=param, code=e.code)
+    return BadRequestError(str(e).replace("the prompt", f"the {what}"), param=param)
+
+
 def check_prompt(client: EngineClient, prompt_ids: list[int], max_tokens: int | None, param: str) -> int:
     """The max_tokens to use: as asked, or what the context leaves; 400 if the prompt does not fit
-    (the model's InputProcessor decides; this gives its verdict OpenAI's words)."""
-    what = "messages" if param == "messages" else "prompt"
+    (the model's InputProcessor decides)."""
     valid = max_tokens is None or max_tokens >= 1  # an invalid max_tokens is SamplingParams' to refuse
     try:
         allowed = client.input_processor.check_prompt(prompt_ids, max_tokens if valid else None)
-    except ContextLengthError as e:
-        asked = e.max_tokens or 1
-        raise BadRequestError(
-            f"This model's maximum context length is {e.max_model_len} tokens. However, you requested "
-            f"{e.num_prompt_tokens + asked} tokens ({e.num_prompt_tokens} in the {what}, {asked} in the "
-            f"completion). Please reduce the length of the {what} or completion.", param=param,
-            code=e.code) from None
     except PromptError as e:
-        raise BadRequestError(str(e).replace("the prompt", f"the {what}"), param=param) from None
+        raise prompt_error(e, param) from None
     return allowed if valid else max_tokens
 
 

@@ -152,3 +152,10 @@ def test_weights_of_another_architecture_are_rejected_not_ignored(tiny_model_dir
     save_file(weights, model / "model.safetensors")
     with pytest.raises(WeightLoadError, match="q_proj.bias has no place"):
         LLM(str(model))
+
+
+def test_a_text_prompt_longer_than_the_context_can_hold_is_refused_before_it_is_tokenized(llm, monkeypatch):
+    tokenizer = llm.get_tokenizer()
+    monkeypatch.setattr(tokenizer, "encode", lambda *a, **k: pytest.fail("the text was tokenized"))
+    with pytest.raises(ValueError, match=r"characters, more than max_model_len 64 tokens can hold"):
+        llm.generate(["word " * 100_000])
