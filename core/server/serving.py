@@ -75,7 +75,10 @@ async def sampling_params(body: SamplingFields, client: EngineClient, max_tokens
     """The request's SamplingParams, checked against the model (a grammar compiled, off the event loop)."""
     try:
         params = body.sampling_params(client.input_processor.sampling_defaults, max_tokens, logprobs)
-        await asyncio.to_thread(client.input_processor.check_params, params)
+        if params.structured_outputs is None:
+            client.input_processor.check_params(params)
+        else:  # a grammar compiles off the event loop
+            await asyncio.to_thread(client.input_processor.check_params, params)
     except SamplingParamsError as e:
         raise BadRequestError(str(e), param=e.param) from None
     except GrammarError as e:
