@@ -12,7 +12,8 @@ from corral.engine.input_processor import PromptError
 from corral.engine.tokenizer import ChatTemplateError
 from corral.server.auth import APIKeyMiddleware, APIKeys
 from corral.server.config import ServerConfig
-from corral.server.errors import APIError, BadRequestError, error_body, validation_error
+from corral.server.error_shapes import ErrorShapes
+from corral.server.errors import APIError, BadRequestError, InternalServerError, NotFoundError, validation_error
 from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
 from corral.server.metrics import Metrics
 from corral.server.model_registry import ModelRegistry
@@ -61,6 +62,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     app = FastAPI(title="corral", summary="Several LLMs behind one OpenAI-compatible API", lifespan=lifespan, **docs)
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
     app.state.tokenization = tokenization = Tokenization()
+    app.state.error_shapes = ErrorShapes()
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(RequestSizeLimitMiddleware, max_bytes=config.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
@@ -130,21 +132,26 @@ def _version() -> str:
 def _add_error_handlers(app: FastAPI):
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=int(exc.status_code))
+        return error_response(request.app, request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        error = validation_error(list(exc.errors()))
-        return JSONResponse(error.body(), status_code=400)
+        return error_response(request.app, request.url.path, validation_error(list(exc.errors())))
 
     @app.exception_handler(ChatTemplateError)
     async def chat_template_error(request: Request, exc: ChatTemplateError):
-        return JSONResponse(error_body(str(exc), "invalid_request_error", "messages"), status_code=400)
+        return error_response(request.app, request.url.path, BadRequestError(str(exc), param="messages"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+        error = NotFoundError(str(exc.detail)) if exc.status_code == 404 else BadRequestError(str(exc.detail))
+        error.status_code = exc.status_code
+        return error_response(request.app, request.url.path, error)
+
+
+def error_response(app, path: str, error: APIError) -> JSONResponse:
+    """`error` in the shape of the dialect that serves `path`, with its HTTP status."""
+    return JSONResponse(app.state.error_shapes.body(path, error), status_code=int(error.status_code))
 
 
 
@@ -172,8 +179,8 @@ class CatchAllMiddleware:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            body = error_body("internal server error; see the server log", "internal_server_error")
-            await JSONResponse(body, status_code=500)(scope, receive, send)
+            error = InternalServerError("internal server error; see the server log")
+            await error_response(scope["app"], scope["path"], error)(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

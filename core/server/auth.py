@@ -57,7 +57,8 @@ class APIKeyMiddleware:
             key_id = self.keys.identify(token.strip()) if scheme.lower() == b"bearer" else None
             if key_id is None:
                 message = "Missing API key: send `Authorization: Bearer KEY`" if not given else "Invalid API key"
-                response = JSONResponse(AuthenticationError(message).body(), status_code=401,
+                body = scope["app"].state.error_shapes.body(scope["path"], AuthenticationError(message))
+                response = JSONResponse(body, status_code=401,
                                         headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return

@@ -27,10 +27,21 @@ class BadRequestError(APIError):
     type = "invalid_request_error"
 
 
+class RequestTooLargeError(APIError):
+    status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class AuthenticationError(APIError):
     status_code = HTTPStatus.UNAUTHORIZED
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class NotFoundError(APIError):
+    status_code = HTTPStatus.NOT_FOUND
+    type = "not_found_error"
 
 
 class ModelNotFoundError(APIError):

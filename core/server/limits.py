@@ -6,7 +6,7 @@ import asyncio
 from starlette.responses import JSONResponse
 
 from corral.engine.input_processor import PromptError
-from corral.server.errors import error_body
+from corral.server.errors import RequestTooLargeError
 from corral.server.serving import prompt_error
 
 MAX_CONCURRENT_TOKENIZATIONS = 2
@@ -56,8 +56,9 @@ class RequestSizeLimitMiddleware:
                 await asyncio.wait_for(self._drain(receive), DRAIN_SECONDS)
             except asyncio.TimeoutError:
                 pass
-        body = error_body(f"the request body is larger than this server takes ({self.max_bytes} bytes; "
-                          "--max-request-size)", "invalid_request_error", code="request_too_large")
+        error = RequestTooLargeError(f"the request body is larger than this server takes ({self.max_bytes} bytes; "
+                                     "--max-request-size)")
+        body = scope["app"].state.error_shapes.body(scope["path"], error)
         await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
     @staticmethod
