@@ -1,9 +1,13 @@
 """POST /v1/chat/completions: chat template, generation, reasoning split, tool calls, JSON or SSE chunks."""
 import functools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request as HTTPRequest
 
 from corral.engine.tokenizer import ChatTemplateError
+from corral.outputs import RequestOutput
+from corral.sampling_params import SamplingParams
 from corral.server.auth import cache_salt
 from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
@@ -33,8 +37,23 @@ def render_prompt(client: EngineClient, body: ChatCompletionRequest, template_kw
     return prompt, tokenization.encode(client, prompt, "messages", add_special_tokens=False), generic
 
 
-async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
-                                 load_timeout: float):
+@dataclass(slots=True)
+class ChatGeneration:
+    """A chat request admitted, rendered and started: its delta outputs and what reads them. Every dialect
+    that speaks in turns (chat completions, Responses, ...) goes through here; `release` gives back its
+    admission once the outputs are read."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    outputs: AsyncIterator[RequestOutput]
+    in_reasoning: bool               # the prompt left the model inside its thinking
+    tool_parser: Callable[[], object]  # a new tool-call parser per choice (None without calls to read)
+    release: Callable[[], None]
+
+
+async def start_chat(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest, load_timeout: float,
+                     request_id: str) -> ChatGeneration:
     body.check_stream_options()
     body.check_unsupported()
     plan = body.tool_plan()
@@ -54,26 +73,32 @@ async def create_chat_completion(body: ChatCompletionRequest, client: EngineClie
     except BaseException:
         client.release(num_seqs)
         raise
-    request_id = random_id("chatcmpl")
     # a grammar holds from the first token, so a prompt that opens the thinking does not make its output thinking
     in_reasoning = (client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
                     and params.structured_outputs is None)
-    tool_parser = functools.partial(output_parser, plan, client, generic)  # one per choice
     salt = cache_salt(request, body.cache_salt)
     outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout, salt)
+    return ChatGeneration(request_id, prompt_ids, params, outputs, in_reasoning,
+                          functools.partial(output_parser, plan, client, generic),
+                          functools.partial(client.release, num_seqs))
+
+
+async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,
+                                 load_timeout: float):
+    generation = await start_chat(body, client, request, load_timeout, random_id("chatcmpl"))
     if body.stream:
-        return SSEResponse(_stream(body, client, request_id, prompt_ids, params.n, outputs, in_reasoning,
-                                   tool_parser), on_close=functools.partial(client.release, num_seqs))
+        return SSEResponse(_stream(body, client, generation), on_close=generation.release)
     try:
-        return await until_disconnect(request, _collect(client, request_id, prompt_ids, params.n, outputs,
-                                                        in_reasoning, logprobs is not None, tool_parser))
+        return await until_disconnect(request, collect_chat(client, generation))
     finally:
-        client.release(num_seqs)
+        generation.release()
 
 
-async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, want_logprobs, tool_parser) -> dict:
-    choices, cached = [Choice(i) for i in range(n)], 0
-    async for out in outputs:
+async def collect_chat(client: EngineClient, generation: ChatGeneration) -> dict:
+    """The whole chat.completion object of a generation."""
+    g = generation
+    choices, cached = [Choice(i) for i in range(g.params.n)], 0
+    async for out in g.outputs:
         cached = out.num_cached_tokens
         for c in out.outputs:
             choices[c.index].add(c)
@@ -82,40 +107,41 @@ async def _collect(client, request_id, prompt_ids, n, outputs, in_reasoning, wan
     for ch in choices:
         message, finish_reason = {"role": "assistant", "content": ch.text}, ch.finish_reason
         if client.reasoning_parser is not None:
-            reasoning, content = split_reasoning(ch.text, in_reasoning)
+            reasoning, content = split_reasoning(ch.text, g.in_reasoning)
             message["content"] = content
             if reasoning is not None:  # vLLM renamed the field `reasoning` in 2026; clients read either
                 message["reasoning_content"] = message["reasoning"] = reasoning
-        if (parser := tool_parser()) is not None:
+        if (parser := g.tool_parser()) is not None:
             parsed = parser.parse(message["content"] or "")
             if parsed.tool_calls:  # content is None when there are only calls
                 message["content"], message["tool_calls"] = parsed.content, [c.to_openai() for c in parsed.tool_calls]
                 finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         result.append({"index": ch.index, "message": message,
-                       "logprobs": chat_logprobs(ch.logprobs, token_text) if want_logprobs else None,
+                       "logprobs": chat_logprobs(ch.logprobs, token_text) if g.params.logprobs is not None else None,
                        "finish_reason": finish_reason, "stop_reason": ch.stop_reason})
-    return {"id": request_id, "object": "chat.completion", "created": now(), "model": client.name,
-            "choices": result, "usage": usage(len(prompt_ids), sum(ch.num_tokens for ch in choices), cached)}
+    return {"id": g.request_id, "object": "chat.completion", "created": now(), "model": client.name,
+            "choices": result, "usage": usage(len(g.prompt_ids), sum(ch.num_tokens for ch in choices), cached)}
 
 
-async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning, tool_parser):
+async def _stream(body, client, generation: ChatGeneration):
+    g, n = generation, generation.params.n
     created, include_usage = now(), body.include_usage
     token_text = TokenText(client.tokenizer)
-    parsers = [ReasoningParser(in_reasoning) if client.reasoning_parser else None for _ in range(n)]
-    tool_parsers, called = [tool_parser() for _ in range(n)], [False] * n
+    parsers = [ReasoningParser(g.in_reasoning) if client.reasoning_parser else None for _ in range(n)]
+    tool_parsers, called = [g.tool_parser() for _ in range(n)], [False] * n
     completion_tokens = cached = 0
 
-    chunk = chunk_writer(request_id, "chat.completion.chunk", created, client.name, include_usage)
+    chunk = chunk_writer(g.request_id, "chat.completion.chunk", created, client.name, include_usage)
 
     try:
         for i in range(n):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                           "finish_reason": None}])
-        async for out in outputs:
+        async for out in g.outputs:
             cached = out.num_cached_tokens
             for c in out.outputs:
                 completion_tokens += len(c.token_ids)
-                deltas = _deltas(parsers[c.index], tool_parsers[c.index], c.text, c.finished)
+                deltas = chat_deltas(parsers[c.index], tool_parsers[c.index], c.text, c.finished)
                 if not deltas and not c.finished and not c.logprobs:
                     continue
                 called[c.index] = called[c.index] or any("tool_calls" in d for d in deltas)
@@ -131,13 +157,13 @@ async def _stream(body, client, request_id, prompt_ids, n, outputs, in_reasoning
                                   "finish_reason": finish_reason if last else None,
                                   "stop_reason": c.stop_reason if last else None}])
         if include_usage:
-            yield chunk([], usage=usage(len(prompt_ids), completion_tokens, cached))
+            yield chunk([], usage=usage(len(g.prompt_ids), completion_tokens, cached))
     except Exception as e:
         yield sse_error(e)
     yield sse("[DONE]")
 
 
-def _deltas(parser: ReasoningParser | None, tool_parser, text: str, finished: bool) -> list[dict]:
+def chat_deltas(parser: ReasoningParser | None, tool_parser, text: str, finished: bool) -> list[dict]:
     """The chunk deltas of one piece of a choice's output: reasoning, then content or tool-call pieces."""
     delta = _delta(parser, text, finished)
     if tool_parser is None:
