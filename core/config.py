@@ -43,6 +43,8 @@ class EngineArgs:
 
     dtype: str = setting("auto", "auto, bfloat16, float16 or float32")
     device: str | None = setting(None, "cpu or cuda (default: cuda when available)")
+    tensor_parallel_size: int = setting(1, "GPUs per model: one engine over N ranks, each holding 1/N of the "
+                                           "heads, MLP and vocabulary (env TENSOR_PARALLEL_SIZE)")
     max_model_len: int | None = setting(None, "context length per model (default: the model's own; env MAX_MODEL_LEN)")
     max_num_seqs: int = setting(256, "sequences per batch per model")
     max_num_batched_tokens: int = setting(8192, "tokens per engine step per model")
@@ -68,6 +70,7 @@ class EngineArgs:
             (self.max_model_len is None or self.max_model_len >= 1,
              f"max_model_len must be >= 1, got {self.max_model_len}"),
             (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
+            (self.tensor_parallel_size >= 1, f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}"),
             (self.max_num_batched_tokens >= 1,
              f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"),
             (self.num_scheduler_steps >= 1, f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}"),
@@ -103,12 +106,29 @@ class EngineConfig(EngineArgs):
             raise ConfigError(problem)
         self.torch_dtype  # validates
         self.check()
+        if problem := self.tensor_parallel_problem():
+            raise ConfigError(problem)
         limit = positions_of(self.hf_config)
         if self.max_model_len is None:
             self.max_model_len = limit
         if self.max_model_len > limit:
             raise ConfigError(f"max_model_len {self.max_model_len} is past the {limit} positions this model was "
                               f"built for (max_position_embeddings); use at most {limit}")
+
+    def tensor_parallel_problem(self) -> str | None:
+        """Why this model cannot be split over tensor_parallel_size ranks on this device, or None."""
+        from corral.distributed.group import tensor_parallel_problem
+        size, hf = self.tensor_parallel_size, self.hf_config
+        if size == 1:
+            return None
+        d = torch.device(self.device)
+        if d.type == "cuda" and (d.index or 0) + size > torch.cuda.device_count():
+            return (f"tensor_parallel_size {size} needs {size} CUDA devices from {d}; "
+                    f"{torch.cuda.device_count()} are visible")
+        heads = hf.get("num_attention_heads")
+        if heads is None or "intermediate_size" not in hf:
+            return None  # ModelConfig names what config.json lacks
+        return tensor_parallel_problem(heads, hf.get("num_key_value_heads") or heads, hf["intermediate_size"], size)
 
     @property
     def torch_dtype(self) -> torch.dtype:

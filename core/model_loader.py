@@ -6,6 +6,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from corral.layers.linear import shape_of
+
 logger = logging.getLogger(__name__)
 
 SKIPPED = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
@@ -34,9 +36,11 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def load_weights(model: nn.Module, model_dir: str | Path, dtype: torch.dtype, device: torch.device):
+def load_weights(model: nn.Module, model_dir: str | Path):
     """Copy every checkpoint tensor into its parameter, following the model's
-    packed_modules_mapping (q/k/v -> qkv_proj shards); fail if any parameter stays unloaded."""
+    packed_modules_mapping (q/k/v -> qkv_proj shards); fail if any parameter stays unloaded. Each
+    parameter's weight_loader reads its part of the tensor (a tensor-parallel rank reads only its
+    shard from the file)."""
     model_dir = Path(model_dir)
     packed = getattr(model, "packed_modules_mapping", {})
     params = dict(model.named_parameters(remove_duplicate=True))
@@ -47,7 +51,7 @@ def load_weights(model: nn.Module, model_dir: str | Path, dtype: torch.dtype, de
                 for name in f.keys():
                     if name.endswith(SKIPPED):
                         continue
-                    _load_one(params, packed, name, f.get_tensor(name), dtype, device, loaded)
+                    _load_one(params, packed, name, f.get_slice(name), loaded)
         except SafetensorError as e:
             raise WeightLoadError(f"cannot read {path}: {e} (the file is truncated or corrupt; "
                                   "delete it and download again)") from e
@@ -58,11 +62,11 @@ def load_weights(model: nn.Module, model_dir: str | Path, dtype: torch.dtype, de
         raise WeightLoadError(f"{model_dir} lacks {len(missing)} weights the model needs: {shown}")
 
 
-def _load_one(params, packed, name, tensor, dtype, device, loaded):
+def _load_one(params, packed, name, source, loaded):
     shard_id, checkpoint_name = None, name
-    for source, (target, shard) in packed.items():
-        if f".{source}." in name:
-            name, shard_id = name.replace(f".{source}.", f".{target}."), shard
+    for part, (target, shard) in packed.items():
+        if f".{part}." in name:
+            name, shard_id = name.replace(f".{part}.", f".{target}."), shard
             break
     param = params.get(name)
     if param is None:
@@ -71,14 +75,13 @@ def _load_one(params, packed, name, tensor, dtype, device, loaded):
         raise WeightLoadError(f"checkpoint tensor {checkpoint_name} has no place in the model; "
                               "is config.architectures right for these weights?")
     loader = getattr(param, "weight_loader", None)
-    tensor = tensor.to(device=device, dtype=dtype)
     try:
         if loader is None:
-            if param.shape != tensor.shape:
-                raise ValueError(f"expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}")
-            param.data.copy_(tensor)
+            if tuple(param.shape) != shape_of(source):
+                raise ValueError(f"expected shape {tuple(param.shape)}, got {shape_of(source)}")
+            param.data.copy_(source[:])
         else:
-            loader(param, tensor, shard_id)
+            loader(param, source, shard_id)
     except ValueError as e:
         raise WeightLoadError(f"weight {name}: {e}") from e
     loaded.setdefault(name, set()).add(shard_id)

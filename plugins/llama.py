@@ -4,8 +4,8 @@ from torch import nn
 
 from corral.layers.activation import SiluAndMul
 from corral.layers.attention import Attention, ForwardContext
-from corral.layers.embedding import LMHead, VocabEmbedding
-from corral.layers.linear import Linear
+from corral.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from corral.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
 from corral.model_config import ModelConfig
@@ -27,12 +27,12 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, qkv_bias: bool | None = None):
         super().__init__()
         qkv_bias = config.attention_bias if qkv_bias is None else qkv_bias
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, [q_size, kv_size, kv_size], bias=qkv_bias,
-                               shard_names=["q", "k", "v"])
-        self.o_proj = Linear(q_size, [config.hidden_size], bias=config.attention_bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, config.num_attention_heads,
+                                          config.num_key_value_heads, bias=qkv_bias)
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads  # this rank's
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size,
+                                        bias=config.attention_bias)
         self.rotary_emb = RotaryEmbedding(self.head_dim, config.max_position_embeddings,
                                           config.rope_theta, config.rope_scaling)
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5)
@@ -61,8 +61,9 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, [config.intermediate_size] * 2, bias=config.mlp_bias)
-        self.down_proj = Linear(config.intermediate_size, [config.hidden_size], bias=config.mlp_bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2,
+                                                       bias=config.mlp_bias)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, layer_cls=LlamaDecoderLayer):
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(layer_cls(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -119,8 +120,8 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, self.layer_cls)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size,
-                              tied_to=self.model.embed_tokens if config.tie_word_embeddings else None)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
+                                      tied_to=self.model.embed_tokens if config.tie_word_embeddings else None)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         return self.model(input_ids, positions, ctx)

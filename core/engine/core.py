@@ -1,66 +1,48 @@
-import contextlib
 import logging
-import time
+from collections.abc import Callable
 
 import torch
 
-from corral.backends.base import get_backend
-from corral.config import ConfigError, EngineConfig
+from corral.config import EngineConfig
+from corral.distributed.group import TensorParallelGroup, rank_device
 from corral.engine.kv_cache_manager import KVCacheManager
-from corral.engine.memory import does_not_fit_message, kv_cache_budget
 from corral.engine.messages import SchedulerStats
 from corral.engine.model_runner import InFlight, ModelRunner
-from corral.engine.profiling import profile_peak_memory
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler, SchedulerOutput
 from corral.engine.structured_output import StructuredOutputManager
+from corral.engine.worker import build_rank, kv_bytes_per_token
+from corral.engine.worker_processes import WorkerProcesses
 from corral.model_config import ModelConfig
-from corral.model_loader import load_weights
 from corral.outputs import EngineCoreOutput, TokenLogprob
 from corral.registry.plugins import PluginManager
 
 logger = logging.getLogger(__name__)
 
-CPU_KV_CACHE_BYTES = 1 << 30
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
 
 class EngineCore:
-    """The model, its KV cache, the scheduler and the runner: token ids in, token ids out."""
+    """The model, its KV cache, the scheduler and the runner: token ids in, token ids out. With
+    tensor_parallel_size N, this is rank 0: ranks 1..N-1 run in worker processes, and every forward
+    here is broadcast to them (the scheduler, KV manager and sampler run only here)."""
 
-    def __init__(self, config: EngineConfig, plugin_manager: PluginManager | None = None):
+    def __init__(self, config: EngineConfig, plugin_manager: PluginManager | None = None,
+                 on_worker_failure: Callable[[str], None] | None = None):
         self.config = config
-        self.device = torch.device(config.device)
         self.model_config = ModelConfig.from_hf(config.hf_config)
         plugin_manager = plugin_manager or PluginManager()
         model_cls = plugin_manager.architectures().resolve(config.architectures)
-        start = time.perf_counter()
-        torch.manual_seed(config.seed)
+        self.device = torch.device(config.device) if config.tensor_parallel_size == 1 else \
+            rank_device(config.device, 0)
+        self.workers = WorkerProcesses(config, model_cls) if config.tensor_parallel_size > 1 else None
         try:
-            with torch.device(self.device), default_dtype(config.torch_dtype):
-                model = model_cls(self.model_config)  # allocated in its final dtype: no fp32 copy
-            if config.load_format == "dummy":
-                for param in model.parameters():
-                    param.data.uniform_(-1e-3, 1e-3)
-            else:
-                load_weights(model, config.model, config.torch_dtype, self.device)
-        except torch.OutOfMemoryError:
-            raise ConfigError(self._does_not_fit(model_cls)) from None
-        model.eval()
-        logger.info("loaded %s (%s) in %.1f s", config.model, model_cls.__name__, time.perf_counter() - start)
-        backend = get_backend(config.attention_backend, self.device)
-        peak = profile_peak_memory(model, backend, config, self.model_config) if self.device.type == "cuda" else 0
-        self.num_blocks = self._num_kv_blocks(peak)
-        kv_caches = self._allocate_kv_caches(self.num_blocks)
+            model, backend, kv_caches, self.num_blocks = build_rank(
+                config, self.model_config, model_cls, self.device,
+                self.workers.group if self.workers else TensorParallelGroup())
+        except BaseException as e:
+            if self.workers is None:
+                raise
+            self.workers.close()
+            raise self.workers.explain(e) from e
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.num_scheduler_steps)
@@ -69,50 +51,20 @@ class EngineCore:
         self.current_step = 0
         self.structured_output = StructuredOutputManager(config.model, self.model_config.vocab_size)
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
-                                  self.model_config.vocab_size, config.seed, self.structured_output)
+                                  self.model_config.vocab_size, config.seed, self.structured_output,
+                                  self.workers.steps if self.workers else None)
         if self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
             self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
+        if self.workers is not None and on_worker_failure is not None:
+            self.workers.watch(on_worker_failure)
 
     def _kv_bytes_per_token(self) -> int:
-        mc = self.model_config
-        itemsize = self.config.torch_dtype.itemsize
-        return 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * itemsize
+        return kv_bytes_per_token(self.config, self.model_config)
 
-    def _does_not_fit(self, model_cls) -> str:
-        itemsize = self.config.torch_dtype.itemsize
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        return does_not_fit_message(model_cls.__name__, self.model_config, itemsize, total,
-                                    self.config.gpu_memory_utilization)
-
-    def _num_kv_blocks(self, peak_bytes: int) -> int:
-        config = self.config
-        block_bytes = self._kv_bytes_per_token() * config.block_size
-        if config.num_kv_blocks is not None:
-            num_blocks = config.num_kv_blocks
-        else:
-            budget = config.kv_cache_memory_bytes
-            if budget is None:
-                budget = self._kv_budget(peak_bytes) if self.device.type == "cuda" else CPU_KV_CACHE_BYTES
-            num_blocks = budget // block_bytes
-        capacity = num_blocks * config.block_size
-        if capacity < config.max_model_len:
-            raise ConfigError(
-                f"the KV cache holds {capacity} tokens ({num_blocks} blocks of {config.block_size}), less than "
-                f"max_model_len {config.max_model_len}; lower max_model_len or give the model more memory "
-                f"({block_bytes * -(-config.max_model_len // config.block_size) / 2**30:.2f} GiB needed)")
-        return num_blocks
-
-    def _kv_budget(self, peak_bytes: int) -> int:
-        """This model's share of the GPU, less its weights and peak activations."""
-        free, total = torch.cuda.mem_get_info(self.device)
-        return kv_cache_budget(total, free, self.config.gpu_memory_utilization, peak_bytes,
-                               torch.cuda.memory_allocated(self.device))
-
-    def _allocate_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
-        mc = self.model_config
-        shape = (2, num_blocks, self.config.block_size, mc.num_key_value_heads, mc.head_dim)
-        return [torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
-                for _ in range(mc.num_hidden_layers)]
+    def shutdown(self):
+        """Stop the other ranks (a single-rank engine has nothing to stop)."""
+        if self.workers is not None:
+            self.workers.close()
 
     def add_request(self, request: Request):
         """`request` passed the InputProcessor's checks; the engine trusts them. A grammar is compiled

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from corral.backends.base import AttentionBackend
+from corral.distributed.step_broadcast import StepBroadcast
 from corral.kernels.attention_metadata import AttentionMetadata
 from corral.engine.sampler import Sampler, SamplingMetadata
 from corral.engine.scheduler import ScheduledRequest, SchedulerOutput
@@ -56,8 +57,10 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
                  block_size: int, device: torch.device, vocab_size: int, seed: int = 0,
-                 structured_output: StructuredOutputManager | None = None):
+                 structured_output: StructuredOutputManager | None = None, steps: StepBroadcast | None = None):
+        """`steps`: rank 0 of a tensor-parallel engine sends each forward's inputs to the other ranks."""
         self.model = model
+        self.steps = steps
         self.structured_output = structured_output
         self.backend = backend
         self.block_size = block_size
@@ -139,6 +142,8 @@ class ModelRunner:
 
     def _forward(self, input_ids, positions, metadata, sample_rows) -> torch.Tensor:
         """Logits of the sampled rows; a CUDA graph computes those of decode batches."""
+        if self.steps is not None:
+            self.steps.send(input_ids, positions, metadata, sample_rows)
         if self.graph_runner is not None and self.graph_runner.can_run(metadata, input_ids.shape[0],
                                                                          sample_rows.shape[0]):
             return self.graph_runner.run(input_ids, positions, metadata)

@@ -39,8 +39,8 @@ def profile_peak_memory(model: torch.nn.Module, backend: AttentionBackend, confi
     mc = model_config
     input_ids, positions, metadata, num_blocks = profiling_batch(config, mc.vocab_size, device)
     layers = [m for m in model.modules() if isinstance(m, Attention)]
-    caches = [torch.empty(2, num_blocks, config.block_size, mc.num_key_value_heads, mc.head_dim,
-                          dtype=config.torch_dtype, device=device) for _ in layers]
+    caches = [torch.empty(2, num_blocks, config.block_size, layer.num_kv_heads, layer.head_dim,  # this rank's heads
+                          dtype=config.torch_dtype, device=device) for layer in layers]
     for layer, cache in zip(layers, caches):
         layer.kv_cache = cache
     torch.cuda.synchronize(device)
