@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Downloads into .whl/ the server's packages that the GPU machine's image lacks, the openai client
-# its GPU server tests use, and xgrammar (Python 3.12, x86-64).
+# its GPU server tests use, xgrammar, and jsonschema for the GPU tests (Python 3.12, x86-64).
 # Install there with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -11,7 +11,9 @@ WHEELS=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pyda
         annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 opentelemetry-api==1.45.2
         typing-extensions==4.16.0  # pydantic 2.14 needs typing-extensions >= 4.16; the image may hold an older one
         openai==3.57.0 jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
-        xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2)  # structured outputs
+        xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2  # structured outputs
+        jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
+        attrs==26.1.0)  # the GPU structured-output tests validate with jsonschema
 mkdir -p .whl
 for wheel in "${WHEELS[@]}"; do
     # shellcheck disable=SC2086

@@ -169,13 +169,15 @@ class ModelRunner:
         if not requests:
             return InFlight([], torch.empty(0, 1, dtype=torch.long), torch.empty(0, 1, dtype=torch.long), None, None)
         sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
+        on_gpu = self.device.type == "cuda"
         if self.structured_output is not None:  # filled on the host while the device runs the forward
-            if (grammar := self.structured_output.bitmask(requests)) is not None:
+            if previous is not None:
+                self._advance_grammars(requests, previous)
+            if (grammar := self.structured_output.bitmask(requests, pinned=on_gpu)) is not None:
                 sampling.grammar_bitmask = grammar[0].to(self.device, non_blocking=True)
                 sampling.grammar_rows = grammar[1]
         result = self.sampler(logits, sampling)
         steps = [result.sampled_token_ids]
-        on_gpu = self.device.type == "cuda"
         # each step's tokens go to pinned host memory as soon as that step ends, so they can stream one by one
         host = torch.empty((num_steps, len(requests)), dtype=steps[0].dtype, pin_memory=True) if on_gpu else None
         copied = [self._copy_to_host(steps[0], host[0])] if on_gpu else None
@@ -189,6 +191,21 @@ class ModelRunner:
         sampled = torch.stack(steps, dim=1)
         return InFlight(requests, sampled, host.T if on_gpu else sampled, copied,
                         result if num_steps == 1 else None, rows)
+
+    @staticmethod
+    def _advance_grammars(requests: list, previous: InFlight):
+        """Each grammar takes the token of the step before, which the host has not appended yet: that
+        step's tokens are waited for here, while this step's forward runs on the device."""
+        constrained = [r for r in requests if r.grammar is not None]
+        if not constrained:
+            return
+        if previous.copied is not None:
+            previous.copied[-1].synchronize()
+        last = previous.host[:, -1].tolist()
+        row_of = {id(r): i for i, r in enumerate(previous.requests)}
+        for request in constrained:
+            if (row := row_of.get(id(request))) is not None:
+                request.grammar.advance([last[row]], request.num_output_tokens)
 
     @staticmethod
     def _copy_to_host(tokens: torch.Tensor, host: torch.Tensor) -> torch.cuda.Event:

@@ -162,11 +162,13 @@ class Scheduler:
         ends by length while others wait for its slot; or when the pool cannot hold the new steps
         (blocks already added stay with their requests). The current group's `update` and this
         one's may come in either order."""
-        if num_steps <= 1 or self.may_admit():
+        if self.may_admit():
             return None
         requests = []
         for s in scheduler_output.scheduled:
             request, params = s.request, s.request.sampling_params
+            if num_steps == 1 and not self._continues_on_device(s):
+                return None
             if request.status != RequestStatus.RUNNING:
                 continue  # finished by a stop token in the group before, or aborted
             room = self.max_model_len - request.num_tokens
@@ -191,6 +193,15 @@ class Scheduler:
             request.num_computed_tokens += 1
         return out
 
+    @staticmethod
+    def _continues_on_device(s: ScheduledRequest) -> bool:
+        """A single step that the next can follow without its tokens on the host: a decode whose
+        sampling reads nothing of the output so far (a grammar takes the token in the runner)."""
+        params = s.request.sampling_params
+        return (s.num_new_tokens == 1 and s.samples and params.min_tokens <= s.request.num_output_tokens
+                and params.repetition_penalty == 1.0 and not params.presence_penalty
+                and not params.frequency_penalty)
+
     def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[list[int]],
                after_first_step: bool = False) -> list[tuple[Request, list[int]]]:
         """Append the tokens sampled for each request that sampled (in scheduled order), one by one,
@@ -205,8 +216,10 @@ class Scheduler:
                 continue  # aborted while the step ran
             num_accepted, status = self._first_stop(request, token_ids)
             appended = token_ids[:num_accepted]
-            if request.grammar is not None and self._grammar_ends(request, appended):
-                status = status or RequestStatus.FINISHED_STOPPED
+            if request.grammar is not None:
+                request.grammar.advance(appended, request.num_output_tokens)
+                if request.grammar.ended:
+                    status = status or RequestStatus.FINISHED_STOPPED
             request.append_output_tokens(appended)
             if status is None:
                 request.num_computed_tokens += len(token_ids) - 1 + after_first_step
@@ -214,13 +227,6 @@ class Scheduler:
                 self.finish(request, status)
             updated.append((request, appended))
         return updated
-
-    @staticmethod
-    def _grammar_ends(request: Request, token_ids: list[int]) -> bool:
-        """Advance the request's grammar; True once it is complete (its stop token taken) or, which
-        the bitmask prevents, a token breaks it."""
-        grammar = request.grammar
-        return not all(grammar.accept_token(t) for t in token_ids) or grammar.is_terminated()
 
     def _first_stop(self, request: Request, token_ids: list[int]) -> tuple[int, RequestStatus | None]:
         """How many of token_ids the request takes, and how it finishes after them (None: it goes

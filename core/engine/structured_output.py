@@ -9,6 +9,8 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 from corral.sampling_params import StructuredOutputsParams
 
@@ -87,16 +89,50 @@ class StructuredOutputCompiler:
     def matcher(self, params: StructuredOutputsParams):
         return self._xgr.GrammarMatcher(self.compile(params))
 
+    def batch_matcher(self):
+        """Fills many matchers' bitmasks at once on xgrammar's own threads."""
+        return self._xgr.BatchGrammarMatcher("auto")
+
     def allocate_bitmask(self, num_rows: int):
         return self._xgr.allocate_token_bitmask(num_rows, self.info.vocab_size)
 
 
+@dataclass(slots=True)
+class Grammar:
+    """A constrained request's matcher and how many of its output tokens it has taken. The runner may
+    advance it by a token the host has not appended yet (the step before, still in flight when the next
+    one is launched); `advance` skips what it has already taken, so the scheduler's later call is free."""
+
+    matcher: Any
+    num_accepted: int = 0
+    broken: bool = False  # a token the grammar did not allow (the bitmask prevents it)
+
+    def advance(self, token_ids: list[int], num_output_tokens: int):
+        """Take the output tokens that follow the first `num_output_tokens`."""
+        for token_id in token_ids[self.num_accepted - num_output_tokens:]:
+            if self.broken or self.matcher.is_terminated():
+                return
+            if not self.matcher.accept_token(token_id):
+                self.broken = True
+                return
+            self.num_accepted += 1
+
+    @property
+    def ended(self) -> bool:
+        """Complete (its stop token taken) or broken: the request ends here."""
+        return self.broken or self.matcher.is_terminated()
+
+
 class StructuredOutputManager:
-    """The engine's side: a matcher for each constrained request, and the bitmask of each step."""
+    """The engine's side: a Grammar for each constrained request, and each step's bitmask, filled by
+    xgrammar's threads into one of two pinned buffers (the other may still be on its way to the device)."""
 
     def __init__(self, model_dir: str, vocab_size: int):
         self.model_dir, self.vocab_size = model_dir, vocab_size
         self._compiler: StructuredOutputCompiler | None = None
+        self._batch = None
+        self._buffers: list = []
+        self._next_buffer = 0
 
     @property
     def compiler(self) -> StructuredOutputCompiler:
@@ -110,14 +146,22 @@ class StructuredOutputManager:
     def init_request(self, request):
         params = request.sampling_params.structured_outputs
         if params is not None and request.grammar is None:
-            request.grammar = self.compiler.matcher(params)
+            request.grammar = Grammar(self.compiler.matcher(params))
 
-    def bitmask(self, requests) -> tuple[object, list[int]] | None:
-        """The bitmask of `requests` (rows in that order) and the rows it constrains; None if none."""
-        rows = [i for i, r in enumerate(requests) if r.grammar is not None]
+    def bitmask(self, requests, pinned: bool) -> tuple[object, list[int]] | None:
+        """The bitmask of `requests` (rows in that order) and the rows it constrains; None if none.
+        A grammar that has ended constrains nothing: its request's token is dropped."""
+        rows = [i for i, r in enumerate(requests) if r.grammar is not None and not r.grammar.ended]
         if not rows:
             return None
-        bitmask = self.compiler.allocate_bitmask(len(requests))
-        for i in rows:
-            requests[i].grammar.fill_next_token_bitmask(bitmask, i)
+        if self._batch is None:
+            self._batch = self.compiler.batch_matcher()
+        if not self._buffers or self._buffers[0].shape[0] < len(requests):
+            num_rows = 1 << (len(requests) - 1).bit_length()
+            self._buffers = [self.compiler.allocate_bitmask(num_rows) for _ in range(2)]
+            if pinned:
+                self._buffers = [b.pin_memory() for b in self._buffers]
+        bitmask = self._buffers[self._next_buffer][:len(requests)]
+        self._next_buffer ^= 1
+        self._batch.batch_fill_next_token_bitmask([requests[i].grammar.matcher for i in rows], bitmask, rows)
         return bitmask, rows

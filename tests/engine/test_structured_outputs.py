@@ -79,6 +79,22 @@ def test_constrained_and_free_requests_share_a_batch_and_the_free_ones_are_uncha
         jsonschema.validate(json.loads(o.outputs[0].text), SCHEMAS["flat"])
 
 
+def test_constrained_steps_launched_ahead_of_the_host_give_the_same_outputs(tiny_model_dirs):
+    """With async scheduling the runner feeds each grammar the step before's token itself, while the
+    next step's forward runs; the outputs are those of the step-by-step engine."""
+    params = [SamplingParams(temperature=t, max_tokens=120, seed=seed, structured_outputs={"json": SCHEMAS[name]})
+              for name in ("nested", "pattern_and_anyof") for t, seed in ((0, None), (1.0, 3))]
+    outputs = {}
+    for async_scheduling in (True, False):
+        llm = LLM(str(tiny_model_dirs["qwen3"]), max_model_len=512, async_scheduling=async_scheduling)
+        launches = []
+        launch = llm.engine.core.runner.launch
+        llm.engine.core.runner.launch = lambda *a, **k: launches.append(k.get("previous")) or launch(*a, **k)
+        outputs[async_scheduling] = [o.outputs[0].token_ids for o in llm.generate([[5, 6, 7]] * 4, params)]
+        assert any(p is not None for p in launches) == async_scheduling
+    assert outputs[True] == outputs[False]
+
+
 @pytest.mark.parametrize("spec, match", [
     ({"json": "{not json"}, "cannot compile the json"),
     ({"json": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}, "cannot compile the json"),
@@ -125,6 +141,19 @@ def test_the_bitmask_applied_on_the_gpu_masks_as_on_the_cpu(dtype):
     apply_grammar_bitmask(on_cpu, bitmask, rows)
     apply_grammar_bitmask(on_gpu, bitmask.cuda(), rows)
     assert torch.equal(on_gpu.cpu(), on_cpu)
+
+
+@pytest.mark.gpu
+def test_constrained_outputs_on_the_gpu_validate_and_free_ones_in_the_batch_are_unchanged(tiny_model_dirs):
+    llm = LLM(str(tiny_model_dirs["qwen3"]), max_model_len=512, device="cuda", dtype="float32")
+    free = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    alone = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, free)]
+    constrained = [SamplingParams(temperature=1.0, max_tokens=120, seed=seed, structured_outputs={"json": SCHEMAS[name]})
+                   for name in sorted(SCHEMAS) for seed in range(2)]
+    mixed = llm.generate(PROMPTS + [[5, 6, 7]] * len(constrained), [free] * 3 + constrained)
+    assert [o.outputs[0].token_ids for o in mixed[:3]] == alone
+    for o, p in zip(mixed[3:], constrained):
+        jsonschema.validate(json.loads(o.outputs[0].text), p.structured_outputs.json)
 
 
 def test_smollm2_s_outputs_validate_against_every_schema(smollm2_dir):
