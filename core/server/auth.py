@@ -43,8 +43,17 @@ class APIKeys:
         return found
 
 
+def given_key(headers: dict[bytes, bytes]) -> bytes | None:
+    """The key a request brings: `Authorization: Bearer KEY` (OpenAI's way), else `x-api-key: KEY` (Anthropic's);
+    None without either."""
+    if (authorization := headers.get(b"authorization")) is not None:
+        scheme, _, token = authorization.partition(b" ")
+        return token.strip() if scheme.lower() == b"bearer" else b""
+    return headers.get(b"x-api-key")
+
+
 class APIKeyMiddleware:
-    """`Authorization: Bearer KEY` on the protected paths; /health and /metrics stay open. The
+    """`Authorization: Bearer KEY` or `x-api-key: KEY` on the protected paths; /health and /metrics stay open. The
     request's state gets `api_key_id`."""
 
     def __init__(self, app, keys: APIKeys):
@@ -52,11 +61,11 @@ class APIKeyMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(PROTECTED) and scope["method"] != "OPTIONS":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, token = given.partition(b" ")
-            key_id = self.keys.identify(token.strip()) if scheme.lower() == b"bearer" else None
+            given = given_key(dict(scope["headers"]))
+            key_id = self.keys.identify(given) if given is not None else None
             if key_id is None:
-                message = "Missing API key: send `Authorization: Bearer KEY`" if not given else "Invalid API key"
+                message = ("Missing API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`" if given is None
+                           else "Invalid API key")
                 body = scope["app"].state.error_shapes.body(scope["path"], AuthenticationError(message))
                 response = JSONResponse(body, status_code=401,
                                         headers={"WWW-Authenticate": "Bearer"})

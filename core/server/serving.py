@@ -163,10 +163,16 @@ def chunk_writer(request_id: str, kind: str, created: int, model: str, include_u
 
 
 def sse_error(error: BaseException) -> str:
+    error = stream_error(error)
+    return sse({**error.body(), "status_code": int(error.status_code)})
+
+
+def stream_error(error: BaseException) -> APIError:
+    """What a stream's client is told of a failure: an APIError as it is, anything else logged and hidden."""
     if not isinstance(error, APIError):
         logger.exception("failure while streaming", exc_info=error)
         error = InternalServerError("internal server error while streaming; see the server log")
-    return sse({**error.body(), "status_code": int(error.status_code)})
+    return error
 
 
 class SSEResponse(StreamingResponse):
