@@ -10,7 +10,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.engine.input_processor import PromptError
 from corral.engine.tokenizer import ChatTemplateError
-from corral.server.anthropic.routes import add_anthropic_routes
 from corral.server.auth import APIKeyMiddleware, APIKeys
 from corral.server.config import ServerConfig
 from corral.server.error_shapes import ErrorShapes
@@ -19,6 +18,7 @@ from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
 from corral.server.metrics import Metrics
 from corral.server.model_registry import ModelRegistry
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from corral.server.responses.routes import add_responses_routes
 from corral.server.serving_chat import create_chat_completion, render_prompt
 from corral.server.serving_completion import create_completion
 
@@ -120,7 +120,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
         await client.wait_ready(config.request_load_timeout)
         return await tokenization.run(detokenize_request, client, body)
 
-    add_anthropic_routes(app)
+    add_responses_routes(app, config.max_stored_responses)
     return app
 
 
@@ -188,7 +188,7 @@ class CatchAllMiddleware:
 class RequestMetricsMiddleware:
     """Counts HTTP requests by model (set by the route in request.state), endpoint and status."""
 
-    ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/messages")
+    ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/responses")
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics

@@ -90,6 +90,9 @@ class ServerConfig:
     max_request_bytes: int = setting(4 << 20, "largest request body, e.g. 4MiB (default); larger ones get 413",
                                      flag="--max-request-size")
     enable_docs: bool = setting(False, "serve /docs, /redoc and /openapi.json (behind the API key when there is one)")
+    max_stored_responses: int = setting(1000, "Responses API responses kept in memory for previous_response_id and "
+                                              "GET /v1/responses/{id}, least recently used dropped first; 0 keeps "
+                                              "none (default 1000)")
     timeout_keep_alive: float = setting(5.0, "seconds an idle keep-alive connection stays open (default 5)")
     header_timeout: float = setting(10.0, "seconds a client gets to send a request's headers (default 10)")
     limit_concurrency: int = setting(1024, "connections served at once; more get 503 (default 1024)")
@@ -159,6 +162,8 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
         read_key_file(config.api_key_file)  # a missing or empty file fails now, in one line
     if config.prefix_cache_isolation not in ("key", "none"):
         raise ConfigError(f"prefix_cache_isolation must be key or none, got {config.prefix_cache_isolation!r}")
+    if config.max_stored_responses < 0:
+        raise ConfigError(f"max_stored_responses must be >= 0, got {config.max_stored_responses}")
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be in [1, 65535], got {config.port}")
     return config
