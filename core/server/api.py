@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.engine.input_processor import PromptError
 from corral.engine.tokenizer import ChatTemplateError
+from corral.server.anthropic.routes import add_anthropic_routes
 from corral.server.auth import APIKeyMiddleware, APIKeys
 from corral.server.config import ServerConfig
 from corral.server.error_shapes import ErrorShapes
@@ -120,6 +121,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
         await client.wait_ready(config.request_load_timeout)
         return await tokenization.run(detokenize_request, client, body)
 
+    add_anthropic_routes(app)
     add_responses_routes(app, config.max_stored_responses)
     return app
 
@@ -188,7 +190,8 @@ class CatchAllMiddleware:
 class RequestMetricsMiddleware:
     """Counts HTTP requests by model (set by the route in request.state), endpoint and status."""
 
-    ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/responses")
+    ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/messages",
+                 "/v1/responses")
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
