@@ -110,6 +110,14 @@ def test_an_alias_and_anthropic_s_optional_fields_are_accepted(client):
     assert m.model == "tiny-qwen3" and m.usage.output_tokens <= 3
 
 
+def test_the_beta_route_and_headers_claude_code_sends_are_served(client):
+    m = client.beta.messages.create(model="tiny-llama", messages=HELLO, max_tokens=3,
+                                    betas=["interleaved-thinking-2025-05-14", "context-management-2025-06-27"])
+    assert m.type == "message" and m.usage.output_tokens <= 3
+    assert client.beta.messages.count_tokens(model="tiny-llama", messages=HELLO,
+                                             betas=["token-counting-2024-11-01"]).input_tokens > 0
+
+
 # --- streaming -----------------------------------------------------------------------------------------------
 
 def test_the_stream_follows_anthropic_s_event_sequence_and_equals_the_unstreamed_answer(client):
