@@ -44,7 +44,6 @@ class ModelSpec(EngineArgs):
     aliases: list[str] = field(default_factory=list)
     source: str | None = None
     gpu_memory_utilization: float | None = field(default=None, kw_only=True)  # None: an even split of the rest
-    tensor_parallel_size: int = 1
     num_threads: int | None = None
     max_queue_len: int = 256
     keep_alive: float | None = None      # seconds idle before unloading; None: never
