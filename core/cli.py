@@ -6,6 +6,7 @@ import pkgutil
 import sys
 
 import corral.commands
+from corral.version import version
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description="Serve several LLMs behind one OpenAI API.")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
                         help=f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} (default INFO)")
+    parser.add_argument("--version", action="version", version=f"corral version {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(corral.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"corral.commands.{info.name}").add_commands(subparsers)

@@ -18,6 +18,7 @@ from corral.server.errors import APIError, BadRequestError, InternalServerError,
 from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
 from corral.server.metrics import Metrics
 from corral.server.model_registry import ModelRegistry
+from corral.server.ollama.routes import add_ollama_routes
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from corral.server.responses.routes import add_responses_routes
 from corral.server.serving_chat import create_chat_completion, render_prompt
@@ -123,6 +124,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
 
     add_anthropic_routes(app)
     add_responses_routes(app, config.max_stored_responses)
+    add_ollama_routes(app)
     return app
 
 

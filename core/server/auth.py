@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from corral.config import ConfigError
 from corral.server.errors import AuthenticationError
 
-PROTECTED = ("/v1/", "/tokenize", "/detokenize", "/docs", "/redoc", "/openapi.json")
+PROTECTED = ("/v1/", "/api/", "/tokenize", "/detokenize", "/docs", "/redoc", "/openapi.json")
 
 
 def read_key_file(path: str | Path) -> list[str]:

@@ -28,6 +28,7 @@ class ModelRegistry:
             for alias in spec.aliases:
                 self.names.setdefault(alias, spec.name)
         self.created = int(time.time())
+        self._keep_alive: dict[str, float | None] = {}  # set by requests (Ollama's keep_alive), by model
         self._watchdog: asyncio.Task | None = None
 
     def __iter__(self):
@@ -50,6 +51,16 @@ class ModelRegistry:
         if any(c.spec.keep_alive is not None for c in self):
             self._watchdog = asyncio.create_task(self._unload_idle(), name="keep-alive")
 
+    def keep_alive(self, client: EngineClient) -> float | None:
+        """Seconds `client` may stay idle before it unloads (None: never): as the last request that said
+        so asked, else as configured."""
+        return self._keep_alive.get(client.name, client.spec.keep_alive)
+
+    def set_keep_alive(self, client: EngineClient, seconds: float | None):
+        self._keep_alive[client.name] = seconds
+        if seconds is not None and self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._unload_idle(), name="keep-alive")
+
     async def shutdown(self, timeout: float):
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -60,7 +71,7 @@ class ModelRegistry:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for client in self:
-                keep_alive = client.spec.keep_alive
+                keep_alive = self.keep_alive(client)
                 if (keep_alive is not None and client.state == ModelState.READY and not client.num_pending
                         and now - client.last_used >= keep_alive):
                     await client.unload()
