@@ -18,7 +18,6 @@ def add_commands(subparsers):
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
                    help="one model: its name then aliases; several models: one name each, in order "
                         "(name the models before this flag)")
-    p.add_argument("--tensor-parallel-size", type=int, help="GPUs per model (env TENSOR_PARALLEL_SIZE)")
     from corral.config import EngineArgs
     from corral.server.config import ServerConfig
     add_setting_flags(p, ServerConfig)
@@ -65,7 +64,7 @@ def build_server_config(args, env=None):
     from corral.server.config import SERVER_KEYS
     server = {k: getattr(args, k, None) for k in SERVER_KEYS}
     model_defaults = {k: getattr(args, k, None) for k in (
-        *ENGINE_ARGS, "tensor_parallel_size", "max_queue_len", "keep_alive", "source", "reasoning_parser",
+        *ENGINE_ARGS, "max_queue_len", "keep_alive", "source", "reasoning_parser",
         "tool_call_parser")}
     model_defaults["preload"] = None if args.lazy is None else not args.lazy
     return build_config(args.models, args.config, server, model_defaults, args.served_model_name, env)
@@ -81,10 +80,6 @@ def serve(args) -> int:
         raise CLIError(f"corral serve needs fastapi and uvicorn, part of corral's install: "
                        f"pip install fastapi uvicorn ({e})") from None
     config = build_server_config(args)
-    for spec in config.models:
-        if spec.tensor_parallel_size > 1:
-            logger.warning("%s: tensor_parallel_size %d is not supported yet; serving on one device",
-                           spec.name, spec.tensor_parallel_size)
     logger.info("serving %s on http://%s:%d", ", ".join(f"{s.name} ({s.model})" for s in config.models),
                 config.host, config.port)
     app = create_app(config)

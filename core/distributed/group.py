@@ -39,7 +39,7 @@ class TensorParallelGroup:
         x = x.contiguous()
         out = x.new_empty((self.size * x.shape[0], *x.shape[1:]))
         self.device_group._allgather_base(out, x).wait()
-        return out.view(self.size, *x.shape).movedim(0, -2).reshape(*x.shape[:-1], -1)
+        return out.view(self.size, *x.shape).movedim(0, -2).reshape(*x.shape[:-1], self.size * x.shape[-1])
 
     def broadcast(self, x: torch.Tensor, on_cpu: bool = False) -> torch.Tensor:
         """Rank 0's `x` into every rank's `x`."""

@@ -1,4 +1,6 @@
 """Each forward's inputs, from rank 0 (which schedules) to the other ranks (which only compute)."""
+from collections.abc import Callable
+
 import torch
 
 from corral.distributed.group import TensorParallelGroup
@@ -14,17 +16,25 @@ class StepBroadcast:
     tensor on the device group. Device inputs, not host ones: a multi-step decode's next input
     tokens exist only on rank 0's device."""
 
-    def __init__(self, group: TensorParallelGroup, device: torch.device):
-        self.group, self.device = group, device
+    def __init__(self, group: TensorParallelGroup, device: torch.device,
+                 on_error: Callable[[RuntimeError], BaseException] | None = None):
+        """`on_error`: what rank 0 raises instead of a failed broadcast's error (which rank failed, and why)."""
+        self.group, self.device, self.on_error = group, device, on_error
 
     def send(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
              sample_rows: torch.Tensor):
         header = [input_ids.shape[0], metadata.num_seqs, metadata.block_tables.shape[1], sample_rows.shape[0],
                   metadata.max_query_len, metadata.max_seq_len]
-        self.group.broadcast(torch.tensor(header, dtype=torch.int64), on_cpu=True)
-        packed = torch.cat([input_ids, positions, metadata.slot_mapping, metadata.query_start_loc.long(),
-                            metadata.seq_lens.long(), metadata.block_tables.long().flatten(), sample_rows.long()])
-        self.group.broadcast(packed)
+        try:
+            self.group.broadcast(torch.tensor(header, dtype=torch.int64), on_cpu=True)
+            packed = torch.cat([input_ids, positions, metadata.slot_mapping, metadata.query_start_loc.long(),
+                                metadata.seq_lens.long(), metadata.block_tables.long().flatten(),
+                                sample_rows.long()])
+            self.group.broadcast(packed)
+        except RuntimeError as e:
+            if self.on_error is None:
+                raise
+            raise self.on_error(e) from e
 
     def stop(self):
         self.group.broadcast(torch.full((HEADER,), STOP, dtype=torch.int64), on_cpu=True)

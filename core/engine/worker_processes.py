@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 FAILURE_GRACE = 5.0  # seconds a collective's error waits for the watchdog to say which rank failed and why
 
 
+class RankFailed(RuntimeError):
+    """A rank of a running engine died or failed: the engine cannot go on."""
+
+
 class WorkerProcesses:
     """Ranks 1..N-1, spawned with a rendezvous store of their own on a port the OS picks (two engines
     never share one), joined with rank 0 into `group`. When one dies, `failure` says which rank and
@@ -51,7 +55,8 @@ class WorkerProcesses:
         threading.Thread(target=_watch, args=(weakref.ref(self), self.processes, self.conns), daemon=True,
                          name="tensor-parallel-watchdog").start()
         self.group = self._connect(rank_device(config.device, 0), size)
-        self.steps = StepBroadcast(self.group, rank_device(config.device, 0))
+        self.steps = StepBroadcast(self.group, rank_device(config.device, 0),
+                                   on_error=lambda e: self.explain(e, RankFailed))
 
     def _connect(self, device: torch.device, size: int) -> TensorParallelGroup:
         """Rank 0 joins; a rank that dies first ends the wait (its process never joins)."""
@@ -82,11 +87,11 @@ class WorkerProcesses:
         if failure is not None:
             on_failure(failure)
 
-    def explain(self, error: BaseException) -> BaseException:
+    def explain(self, error: BaseException, as_type: type[Exception] = ConfigError) -> BaseException:
         """A collective's error as the failure of the rank behind it, when a rank failed."""
         if isinstance(error, ConfigError) or not self._failed.wait(FAILURE_GRACE):
             return error
-        return ConfigError(self.failure)
+        return as_type(self.failure)
 
     def _fail(self, message: str):
         if self._closing:

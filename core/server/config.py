@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from corral.config import ENGINE_ARGS, ConfigError, EngineArgs, setting
+from corral.server.placement import parse_devices, place_models, sharing_groups
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GPU_MEMORY_UTILIZATION = EngineArgs.__dataclass_fields__["gpu_memory_utilization"].default
@@ -44,6 +45,7 @@ class ModelSpec(EngineArgs):
     aliases: list[str] = field(default_factory=list)
     source: str | None = None
     gpu_memory_utilization: float | None = field(default=None, kw_only=True)  # None: an even split of the rest
+    devices: list[int] | None = None     # this model's GPUs; None: placed (see corral.server.placement)
     num_threads: int | None = None
     max_queue_len: int = 256
     keep_alive: float | None = None      # seconds idle before unloading; None: never
@@ -153,7 +155,9 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
     total_memory = _coerce(ModelSpec, "gpu_memory_utilization",
                            defaults.pop("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION))
     specs = [_model_spec({**defaults, **section}) for section in sections]
-    _split_memory(specs, total_memory)
+    place_models(specs)
+    for group in sharing_groups(specs):
+        _split_memory(group, total_memory)
     _check_names(specs)
     config = ServerConfig(models=specs, **{k: _coerce(ServerConfig, k, v) for k, v in server_values.items()})
     if config.api_key_file:
@@ -226,8 +230,6 @@ def _model_spec(values: dict) -> ModelSpec:
         spec.check()
     except ConfigError as e:
         raise ConfigError(f"{spec.name}: {e}") from None
-    if spec.tensor_parallel_size < 1:
-        raise ConfigError(f"{spec.name}: tensor_parallel_size must be >= 1, got {spec.tensor_parallel_size}")
     unknown = set(spec.sampling) - set(SAMPLING_KEYS)
     if unknown:
         raise ConfigError(f"{spec.name}: unknown sampling default(s) {', '.join(sorted(unknown))}; "
@@ -288,6 +290,8 @@ def _checked(values: dict, allowed: set[str], label: str) -> dict:
 
 def _coerce(cls, key: str, value):
     """Strings from the environment or a file into the field's type, with an error naming the key."""
+    if key == "devices":
+        return parse_devices(value)
     if key == "keep_alive":
         return parse_duration(value)
     if key.endswith("_bytes"):

@@ -127,7 +127,8 @@ class EngineClient:
                 self.state = ModelState.LOADING
             engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len)  # capped by _prepare
             self.engine = EngineProcess(self.name, str(self.model_dir), engine_args, self.num_threads,
-                                        self.log_level, asyncio.get_running_loop(), self._on_message)
+                                        self.log_level, asyncio.get_running_loop(), self._on_message,
+                                        self.spec.devices)
             self.output_processor = OutputProcessor(self.tokenizer)
             await asyncio.to_thread(self.engine.start)
             try:

@@ -22,11 +22,13 @@ class EngineProcess:
     the pipe closing arrives as EngineExited."""
 
     def __init__(self, name: str, model_dir: str, engine_args: dict, num_threads: int | None, log_level: int,
-                 loop, on_message: Callable):
+                 loop, on_message: Callable, devices: list[int] | None = None):
+        """`devices`: the GPUs this engine may see (its CUDA_VISIBLE_DEVICES); None: all of them."""
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self.process = context.Process(target=run_engine, name=f"corral-engine-{name}", daemon=True,
-                                       args=(name, model_dir, engine_args, child_conn, num_threads, log_level))
+                                       args=(name, model_dir, engine_args, child_conn, num_threads, log_level,
+                                             devices))
         self._child_conn = child_conn
         self._loop, self._on_message = loop, on_message
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -81,15 +83,17 @@ class EngineProcess:
 
 
 def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: int | None = None,
-               log_level: int = logging.INFO):
+               log_level: int = logging.INFO, devices: list[int] | None = None):
     """Entry point of the spawned process."""
+    if devices is not None:  # before CUDA starts; the engine's other ranks inherit it
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
     # Ctrl-C and a SIGTERM to the process group reach engines too; the API process decides when they stop
     # (after in-flight requests finish), and its death closes the pipe, which ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=f"%(levelname)s engine[{name}] %(name)s: %(message)s")
     try:
-        core = _build_core(model_dir, engine_args, num_threads)
+        core = _build_core(model_dir, engine_args, num_threads, on_worker_failure=_end_engine)
     except Exception as e:
         logger.exception("engine for %s failed to start", name)
         _send(conn, EngineFailed(f"{type(e).__name__}: {e}"))
@@ -105,9 +109,26 @@ def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: 
         logger.exception("engine for %s failed", name)
         _send(conn, EngineFailed(f"{type(e).__name__}: {e}"))
         raise SystemExit(1)
+    finally:
+        core.shutdown()
 
 
-def _build_core(model_dir: str, engine_args: dict, num_threads: int | None):
+def visible_devices(devices: list[int], inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for an engine given `devices`, numbered as this process sees them."""
+    if inherited:
+        names = [d.strip() for d in inherited.split(",")]
+        return ",".join(names[i] for i in devices if i < len(names))
+    return ",".join(map(str, devices))
+
+
+def _end_engine(message: str):
+    """A rank of this engine died: end the whole engine now (its collectives may never return); the
+    API process sees the exit, fails the model's requests with 503 and restarts it."""
+    logger.error("%s; the engine exits", message)
+    os._exit(1)
+
+
+def _build_core(model_dir: str, engine_args: dict, num_threads: int | None, on_worker_failure=None):
     import torch
 
     from corral.config import EngineConfig
@@ -117,7 +138,7 @@ def _build_core(model_dir: str, engine_args: dict, num_threads: int | None):
     config = EngineConfig(model=model_dir, **engine_args)
     if num_threads and config.device == "cpu":  # CPU engines share the cores
         torch.set_num_threads(num_threads)
-    return EngineCore(config, PluginManager())
+    return EngineCore(config, PluginManager(), on_worker_failure)
 
 
 def serve(core, conn):
