@@ -1,5 +1,6 @@
 """Rank 0's side of a tensor-parallel engine: the processes of ranks 1..N-1, their rendezvous and
 the watchdog that turns a rank's death into the engine's failure within a bounded time."""
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -47,7 +48,8 @@ class WorkerProcesses:
             process = context.Process(target=run_worker, name=f"corral-rank-{rank}", daemon=True,
                                       args=(rank, config, model_cls, self.store.port, child_conn, num_threads,
                                             log_level))
-            process.start()
+            with _children_allowed():
+                process.start()
             child_conn.close()
             self.processes.append(process)
             self.conns.append(conn)
@@ -120,6 +122,19 @@ class WorkerProcesses:
         _kill(self.processes)
         for conn in self.conns:
             conn.close()
+
+
+@contextlib.contextmanager
+def _children_allowed():
+    """A server's engine process is daemonic, and multiprocessing refuses children to those (they would
+    outlive it). Ranks do not: each ends when its pipe from rank 0 closes (run_worker)."""
+    config = multiprocessing.current_process()._config
+    daemon = config.pop("daemon", None)
+    try:
+        yield
+    finally:
+        if daemon is not None:
+            config["daemon"] = daemon
 
 
 def _kill(processes):
