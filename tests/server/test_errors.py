@@ -125,7 +125,7 @@ def test_server_side_failure_gets_500_without_details(http, monkeypatch, still_s
 
     async def broken(*args, **kwargs):
         raise RuntimeError("secret internals /etc/passwd")
-    monkeypatch.setattr(serving_chat, "_collect", broken)
+    monkeypatch.setattr(serving_chat, "collect_chat", broken)
     error = error_of(http.post(CHAT, json=GOOD), 500)
     assert error["type"] == "internal_server_error" and "secret" not in error["message"]
     monkeypatch.undo()
