@@ -193,7 +193,7 @@ class RequestMetricsMiddleware:
     """Counts HTTP requests by model (set by the route in request.state), endpoint and status."""
 
     ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/messages",
-                 "/v1/responses")
+                 "/v1/responses", "/api/chat", "/api/generate")
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics

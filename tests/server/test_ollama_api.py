@@ -320,6 +320,20 @@ def test_keep_alive_0_unloads_the_model_after_the_request(client):
     assert expiry == 9999  # a request without keep_alive is back to the served model's own (never)
 
 
+def test_an_empty_request_loads_the_model_and_with_keep_alive_0_unloads_it(client):
+    assert client.generate("tiny-llama").done_reason == "load"
+    assert "tiny-llama:latest" in {m.model for m in client.ps().models}
+    assert client.chat("tiny-llama", messages=[], keep_alive=0).done_reason == "unload"
+    assert "tiny-llama:latest" not in {m.model for m in client.ps().models}
+    assert client.chat("tiny-llama", messages=[]).done_reason == "load"
+
+
+def test_chat_requests_are_counted_in_the_metrics_by_model(server, client):
+    client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1})
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'endpoint="/api/chat",model="tiny-qwen3",status="200"' in metrics
+
+
 def test_a_duration_keep_alive_shows_in_ps(client):
     client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive="10m")
     entry = next(m for m in client.ps().models if m.model == "tiny-qwen3:latest")
