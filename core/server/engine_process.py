@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
-                                    EngineReady, RequestRejected, Shutdown, ToEngine)
+                                    EngineReady, FromEngine, RequestRejected, Shutdown, ToEngine)
 from corral.engine.request import Request
 
 logger = logging.getLogger(__name__)
@@ -141,33 +141,72 @@ def _build_core(model_dir: str, engine_args: dict, num_threads: int | None, on_w
     return EngineCore(config, PluginManager(), on_worker_failure)
 
 
+class Outbox:
+    """The engine's messages to the API process, pickled and sent by a thread of their own: the engine
+    loop never waits on the pipe or on a busy API process."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._failed: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="engine-outbox", daemon=True)
+        self._thread.start()
+
+    def send(self, message: FromEngine):
+        if self._failed is not None:
+            raise self._failed
+        self._queue.put(message)
+
+    def close(self):
+        """Send what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self):
+        while (message := self._queue.get()) is not None:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError) as e:
+                self._failed = e if isinstance(e, OSError) else OSError(str(e))
+                return
+
+
 def serve(core, conn):
-    """Step while there is work; block on the pipe while there is none."""
+    """Step while there is work; block on the pipe while there is none. Messages out go through an
+    Outbox."""
+    outbox = Outbox(conn)
+    try:
+        _serve(core, conn, outbox)
+    finally:
+        outbox.close()
+
+
+def _serve(core, conn, outbox: "Outbox"):
     while True:
         changed = False
         if not core.has_unfinished_requests():
-            if not _handle(core, conn, conn.recv()):
+            if not _handle(core, outbox, conn.recv()):
                 return
             changed = True
         while conn.poll():
-            if not _handle(core, conn, conn.recv()):
+            if not _handle(core, outbox, conn.recv()):
                 return
             changed = True
         if core.has_unfinished_requests():
             outputs = core.step()
             if outputs or changed:
-                conn.send(EngineOutputs(outputs, core.stats()))
+                outbox.send(EngineOutputs(outputs, core.stats()))
         elif changed:
-            conn.send(EngineOutputs([], core.stats()))
+            outbox.send(EngineOutputs([], core.stats()))
 
 
-def _handle(core, conn, message: ToEngine) -> bool:
+def _handle(core, outbox: Outbox, message: ToEngine) -> bool:
     if isinstance(message, AddRequests):
         for request in message.requests:
             try:
                 core.add_request(Request.from_engine_core_request(request))
             except ValueError as e:
-                conn.send(RequestRejected(request.request_id, str(e)))
+                outbox.send(RequestRejected(request.request_id, str(e)))
     elif isinstance(message, AbortRequests):
         core.abort_requests(message.request_ids)
     elif isinstance(message, Shutdown):
