@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from corral.model_config import positions_of
+from corral.pooling_params import POOLING_TYPES, TASKS, resolve_task
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
@@ -63,6 +64,12 @@ class EngineArgs:
     seed: int = setting(0)
     load_format: str = setting("auto", "dummy: random weights (config.json and a tokenizer suffice), "
                                        "for benchmarks", choices=("auto", "dummy"))
+    task: str = setting("auto", "generate, or embed: serve the model's pooled hidden states (/v1/embeddings); "
+                                "auto (default): embed for a sentence-transformers folder (modules.json)",
+                        choices=TASKS)
+    pooling: str | None = setting(None, "with task embed: last, mean or cls (default: as the model's "
+                                        "sentence-transformers modules say, else last)", choices=POOLING_TYPES)
+    normalize: bool | None = setting(None)  # with task embed: L2-normalise (default: as the model says, else true)
 
     def check(self):
         """The checks that need no model files; raises ConfigError."""
@@ -77,6 +84,9 @@ class EngineArgs:
             (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
              f"block_size must be a power of two, got {self.block_size}"),
             (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),
+            (self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
+            (self.pooling is None or self.pooling in POOLING_TYPES,
+             f"pooling must be one of {', '.join(POOLING_TYPES)}, got {self.pooling!r}"),
             (self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
              f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
         ]
@@ -106,6 +116,10 @@ class EngineConfig(EngineArgs):
             raise ConfigError(problem)
         self.torch_dtype  # validates
         self.check()
+        self.task = resolve_task(self.task, path)
+        if self.task == "embed" and self.tensor_parallel_size > 1:
+            raise ConfigError("task embed runs on one device: tensor_parallel_size must be 1, "
+                              f"got {self.tensor_parallel_size}")
         if problem := self.tensor_parallel_problem():
             raise ConfigError(problem)
         limit = positions_of(self.hf_config)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 from corral.config import EngineConfig
 from corral.engine.llm_engine import LLMEngine
-from corral.outputs import RequestOutput
+from corral.outputs import EmbeddingRequestOutput, RequestOutput
+from corral.pooling_params import PoolingParams
 from corral.registry.plugins import PluginManager
 from corral.sampling_params import SamplingParams
 
@@ -14,6 +15,9 @@ class LLM:
 
         llm = LLM("path/to/model")
         llm.generate(["Hello"], SamplingParams(max_tokens=32))
+
+    A model served for embeddings (`task="embed"`, or a sentence-transformers folder) gives vectors:
+    `LLM("qwen3-embedding-0.6b").embed(["Hello"])[0].outputs.embedding`.
     """
 
     def __init__(self, model: str, plugin_manager: PluginManager | None = None, **engine_args):
@@ -34,7 +38,20 @@ class LLM:
         """Prompts are strings or token-id lists; one SamplingParams for all or one each."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self._run(prompts, self._per_prompt(sampling_params, len(prompts)), use_tqdm, add_special_tokens)
+        params = self._per_prompt(sampling_params, len(prompts))
+        return self._run(prompts, lambda request_id, i: self.engine.add_request(
+            request_id, prompts[i], params[i], add_special_tokens=add_special_tokens, final_only=True), use_tqdm)
+
+    def embed(self, prompts: str | list[int] | list[str] | list[list[int]], pooling_params: PoolingParams | None = None,
+              use_tqdm: bool = False, add_special_tokens: bool = True,
+              truncate: bool = False) -> list[EmbeddingRequestOutput]:
+        """One pooled vector per prompt (strings or token-id lists), in `.outputs.embedding`; `truncate`
+        keeps the first max_model_len tokens of a longer prompt instead of refusing it."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = pooling_params or PoolingParams()
+        return self._run(prompts, lambda request_id, i: self.engine.add_pooling_request(
+            request_id, prompts[i], params, add_special_tokens, truncate), use_tqdm)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | list[SamplingParams] | None = None,
@@ -46,7 +63,8 @@ class LLM:
         params = self._per_prompt(sampling_params, len(conversations))
         prompts = [self.engine.input_processor.render_chat(c, add_generation_prompt, chat_template_kwargs)
                    for c in conversations]
-        return self._run(prompts, params, use_tqdm, add_special_tokens=False)
+        return self._run(prompts, lambda request_id, i: self.engine.add_request(
+            request_id, prompts[i], params[i], add_special_tokens=False, final_only=True), use_tqdm)
 
     def _per_prompt(self, params: SamplingParams | list[SamplingParams] | None,
                     num_prompts: int) -> list[SamplingParams]:
@@ -57,14 +75,14 @@ class LLM:
             raise ValueError(f"got {num_prompts} prompts but {len(params)} sampling params")
         return params
 
-    def _run(self, prompts, params, use_tqdm, add_special_tokens) -> list[RequestOutput]:
+    def _run(self, prompts, add, use_tqdm) -> list:
+        """`add(request_id, i)` adds prompt i; the final outputs, in the prompts' order."""
         ids = [str(next(self._ids)) for _ in prompts]
         finished: dict[str, RequestOutput] = {}
         progress = _progress(len(ids), use_tqdm)
         try:  # a prompt that fails validation takes the ones added before it out again
-            for request_id, prompt, p in zip(ids, prompts, params):
-                self.engine.add_request(request_id, prompt, p, add_special_tokens=add_special_tokens,
-                                        final_only=True)
+            for i, request_id in enumerate(ids):
+                add(request_id, i)
             while self.engine.has_unfinished_requests():
                 for output in self.engine.step():
                     if output.finished:

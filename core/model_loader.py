@@ -69,6 +69,9 @@ def _load_one(params, packed, name, source, loaded):
             name, shard_id = name.replace(f".{part}.", f".{target}."), shard
             break
     param = params.get(name)
+    if param is None and f"model.{name}" in params:  # a bare decoder's checkpoint (Qwen3-Embedding's)
+        name = f"model.{name}"
+        param = params[name]
     if param is None:
         if name == "lm_head.weight" and "lm_head.weight" not in params:
             return  # tied to the embedding

@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class EngineCoreOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0  # of the prompt, found in the prefix cache
+    pooling_output: Any = None  # an embedding request's vector (a float32 numpy array)
 
 
 @dataclass(slots=True)
@@ -45,4 +47,30 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool
+    num_cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class EmbeddingOutput:
+    """A prompt's pooled vector: `data` as float32, `embedding` as Python floats."""
+
+    data: Any  # a float32 numpy array
+
+    @property
+    def embedding(self) -> list[float]:
+        return self.data.tolist()
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(slots=True)
+class EmbeddingRequestOutput:
+    """An embedding request's result (vLLM's name): its prompt's token ids and its vector."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
+    finished: bool = True
     num_cached_tokens: int = 0

@@ -63,3 +63,24 @@ def build_model(arch: str, out_dir: Path, seed: int = 0, dtype=torch.float32, le
 def load_reference(model_dir: Path):
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def build_embedding_model(out_dir: Path, seed: int = 0) -> Path:
+    """A random Qwen3 decoder saved as Qwen3-Embedding is: the bare model's weights (no `model.` prefix,
+    no LM head), config.architectures Qwen3ForCausalLM, and sentence-transformers modules that pool the
+    last token and normalise."""
+    from transformers import AutoModel
+    torch.manual_seed(seed)
+    AutoModel.from_config(tiny_config("qwen3")).to(torch.float32).save_pretrained(out_dir)
+    build_tokenizer().save_pretrained(out_dir)
+    path = Path(out_dir) / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "architectures": ["Qwen3ForCausalLM"]}, indent=2))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (Path(out_dir) / "modules.json").write_text(json.dumps(modules, indent=2))
+    (Path(out_dir) / "1_Pooling").mkdir(exist_ok=True)
+    (Path(out_dir) / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+         "pooling_mode_lasttoken": True, "include_prompt": True}, indent=2))
+    return Path(out_dir)

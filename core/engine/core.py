@@ -8,6 +8,7 @@ from corral.distributed.group import TensorParallelGroup, rank_device
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.messages import SchedulerStats
 from corral.engine.model_runner import InFlight, ModelRunner
+from corral.engine.pooling import PoolingRunner
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler, SchedulerOutput
 from corral.engine.structured_output import StructuredOutputManager
@@ -15,6 +16,7 @@ from corral.engine.worker import build_rank, kv_bytes_per_token
 from corral.engine.worker_processes import WorkerProcesses
 from corral.model_config import ModelConfig
 from corral.outputs import EngineCoreOutput, TokenLogprob
+from corral.pooling_params import pooler_config
 from corral.registry.plugins import PluginManager
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class EngineCore:
                  on_worker_failure: Callable[[str], None] | None = None):
         self.config = config
         self.model_config = ModelConfig.from_hf(config.hf_config)
+        self.pooler_config = pooler_config(config.model, config.hf_config, config.task, config.pooling,
+                                           config.normalize)  # None: the model generates
         plugin_manager = plugin_manager or PluginManager()
         model_cls = plugin_manager.architectures().resolve(config.architectures)
         self.device = torch.device(config.device) if config.tensor_parallel_size == 1 else \
@@ -43,7 +47,9 @@ class EngineCore:
                 raise
             self.workers.close()
             raise self.workers.explain(e) from e
-        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
+        prefix_caching = config.enable_prefix_caching and (self.pooler_config is None or
+                                                           self.pooler_config.prefix_cacheable)
+        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.num_scheduler_steps)
         self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None  # launched, not yet read
@@ -53,7 +59,9 @@ class EngineCore:
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed, self.structured_output,
                                   self.workers.steps if self.workers else None)
-        if self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
+        self.pooling = PoolingRunner(self.runner, self.pooler_config) if self.pooler_config else None
+        if (self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton"
+                and self.pooling is None):  # graphs are for decode steps
             self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
         if self.workers is not None and on_worker_failure is not None:
             self.workers.watch(on_worker_failure)
@@ -87,7 +95,9 @@ class EngineCore:
         """Outputs of one decode step: a multi-step group's tokens come back step by step, as the
         device produces them, so that a client sees one token per chunk. When the scheduler allows
         it, the next group is launched before this one's tokens come back (async scheduling): the
-        device never waits for the host between groups."""
+        device never waits for the host between groups. An embedding model's step pools instead."""
+        if self.pooling is not None:
+            return self.pooling.step(self.scheduler)
         if self.current is None:
             if self.in_flight is None:
                 scheduler_output = self.scheduler.schedule()

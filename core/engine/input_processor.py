@@ -10,6 +10,7 @@ from pathlib import Path
 from corral.engine.messages import EngineCoreRequest
 from corral.engine.structured_output import StructuredOutputCompiler
 from corral.engine.tokenizer import eos_token_ids, load_tokenizer, max_token_chars, render_chat
+from corral.pooling_params import PoolerConfig, PoolingParams, check_task
 from corral.sampling_params import INT64_MIN, SamplingParams
 
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -41,7 +42,7 @@ class ContextLengthError(PromptError):
         self.num_prompt_tokens, self.max_tokens, self.max_model_len = num_prompt_tokens, max_tokens, max_model_len
         asked = f"{max_tokens} generated tokens" if max_tokens is not None else "at least one generated token"
         super().__init__(f"the prompt has {num_prompt_tokens} tokens, but max_model_len is {max_model_len} "
-                         f"(prompt plus {asked} must fit)")
+                         + ("(an embedding's prompt must fit)" if max_tokens == 0 else f"(prompt plus {asked} must fit)"))
 
 
 def generation_defaults(model_dir: str | Path) -> dict:
@@ -68,8 +69,10 @@ class InputProcessor:
     that names a value overrides them."""
 
     def __init__(self, tokenizer, eos_token_ids: frozenset[int], max_model_len: int, vocab_size: int | None,
-                 defaults: dict | None = None):
+                 defaults: dict | None = None, pooler: PoolerConfig | None = None):
+        """`pooler`: how the model pools when it is served for embeddings (None: it generates)."""
         self.tokenizer = tokenizer
+        self.pooler = pooler
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
@@ -79,10 +82,10 @@ class InputProcessor:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, max_model_len: int, vocab_size: int | None,
-                       sampling: dict | None = None) -> "InputProcessor":
+                       sampling: dict | None = None, pooler: PoolerConfig | None = None) -> "InputProcessor":
         tokenizer = load_tokenizer(model_dir)
         defaults = {**generation_defaults(model_dir), **(sampling or {})}
-        return cls(tokenizer, eos_token_ids(model_dir, tokenizer), max_model_len, vocab_size, defaults)
+        return cls(tokenizer, eos_token_ids(model_dir, tokenizer), max_model_len, vocab_size, defaults, pooler)
 
     @property
     def sampling_defaults(self) -> dict:
@@ -96,16 +99,20 @@ class InputProcessor:
                     chat_template_kwargs: dict | None = None, tools: list | None = None) -> str:
         return render_chat(self.tokenizer, messages, add_generation_prompt, chat_template_kwargs, tools)
 
-    def tokenize(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+    def tokenize(self, prompt: str | list[int], add_special_tokens: bool = True, truncate: bool = False) -> list[int]:
         """Token ids of a text that fits the context in characters (a huge text is never tokenized);
-        PromptError for one the tokenizer cannot take."""
+        PromptError for one the tokenizer cannot take. `truncate`: the first max_model_len tokens of
+        a longer prompt (an embedding's, as Ollama's truncate asks)."""
         if not isinstance(prompt, str):
-            return list(prompt)
+            return list(prompt[:self.max_model_len] if truncate else prompt)
+        if truncate:
+            prompt = prompt[:self.max_model_len * self.max_token_chars]
         self.check_text_length(prompt)
         try:
-            return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+            ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         except (TypeError, ValueError, UnicodeError) as e:
             raise PromptError(f"the prompt cannot be tokenized: {e}") from None
+        return ids[:self.max_model_len] if truncate else ids
 
     def check_text_length(self, text: str):
         limit = self.max_model_len * self.max_token_chars
@@ -127,6 +134,29 @@ class InputProcessor:
         if n >= limit or (max_tokens is not None and n + max_tokens > limit):
             raise ContextLengthError(n, max_tokens, limit)
         return max_tokens if max_tokens is not None else limit - n
+
+    def check_task(self, task: str, model: str):
+        """TaskError unless the model serves `task` (generate or embed)."""
+        check_task(self.pooler, task, model)
+
+    def check_pooling_prompt(self, prompt_token_ids: list[int]):
+        """An embedding's prompt: not empty, in the vocabulary, at most max_model_len tokens."""
+        if not prompt_token_ids:
+            raise PromptError("the prompt is empty")
+        self.check_token_ids(prompt_token_ids)
+        if len(prompt_token_ids) > self.max_model_len:
+            raise ContextLengthError(len(prompt_token_ids), 0, self.max_model_len)
+
+    def check_pooling_params(self, params: PoolingParams, model: str):
+        """PoolingParamsError for dimensions the model cannot give."""
+        self.pooler.check(params, model)
+
+    def pooling_request(self, request_id: str, prompt_token_ids: list[int], params: PoolingParams,
+                        arrival_time: float | None = None, cache_salt: str | None = None) -> EngineCoreRequest:
+        """The EngineCoreRequest of a checked embedding request."""
+        arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        return EngineCoreRequest(request_id, prompt_token_ids, SamplingParams(max_tokens=1), self.eos_token_ids,
+                                 arrival_time, cache_salt, pooling_params=params)
 
     def check_token_ids(self, token_ids: list[int]):
         if self.vocab_size:

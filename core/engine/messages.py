@@ -4,6 +4,7 @@ structs, never tuples read by position. The engine builds its own `Request` from
 from dataclasses import dataclass
 
 from corral.outputs import EngineCoreOutput
+from corral.pooling_params import PoolingParams
 from corral.sampling_params import SamplingParams
 
 
@@ -17,6 +18,7 @@ class EngineCoreRequest:
     eos_token_ids: frozenset[int]
     arrival_time: float
     cache_salt: str | None = None  # only requests with the same salt share prefix-cache blocks
+    pooling_params: PoolingParams | None = None  # an embedding request: its prompt's pooled vector, no tokens
 
 
 @dataclass(slots=True)

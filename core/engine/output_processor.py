@@ -1,7 +1,8 @@
 from dataclasses import dataclass, field
 
 from corral.engine.detokenizer import IncrementalDetokenizer
-from corral.outputs import CompletionOutput, EngineCoreOutput, RequestOutput, TokenLogprob
+from corral.outputs import (CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput, EngineCoreOutput, RequestOutput,
+                            TokenLogprob)
 from corral.sampling_params import SamplingParams
 
 
@@ -42,12 +43,13 @@ def child_request_id(request_id: str, index: int, n: int) -> str:
 
 class OutputProcessor:
     """Turns engine token ids into client outputs: incremental text, stop strings, logprobs,
-    and the n sequences of one request gathered under its id."""
+    and the n sequences of one request gathered under its id; embedding requests' vectors as they are."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.requests: dict[str, RequestState] = {}
         self.children: dict[str, tuple[RequestState, SequenceState]] = {}
+        self.pooling: dict[str, list[int]] = {}  # embedding requests: their prompts' token ids
 
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                     params: SamplingParams, delta: bool = False, final_only: bool = False) -> list[str]:
@@ -66,18 +68,37 @@ class OutputProcessor:
             self.children[child_id] = (state, seq)
         return child_ids
 
+    def add_pooling_request(self, request_id: str, prompt_token_ids: list[int]):
+        """Registers an embedding request (its engine request has the same id)."""
+        if self.has_request(request_id) or request_id in self.children:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self.pooling[request_id] = prompt_token_ids
+
+    def has_request(self, request_id: str) -> bool:
+        return request_id in self.requests or request_id in self.pooling
+
+    def parent_id(self, engine_request_id: str) -> str | None:
+        """The request that an engine request (one of its n sequences, or an embedding) belongs to."""
+        entry = self.children.get(engine_request_id)
+        if entry is not None:
+            return entry[0].request_id
+        return engine_request_id if engine_request_id in self.pooling else None
+
     @staticmethod
     def child_ids_for(request_id: str, params: SamplingParams) -> list[str]:
         return [child_request_id(request_id, i, params.n) for i in range(params.n)]
 
     def child_ids(self, request_id: str) -> list[str]:
         state = self.requests.get(request_id)
-        return [child_request_id(request_id, s.index, state.params.n) for s in state.sequences] if state else []
+        if state is None:
+            return [request_id] if request_id in self.pooling else []
+        return [child_request_id(request_id, s.index, state.params.n) for s in state.sequences]
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Forget the request; returns its final output with finish_reason 'abort' if it was live."""
         state = self.requests.get(request_id)
         if state is None:
+            self.pooling.pop(request_id, None)
             return None
         for seq in state.sequences:
             if seq.finish_reason is None:
@@ -85,13 +106,17 @@ class OutputProcessor:
         self._drop(state)
         return self._make_output(state, state.sequences)
 
-    def process(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
+    def process(self, outputs: list[EngineCoreOutput]
+                ) -> tuple[list[RequestOutput | EmbeddingRequestOutput], list[str]]:
         """Returns the updated request outputs and the engine ids to abort (a stop string hit)."""
         touched: dict[str, tuple[RequestState, list[SequenceState]]] = {}
-        to_abort = []
+        to_abort, embeddings = [], []
         for out in outputs:
             entry = self.children.get(out.request_id)
             if entry is None:
+                if out.pooling_output is not None and (ids := self.pooling.pop(out.request_id, None)) is not None:
+                    embeddings.append(EmbeddingRequestOutput(out.request_id, ids, EmbeddingOutput(out.pooling_output),
+                                                             num_cached_tokens=out.num_cached_tokens))
                 continue
             state, seq = entry
             if seq.finish_reason is not None:
@@ -120,7 +145,7 @@ class OutputProcessor:
                 results.append(self._make_output(state, seqs if state.delta else state.sequences))
             if finished:
                 self._drop(state)
-        return results, to_abort
+        return results + embeddings, to_abort
 
     def _drop(self, state: RequestState):
         self.requests.pop(state.request_id, None)

@@ -47,9 +47,11 @@ def profile_peak_memory(model: torch.nn.Module, backend: AttentionBackend, confi
     torch.cuda.reset_peak_memory_stats(device)
     hidden = model(input_ids, positions, ForwardContext(metadata, backend))
     rows = min(config.max_num_seqs, input_ids.shape[0])
-    logits = model.compute_logits(hidden[:rows])
-    temperature = torch.ones(rows, device=device)
-    Sampler()(logits, SamplingMetadata(temperature=temperature, all_greedy=False, all_random=True))
+    logits = None
+    if getattr(model, "lm_head", True) is not None:  # an embedding model has none: it pools the hidden states
+        logits = model.compute_logits(hidden[:rows])
+        temperature = torch.ones(rows, device=device)
+        Sampler()(logits, SamplingMetadata(temperature=temperature, all_greedy=False, all_random=True))
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - sum(c.numel() * c.element_size() for c in caches)
     for layer in layers:

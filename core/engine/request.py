@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.engine.messages import EngineCoreRequest
+from corral.pooling_params import PoolingParams
 from corral.sampling_params import SamplingParams
 
 
@@ -47,6 +48,9 @@ class Request:
     generator: Any = None
     # owned by the structured-output manager: the grammar matcher of a constrained request
     grammar: Any = None
+    pooling_params: PoolingParams | None = None  # an embedding request's (it samples nothing)
+    # owned by the pooling runner: what pooling needs across a chunked prompt
+    pooling_state: Any = None
 
     def __post_init__(self):
         self.all_token_ids = list(self.prompt_token_ids) + list(self.output_token_ids)
@@ -54,7 +58,7 @@ class Request:
     @classmethod
     def from_engine_core_request(cls, request: EngineCoreRequest) -> "Request":
         return cls(request.request_id, request.prompt_token_ids, request.sampling_params, request.eos_token_ids,
-                   request.arrival_time, cache_salt=request.cache_salt)
+                   request.arrival_time, cache_salt=request.cache_salt, pooling_params=request.pooling_params)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -19,6 +19,7 @@ from corral.distributed.group import (RENDEZVOUS_TIMEOUT, TensorParallelGroup, b
 from corral.distributed.step_broadcast import StepBroadcast
 from corral.engine.memory import does_not_fit_message, kv_cache_budget
 from corral.engine.model_runner import ModelRunner
+from corral.engine.pooling import as_embedding_model
 from corral.engine.profiling import profile_peak_memory
 from corral.model_config import ModelConfig
 from corral.model_loader import load_weights
@@ -47,6 +48,8 @@ def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, devic
     try:
         with torch.device(device), default_dtype(config.torch_dtype), building(group):
             model = model_cls(model_config)  # allocated in its final dtype, this rank's shard only
+        if config.task == "embed":
+            as_embedding_model(model)
         if config.load_format == "dummy":
             for param in model.parameters():
                 param.data.uniform_(-1e-3, 1e-3)
