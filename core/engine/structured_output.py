@@ -60,8 +60,8 @@ class StructuredOutputCompiler:
                 grammar = str(self._xgr.Grammar.from_json_schema(text, any_whitespace=False))
                 # xgrammar's length-bounded strings let raw control characters through, which JSON forbids
                 return self.compiler.compile_grammar(grammar.replace(r'[^\"\\\r\n]', r'[^\0-\x1f\"\\\r\n]'))
-            if kind == "json_object":
-                return self.compiler.compile_builtin_json_grammar()
+            if kind == "json_object":  # OpenAI's JSON mode answers an object; xgrammar's builtin JSON allows any value
+                return self.compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
             if kind == "regex":
                 re.compile(text)
                 return self.compiler.compile_regex(text)

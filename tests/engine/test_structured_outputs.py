@@ -62,6 +62,15 @@ def test_regex_and_choice_outputs_match_exactly(llm):
         assert by_choice.outputs[0].text in choices
 
 
+def test_json_object_mode_gives_an_object_whatever_the_weights(llm):
+    params = [SamplingParams(temperature=1.0, max_tokens=120, seed=seed, structured_outputs={"json_object": True})
+              for seed in range(6)]
+    outputs = [o.outputs[0] for o in llm.generate(PROMPTS * 2, params)]
+    assert all(o.text.startswith("{") for o in outputs)
+    finished = [o for o in outputs if o.finish_reason == "stop"]  # a random model may run out of tokens inside a string
+    assert finished and all(isinstance(json.loads(o.text), dict) for o in finished)
+
+
 def test_an_ebnf_grammar_constrains_the_output(llm):
     grammar = 'root ::= "(" item ("," item){0,3} ")"\nitem ::= [a-c] | "zz"'
     for seed in range(4):

@@ -55,12 +55,11 @@ class Options(OllamaBase):
 
 
 def response_format(value) -> dict | None:
-    """Ollama's `format` as OpenAI's response_format: "json" is any JSON object (a schema says so: the json_object
-    grammar also lets arrays and scalars through), an object a JSON schema."""
+    """Ollama's `format` as OpenAI's response_format: "json" is JSON mode (a JSON object), an object a JSON schema."""
     if value is None or value == "":
         return None
     if value == "json":
-        value = {"type": "object"}
+        return {"type": "json_object"}
     if isinstance(value, dict):
         return {"type": "json_schema", "json_schema": {"name": "format", "schema": value}}
     raise BadRequestError(f'format must be "json" or a JSON schema (an object), got {value!r}', param="format")
