@@ -45,10 +45,11 @@ def main():
     ap.add_argument("--num-scheduler-steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="print kernel totals and GPU idle time instead")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")
     args = ap.parse_args()
     config = EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=2048, max_num_seqs=8,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
-                          attention_backend=args.attention_backend)
+                          attention_backend=args.attention_backend, tensor_parallel_size=args.tensor_parallel_size)
     engine = EngineCore(config)
     bandwidth = copy_bandwidth()
     c = CONFIGS[args.model]
@@ -65,7 +66,8 @@ def main():
         emit(dict(environment(), benchmark="B3", model=args.model, prompt_len=prompt_len, output_len=512,
                   ms_per_token=round(ms, 3), floor_ms=round(floor_ms, 3), floor_fraction=round(floor_ms / ms, 3),
                   copy_bandwidth_tb_s=round(bandwidth / 1e12, 2), enforce_eager=args.enforce_eager,
-                  num_scheduler_steps=args.num_scheduler_steps, attention_backend=args.attention_backend))
+                  num_scheduler_steps=args.num_scheduler_steps, attention_backend=args.attention_backend,
+                  tensor_parallel_size=args.tensor_parallel_size))
 
 
 if __name__ == "__main__":

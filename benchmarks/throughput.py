@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")
     ap.add_argument("--structured-outputs", default="none", choices=["none", "all", "mixed"],
                     help="B1 with every request (or every other one) constrained to a JSON schema")
     ap.add_argument("--tokenizer", help="a folder whose tokenizer files the model folder gets (a grammar needs one)")
@@ -102,7 +103,8 @@ def main():
     config = EngineConfig(directory, load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
-                          async_scheduling=args.async_scheduling, attention_backend=args.attention_backend)
+                          async_scheduling=args.async_scheduling, attention_backend=args.attention_backend,
+                          tensor_parallel_size=args.tensor_parallel_size)
     engine = EngineCore(config)
     warm_up(engine, args.workload, args.structured_outputs)
     if args.profile:
@@ -139,7 +141,7 @@ def report(args, engine, prompts, seconds, num_out, repeat, compiled, roofline):
               total_tok_s=round((num_out + num_in) / seconds, 1), requests_s=round(len(prompts) / seconds, 2),
               num_kv_blocks=engine.num_blocks, enforce_eager=args.enforce_eager, repeat=repeat,
               num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling,
-              structured_outputs=args.structured_outputs,
+              structured_outputs=args.structured_outputs, tensor_parallel_size=args.tensor_parallel_size,
               attention_backend=args.attention_backend, compiled_during_run=compiled))
 
 

@@ -45,8 +45,9 @@ class EngineCore:
         except BaseException as e:
             if self.workers is None:
                 raise
+            error = self.workers.explain(e)  # which rank failed, and why
             self.workers.close()
-            raise self.workers.explain(e) from e
+            raise error from e
         prefix_caching = config.enable_prefix_caching and (self.pooler_config is None or
                                                            self.pooler_config.prefix_cacheable)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching)
@@ -63,8 +64,8 @@ class EngineCore:
         if (self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton"
                 and self.pooling is None):  # graphs are for decode steps
             self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
-        if self.workers is not None and on_worker_failure is not None:
-            self.workers.watch(on_worker_failure)
+        if self.workers is not None:
+            self.workers.serve(on_worker_failure)
 
     def _kv_bytes_per_token(self) -> int:
         return kv_bytes_per_token(self.config, self.model_config)

@@ -36,6 +36,7 @@ class WorkerProcesses:
         self.failure: str | None = None
         self._failed = threading.Event()
         self._closing = False
+        self._serving = False  # every rank built and waiting for steps
         self._lock = threading.Lock()
         self._on_failure: Callable[[str], None] | None = None
         self.store = dist.TCPStore("127.0.0.1", 0, None, True, timeout=RENDEZVOUS_TIMEOUT, wait_for_workers=False)
@@ -81,12 +82,13 @@ class WorkerProcesses:
             raise self.explain(joined["error"])
         return joined["group"]
 
-    def watch(self, on_failure: Callable[[str], None]):
-        """Call `on_failure(message)` when a rank dies (now, if one already has)."""
+    def serve(self, on_failure: Callable[[str], None] | None = None):
+        """Every rank is built: from now on they run steps, and `on_failure(message)` is called when a
+        rank dies (now, if one already has)."""
         with self._lock:
-            self._on_failure = on_failure
+            self._serving, self._on_failure = True, on_failure
             failure = self.failure
-        if failure is not None:
+        if failure is not None and on_failure is not None:
             on_failure(failure)
 
     def explain(self, error: BaseException, as_type: type[Exception] = ConfigError) -> BaseException:
@@ -112,13 +114,13 @@ class WorkerProcesses:
         if self._closing:
             return
         self._closing = True
-        if self.failure is None and getattr(self, "steps", None) is not None:
+        if self._serving and self.failure is None:
             try:
                 self.steps.stop()
             except RuntimeError:
                 pass
-        for process in self.processes:
-            process.join(timeout)
+            for process in self.processes:
+                process.join(timeout)
         _kill(self.processes)
         for conn in self.conns:
             conn.close()

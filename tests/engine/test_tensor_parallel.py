@@ -147,7 +147,7 @@ def test_a_rank_that_fails_to_start_fails_the_engine_with_its_reason(awkward_mod
 def test_a_killed_rank_ends_the_engine_within_seconds_with_a_clear_error(awkward_models):
     llm = LLM(str(awkward_models["qwen3"]), tensor_parallel_size=2, dtype="float32", device="cpu")
     failures = []
-    llm.engine.core.workers.watch(failures.append)
+    llm.engine.core.workers.serve(failures.append)
     worker = llm.engine.core.workers.processes[0]
     os.kill(worker.pid, signal.SIGKILL)
     start = time.monotonic()
