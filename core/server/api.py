@@ -23,6 +23,7 @@ from corral.server.protocol import ChatCompletionRequest, CompletionRequest, Det
 from corral.server.responses.routes import add_responses_routes
 from corral.server.serving_chat import create_chat_completion, render_prompt
 from corral.server.serving_completion import create_completion
+from corral.server.serving_embedding import add_embeddings_routes
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     add_anthropic_routes(app)
     add_responses_routes(app, config.max_stored_responses)
     add_ollama_routes(app)
+    add_embeddings_routes(app)
     return app
 
 
@@ -193,7 +195,7 @@ class RequestMetricsMiddleware:
     """Counts HTTP requests by model (set by the route in request.state), endpoint and status."""
 
     ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/messages",
-                 "/v1/responses", "/api/chat", "/api/generate")
+                 "/v1/responses", "/v1/embeddings", "/api/chat", "/api/generate")
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics

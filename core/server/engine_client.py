@@ -13,7 +13,8 @@ from corral.engine.input_processor import InputProcessor
 from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
                                     EngineReady, FromEngine, RequestRejected, SchedulerStats)
 from corral.engine.output_processor import OutputProcessor
-from corral.outputs import RequestOutput
+from corral.outputs import EmbeddingRequestOutput, RequestOutput
+from corral.pooling_params import PoolingParams, TaskError
 from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
 from corral.server.engine_process import EngineProcess
@@ -175,9 +176,9 @@ class EngineClient:
                 self.engine.send(AbortRequests(to_abort))
             self.stats = message.stats
         elif isinstance(message, RequestRejected):
-            entry = self.output_processor.children.get(message.request_id)
-            if entry is not None:
-                self._fail(entry[0].request_id, BadRequestError(message.message, param="prompt"))
+            request_id = self.output_processor.parent_id(message.request_id)
+            if request_id is not None:
+                self._fail(request_id, BadRequestError(message.message, param="prompt"))
         elif isinstance(message, EngineReady):
             self.input_processor.max_model_len = message.max_model_len
             self.input_processor.vocab_size = message.vocab_size
@@ -245,7 +246,7 @@ class EngineClient:
         return paths
 
     def _fail(self, request_id: str, error: Exception):
-        if self.output_processor is not None and request_id in self.output_processor.requests:
+        if self.output_processor is not None and self.output_processor.has_request(request_id):
             self.engine.send(AbortRequests(self.output_processor.child_ids(request_id)))
             self.output_processor.abort(request_id)
         if (q := self._queues.get(request_id)) is not None:
@@ -282,10 +283,11 @@ class EngineClient:
 
     # requests
 
-    async def admit(self, timeout: float, num_seqs: int = 1):
+    async def admit(self, timeout: float, num_seqs: int = 1, task: str = "generate"):
         """Count a request of num_seqs sequences (n x prompts) against the bounded queue, which holds
-        max_num_seqs + max_queue_len sequences (429 past it), and wait for the model to be ready.
-        Every successful admit is paired with one release(num_seqs)."""
+        max_num_seqs + max_queue_len sequences (429 past it), and wait for the model to be ready; 400
+        unless the model serves `task` (generate, or embed). Every successful admit is paired with one
+        release(num_seqs)."""
         if self.num_pending_seqs and self.num_pending_seqs + num_seqs > self.spec.max_pending:
             raise QueueFullError(f"model {self.name} has {self.num_pending_seqs} sequences in flight; with this "
                                  f"request's {num_seqs} it would pass its limit (max_num_seqs "
@@ -295,6 +297,10 @@ class EngineClient:
         self.last_used = time.monotonic()
         try:
             await self.wait_ready(timeout)
+            self.input_processor.check_task(task, self.name)
+        except TaskError as e:
+            self.release(num_seqs)
+            raise BadRequestError(str(e), param="model", code="model_not_supported") from None
         except BaseException:
             self.release(num_seqs)
             raise
@@ -357,8 +363,37 @@ class EngineClient:
             if registered:
                 self.abort(request_id)
 
+    async def embed(self, request_id: str, prompt_ids: list[int], params: PoolingParams, timeout: float = 600.0,
+                    cache_salt: str | None = None) -> EmbeddingRequestOutput:
+        """The pooled vector of one admitted embedding request; leaving early aborts it."""
+        start = time.monotonic()
+        q: asyncio.Queue = asyncio.Queue()
+        registered = False
+        try:
+            await self.wait_ready(timeout)
+            self.output_processor.add_pooling_request(request_id, prompt_ids)
+            self._queues[request_id], registered = q, True
+            self.engine.send(AddRequests([self.input_processor.pooling_request(request_id, prompt_ids, params, start,
+                                                                               cache_salt)]))
+            item = await q.get()
+            registered = False
+            if isinstance(item, BaseException):
+                raise item
+            if self.metrics is not None:
+                elapsed = time.monotonic() - start
+                self.metrics.observe_finished(self.name, "stop", len(prompt_ids), 0, elapsed, elapsed)
+            return item
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.requests_finished.labels(self.name, "error").inc()
+            raise
+        finally:
+            self._queues.pop(request_id, None)
+            if registered:
+                self.abort(request_id)
+
     def abort(self, request_id: str):
-        if self.output_processor is None or request_id not in self.output_processor.requests:
+        if self.output_processor is None or not self.output_processor.has_request(request_id):
             return
         child_ids = self.output_processor.child_ids(request_id)
         self.output_processor.abort(request_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from corral.engine.input_processor import InputProcessor
 from corral.model_config import positions_of
+from corral.pooling_params import pooler_config
 from corral.server.config import ModelSpec
 from corral.server.tool_calling import template_shows_tools
 
@@ -25,8 +26,9 @@ class ModelFiles:
     @classmethod
     def read(cls, model_dir: Path, spec: ModelSpec, plugin_manager=None) -> "ModelFiles":
         hf_config = json.loads((model_dir / "config.json").read_text())
+        pooler = pooler_config(model_dir, hf_config, spec.task, spec.pooling, spec.normalize)
         inputs = InputProcessor.from_model_dir(model_dir, served_max_model_len(spec, hf_config),
-                                               hf_config.get("vocab_size"), spec.sampling)
+                                               hf_config.get("vocab_size"), spec.sampling, pooler)
         architectures = hf_config.get("architectures") or [hf_config.get("model_type") or ""]
         parser = spec.reasoning_parser
         if parser == "auto":

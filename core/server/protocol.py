@@ -327,3 +327,23 @@ class TokenizeRequest(OpenAIBase):
 class DetokenizeRequest(OpenAIBase):
     model: str | None = None
     tokens: list[int]
+
+
+class EmbeddingRequest(OpenAIBase):
+    """POST /v1/embeddings: text, texts, token ids or lists of token ids; one vector each."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    _text = field_validator("model", "input")(unicode_text)
+
+    def inputs(self) -> list[str | list[int]]:
+        p = self.input
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        if not p:
+            raise BadRequestError("input must not be empty", param="input")
+        return list(p)

@@ -32,7 +32,12 @@ def now() -> int:
 
 def prompt_error(e: PromptError, param: str) -> BadRequestError:
     """The InputProcessor's verdict on a prompt, in OpenAI's words."""
-    what = "messages" if param == "messages" else "prompt"
+    what = param if param in ("messages", "input") else "prompt"
+    if isinstance(e, ContextLengthError) and e.max_tokens == 0:  # an embedding's prompt
+        return BadRequestError(
+            f"This model's maximum context length is {e.max_model_len} tokens. However, you requested "
+            f"{e.num_prompt_tokens} tokens in the {what} for embedding generation. Please reduce the length of the "
+            f"{what}.", param=param, code=e.code)
     if isinstance(e, ContextLengthError):
         asked = e.max_tokens or 1
         return BadRequestError(
