@@ -29,7 +29,9 @@ SERVING_FILES = frozenset({
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
     "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
     "chat_template.json",
+    "modules.json", "config_sentence_transformers.json",  # how a sentence-transformers model pools
 })
+POOLING_CONFIG = re.compile(r"\d+_Pooling/config\.json")
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,7 +56,8 @@ class RemoteSnapshot:
 
 def select_files(files: list[RemoteFile]) -> list[RemoteFile]:
     """Config, tokenizer, chat template, generation config, and the weights: safetensors with their
-    index, or `pytorch_model*.bin` only when the repository has no safetensors. Top level only."""
+    index, or `pytorch_model*.bin` only when the repository has no safetensors. Top level only, but for
+    a sentence-transformers Pooling module's config (embedding models: how they pool)."""
     top = [f for f in files if "/" not in f.path]
     safetensors = [f for f in top if f.path.endswith(".safetensors") and not f.path.startswith("consolidated")]
     if safetensors:
@@ -63,6 +66,7 @@ def select_files(files: list[RemoteFile]) -> list[RemoteFile]:
         weights = [f for f in top if re.fullmatch(r"pytorch_model.*\.bin", f.path)]
         index = "pytorch_model.bin.index.json"
     extra = [f for f in top if f.path in SERVING_FILES or f.path == index or f.path.endswith(".tiktoken")]
+    extra += [f for f in files if POOLING_CONFIG.fullmatch(f.path)]
     return sorted(extra + weights, key=lambda f: f.path)
 
 

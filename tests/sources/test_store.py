@@ -122,3 +122,10 @@ def test_a_download_that_the_disk_cannot_take_fails_before_it_starts(hf_hub):
             resolve_model(f"hf:{TINY}")
     assert hf_hub.gets() == []  # nothing fetched
     assert resolve_model(f"hf:{TINY}").is_dir()
+
+
+def test_an_embedding_model_brings_its_sentence_transformers_pooling_files():
+    repo = ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "config_sentence_transformers.json",
+            "1_Pooling/config.json", "2_Normalize/.gitkeep", "README.md"]
+    assert names(repo) == ["1_Pooling/config.json", "config.json", "config_sentence_transformers.json",
+                           "model.safetensors", "modules.json", "tokenizer.json"]
