@@ -30,6 +30,7 @@ STEPS = {
     "b6": [sys.executable, "-m", "benchmarks.serving", "--models"],
     "ceiling": [sys.executable, "-m", "benchmarks.ceiling"],
     "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
+    "embed": [sys.executable, "-m", "benchmarks.embeddings", "--model"],
 }
 
 
