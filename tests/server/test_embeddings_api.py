@@ -136,7 +136,7 @@ def test_ollama_embed_gives_the_same_vectors(server, client):
     assert len(long.embeddings[0]) == 64 and long.prompt_eval_count == MAX_MODEL_LEN
     with pytest.raises(ollama.ResponseError, match="maximum context length"):
         ollama_client.embed(model="embed", input="word " * 400, truncate=False)
-    with pytest.raises(ollama.ResponseError, match="does not serve embeddings"):
+    with pytest.raises(ollama.ResponseError, match='model "chat" does not support embeddings'):
         ollama_client.embed(model="chat", input="Hello")
 
 
