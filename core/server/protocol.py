@@ -37,6 +37,15 @@ def unicode_text(value):
     return value
 
 
+def prompt_list(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str | list[int]]:
+    """A text, texts, token ids or lists of token ids as a list of prompts; 400 naming `param` when empty."""
+    if isinstance(value, str) or (value and isinstance(value[0], int)):
+        return [value]
+    if not value:
+        raise BadRequestError(f"{param} must not be empty", param=param)
+    return list(value)
+
+
 class OpenAIBase(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -282,12 +291,7 @@ class CompletionRequest(SamplingFields):
     _text = field_validator("prompt")(unicode_text)
 
     def prompts(self) -> list[str | list[int]]:
-        p = self.prompt
-        if isinstance(p, str) or (p and isinstance(p[0], int)):
-            return [p]
-        if not p:
-            raise BadRequestError("prompt must not be empty", param="prompt")
-        return list(p)
+        return prompt_list(self.prompt, "prompt")
 
     def check(self):
         if self.suffix:
@@ -341,9 +345,4 @@ class EmbeddingRequest(OpenAIBase):
     _text = field_validator("model", "input")(unicode_text)
 
     def inputs(self) -> list[str | list[int]]:
-        p = self.input
-        if isinstance(p, str) or (p and isinstance(p[0], int)):
-            return [p]
-        if not p:
-            raise BadRequestError("input must not be empty", param="input")
-        return list(p)
+        return prompt_list(self.input, "input")
