@@ -5,6 +5,7 @@ import torch
 
 from corral.config import EngineConfig
 from corral.distributed.group import TensorParallelGroup, rank_device
+from corral.engine import sleep
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.messages import SchedulerStats
 from corral.engine.model_runner import InFlight, ModelRunner
@@ -64,11 +65,20 @@ class EngineCore:
         if (self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton"
                 and self.pooling is None):  # graphs are for decode steps
             self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
+        self.asleep: sleep.Slept | None = None  # the host copy of the weights while asleep
         if self.workers is not None:
             self.workers.serve(on_worker_failure)
 
     def _kv_bytes_per_token(self) -> int:
         return kv_bytes_per_token(self.config, self.model_config)
+
+    def sleep(self):
+        """Free this idle engine's device memory, keeping the weights on the host (corral.engine.sleep)."""
+        self.asleep = sleep.sleep(self)
+
+    def wake(self):
+        sleep.wake(self, self.asleep)
+        self.asleep = None
 
     def shutdown(self):
         """Stop the other ranks (a single-rank engine has nothing to stop)."""

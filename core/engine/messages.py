@@ -1,7 +1,7 @@
 """Everything that crosses from the API process to an engine process and back: named, typed
 structs, never tuples read by position. The engine builds its own `Request` from an
 `EngineCoreRequest`; nothing mutable of the engine's is pickled across."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corral.outputs import EngineCoreOutput
 from corral.pooling_params import PoolingParams
@@ -35,6 +35,16 @@ class SchedulerStats:
     num_preemptions: int = 0
 
 
+@dataclass(slots=True)
+class EngineMemory:
+    """What an engine holds on its device: its weights and KV cache, and all that torch's allocator keeps
+    there (CUDA graphs and cached activations included; 0 on CPU)."""
+
+    weights_bytes: int = 0
+    kv_cache_bytes: int = 0
+    device_bytes: int = 0
+
+
 # API process -> engine process
 
 @dataclass(slots=True)
@@ -52,6 +62,17 @@ class Shutdown:
     pass
 
 
+@dataclass(slots=True)
+class Sleep:
+    """Free the device memory of an idle engine: weights to (pinned) host memory, KV cache and CUDA graphs
+    dropped; the process stays. Answered by SleepDone."""
+
+
+@dataclass(slots=True)
+class Wake:
+    """Copy the weights back and allocate the KV cache again. Answered by SleepDone."""
+
+
 # engine process -> API process
 
 @dataclass(slots=True)
@@ -61,6 +82,7 @@ class EngineReady:
     num_kv_blocks: int
     block_size: int
     vocab_size: int
+    memory: EngineMemory = field(default_factory=EngineMemory)
 
 
 @dataclass(slots=True)
@@ -78,6 +100,15 @@ class RequestRejected:
 
 
 @dataclass(slots=True)
+class SleepDone:
+    """The answer to Sleep or Wake: whether the engine sleeps now, what it holds after, or why it could not."""
+
+    asleep: bool
+    memory: EngineMemory
+    error: str | None = None
+
+
+@dataclass(slots=True)
 class EngineFailed:
     """The engine could not start, or failed while running; it exits after sending this."""
 
@@ -89,5 +120,5 @@ class EngineExited:
     """Not sent: the API process's reader reports the pipe closing as this."""
 
 
-ToEngine = AddRequests | AbortRequests | Shutdown
-FromEngine = EngineReady | EngineOutputs | RequestRejected | EngineFailed | EngineExited
+ToEngine = AddRequests | AbortRequests | Shutdown | Sleep | Wake
+FromEngine = EngineReady | EngineOutputs | RequestRejected | SleepDone | EngineFailed | EngineExited

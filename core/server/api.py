@@ -16,6 +16,7 @@ from corral.server.config import ServerConfig
 from corral.server.error_shapes import ErrorShapes
 from corral.server.errors import APIError, BadRequestError, InternalServerError, NotFoundError, validation_error
 from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
+from corral.server.model_routes import add_model_routes
 from corral.server.metrics import Metrics
 from corral.server.model_registry import ModelRegistry
 from corral.server.ollama.routes import add_ollama_routes
@@ -127,6 +128,7 @@ def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
     add_responses_routes(app, config.max_stored_responses)
     add_ollama_routes(app)
     add_embeddings_routes(app)
+    add_model_routes(app)
     return app
 
 

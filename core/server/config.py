@@ -99,6 +99,16 @@ class ServerConfig:
     limit_concurrency: int = setting(1024, "connections served at once; more get 503 (default 1024)")
     shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish after SIGTERM (default 30)")
     request_load_timeout: float = setting(600.0)   # how long a request waits for its model to finish loading
+    memory_budget_bytes: int | None = setting(None, "device memory for all models together, e.g. 6GiB: models load "
+                                                    "on demand and the least recently used idle ones sleep or "
+                                                    "unload to make room (on CUDA the default is "
+                                                    "--gpu-memory-utilization of the device once "
+                                                    "--max-loaded-models is given)", flag="--memory-budget")
+    max_loaded_models: int | None = setting(None, "models awake at once; more load on demand, evicting the least "
+                                                  "recently used idle one (default: as many as the budget holds)")
+    eviction: str = setting("sleep", "what makes room for a model: sleep (default: idle models' weights go to host "
+                                     "memory, their engines stay and wake fast; unloaded when that is not enough) "
+                                     "or unload", choices=("sleep", "unload"))
 
 
 SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
@@ -165,6 +175,12 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
         read_key_file(config.api_key_file)  # a missing or empty file fails now, in one line
     if config.prefix_cache_isolation not in ("key", "none"):
         raise ConfigError(f"prefix_cache_isolation must be key or none, got {config.prefix_cache_isolation!r}")
+    if config.memory_budget_bytes is not None and config.memory_budget_bytes <= 0:
+        raise ConfigError(f"memory_budget must be a positive size such as 6GiB, got {config.memory_budget_bytes}")
+    if config.eviction not in ("sleep", "unload"):
+        raise ConfigError(f"eviction must be sleep or unload, got {config.eviction!r}")
+    if config.max_loaded_models is not None and config.max_loaded_models < 1:
+        raise ConfigError(f"max_loaded_models must be >= 1, got {config.max_loaded_models}")
     if config.max_stored_responses < 0:
         raise ConfigError(f"max_stored_responses must be >= 0, got {config.max_stored_responses}")
     if not 0 < config.port < 65536 and config.port != 0:

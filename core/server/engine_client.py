@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from corral.engine.input_processor import InputProcessor
-from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
-                                    EngineReady, FromEngine, RequestRejected, SchedulerStats)
+from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineMemory,
+                                    EngineOutputs, EngineReady, FromEngine, RequestRejected, SchedulerStats, Sleep,
+                                    SleepDone, Wake)
 from corral.engine.output_processor import OutputProcessor
 from corral.outputs import EmbeddingRequestOutput, RequestOutput
 from corral.pooling_params import PoolingParams, TaskError
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 class ModelState(str, enum.Enum):
     """unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails;
-    ready -> restarting -> ready when its engine dies (restarting after a backoff while it keeps dying)."""
+    ready -> restarting -> ready when its engine dies (restarting after a backoff while it keeps dying);
+    ready -> sleeping (its engine kept, its device memory freed) -> loading (waking) -> ready."""
 
     UNLOADED = "unloaded"
     RESOLVING = "resolving"
@@ -35,6 +37,7 @@ class ModelState(str, enum.Enum):
     LOADING = "loading"
     READY = "ready"
     RESTARTING = "restarting"
+    SLEEPING = "sleeping"
     ERROR = "error"
 
     def __str__(self) -> str:
@@ -70,6 +73,10 @@ class EngineClient:
         self.tool_parser: type | None = None       # None: the generic JSON format
         self.json_tool_parser: type | None = None
         self.stats: SchedulerStats | None = None
+        self.engine_ready: EngineReady | None = None  # its engine's sizes, and the memory it holds
+        self.make_room = None               # under a memory budget: awaited before its engine starts
+        self.engine_overrides: dict = {}    # engine settings the memory budget decides (its KV cache size)
+        self.waiting_for: str | None = None  # while a load waits for memory: what holds it
         self.restarts = 0
         self.num_pending = 0                # requests admitted and not yet released
         self.num_pending_seqs = 0           # their sequences: what the queue bound counts
@@ -82,6 +89,9 @@ class EngineClient:
         self._closing = False
         self._crashes: list[float] = []
         self._exit_task: asyncio.Task | None = None
+        self.asleep = False                 # its engine sleeps: the next load wakes it
+        self._sleep_lock = asyncio.Lock()   # one Sleep or Wake at a time, each awaiting its SleepDone
+        self._sleep_reply: asyncio.Future | None = None
 
     @property
     def pid(self) -> int | None:
@@ -110,7 +120,7 @@ class EngineClient:
 
     def load(self):
         """Start loading unless loading or loaded."""
-        if self._closing or self.state not in (ModelState.UNLOADED, ModelState.ERROR):
+        if self._closing or self.state not in (ModelState.UNLOADED, ModelState.ERROR, ModelState.SLEEPING):
             return
         self._start_load(ModelState.LOADING)
 
@@ -126,7 +136,14 @@ class EngineClient:
                 await asyncio.to_thread(self._prepare)
             if self.state != ModelState.RESTARTING:
                 self.state = ModelState.LOADING
-            engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len)  # capped by _prepare
+            if self.make_room is not None and not await self.make_room(self):
+                self.state = ModelState.SLEEPING if self.asleep else ModelState.UNLOADED  # no room, no request waits
+                return
+            if self.asleep:
+                await self._wake()
+                return
+            engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len,  # capped by _prepare
+                               **self.engine_overrides)
             self.engine = EngineProcess(self.name, str(self.model_dir), engine_args, self.num_threads,
                                         self.log_level, asyncio.get_running_loop(), self._on_message,
                                         self.spec.devices)
@@ -182,6 +199,7 @@ class EngineClient:
         elif isinstance(message, EngineReady):
             self.input_processor.max_model_len = message.max_model_len
             self.input_processor.vocab_size = message.vocab_size
+            self.engine_ready = message
             self.stats = SchedulerStats(num_kv_blocks=message.num_kv_blocks,
                                         num_free_kv_blocks=message.num_kv_blocks)
             self.state, self.error, self.settled_once = ModelState.READY, None, True
@@ -196,14 +214,20 @@ class EngineClient:
                                                    "not completed (the engine is restarting, retry shortly)"))
         elif isinstance(message, EngineFailed):
             self._set_error(message.message)
+        elif isinstance(message, SleepDone):
+            if self._sleep_reply is not None and not self._sleep_reply.done():
+                self._sleep_reply.set_result(message)
         elif isinstance(message, EngineExited):
             self._on_engine_exit(engine)
 
     def _on_engine_exit(self, engine: EngineProcess):
+        if self._sleep_reply is not None and not self._sleep_reply.done():
+            self._sleep_reply.set_result(SleepDone(False, EngineMemory(), "its engine exited"))
+        self.asleep = False
         if self._closing or self.state in (ModelState.UNLOADED, ModelState.ERROR):
             asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)  # reap it
             return
-        crashed = self.state in (ModelState.READY, ModelState.RESTARTING)  # it had served: restart it
+        crashed = self.state in (ModelState.READY, ModelState.RESTARTING, ModelState.SLEEPING)  # it had served
         self._fail_all(lambda: EngineDeadError(f"the engine of model {self.name} died; the request was not "
                                                "completed (the engine is restarting, retry shortly)"))
         if self._load_task is not None and not self._load_task.done():
@@ -258,12 +282,49 @@ class EngineClient:
 
     async def unload(self):
         """Stop the engine, keeping the files and tokenizer: the next request loads it again."""
-        if self.state != ModelState.READY or self.num_pending:
+        if self.state not in (ModelState.READY, ModelState.SLEEPING) or self.num_pending:
             return
+        self.asleep = False
         logger.info("unloading idle model %s", self.name)
         self.state, self.stats = ModelState.UNLOADED, None
         self._settled.clear()
-        await asyncio.to_thread(self.engine.stop, 10)
+        engine = self.engine
+        await asyncio.to_thread(engine.stop, 10)
+        if self.engine is engine:
+            self.engine = None  # its exit, still on its way, is not a new engine's
+
+    async def sleep(self) -> bool:
+        """Put the idle model to sleep: its engine frees its device memory and keeps its process and the
+        weights in host memory; the next request (or load) wakes it. False unless it was ready and idle."""
+        if self.state != ModelState.READY or self.num_pending:
+            return False
+        logger.info("putting model %s to sleep", self.name)
+        self.state, self.asleep = ModelState.SLEEPING, True  # a load from now on wakes it
+        self._settled.clear()
+        done = await self._ask(Sleep())
+        self.asleep = done.asleep
+        if done.error is not None:
+            logger.warning("model %s cannot sleep: %s", self.name, done.error)
+            if self.state == ModelState.SLEEPING:
+                self.state = ModelState.READY
+                self._settled.set()
+        return done.error is None
+
+    async def _wake(self):
+        done = await self._ask(Wake())
+        self.asleep = done.asleep
+        if done.error is not None or done.asleep:
+            self._set_error(f"could not wake: {done.error}")
+            return
+        logger.info("model %s is awake", self.name)
+        self.state, self.error = ModelState.READY, None
+        self._settled.set()
+
+    async def _ask(self, message: Sleep | Wake) -> SleepDone:
+        async with self._sleep_lock:
+            self._sleep_reply = asyncio.get_running_loop().create_future()
+            self.engine.send(message)
+            return await self._sleep_reply
 
     async def shutdown(self, timeout: float = 10.0):
         self._closing = True
@@ -319,7 +380,8 @@ class EngineClient:
         try:
             await asyncio.wait_for(self._settled.wait(), timeout)
         except asyncio.TimeoutError:
-            raise ModelUnavailableError(f"model {self.name} is still loading; retry later") from None
+            waiting = f"waiting for memory: {self.waiting_for}" if self.waiting_for else "still loading"
+            raise ModelUnavailableError(f"model {self.name} is {waiting}; retry later") from None
         if self.state != ModelState.READY:
             raise ModelUnavailableError(f"model {self.name} is unavailable: {self.error or self.state}")
 

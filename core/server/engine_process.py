@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
-                                    EngineReady, FromEngine, RequestRejected, Shutdown, ToEngine)
+                                    EngineReady, FromEngine, RequestRejected, Shutdown, Sleep, ToEngine, Wake)
 from corral.engine.request import Request
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,9 @@ def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: 
         _send(conn, EngineFailed(f"{type(e).__name__}: {e}"))
         conn.close()
         raise SystemExit(1)
+    from corral.engine.sleep import memory_held
     _send(conn, EngineReady(os.getpid(), core.config.max_model_len, core.num_blocks, core.config.block_size,
-                            core.model_config.vocab_size))
+                            core.model_config.vocab_size, memory_held(core)))
     try:
         serve(core, conn)
     except (EOFError, OSError, BrokenPipeError):
@@ -209,6 +210,9 @@ def _handle(core, outbox: Outbox, message: ToEngine) -> bool:
                 outbox.send(RequestRejected(request.request_id, str(e)))
     elif isinstance(message, AbortRequests):
         core.abort_requests(message.request_ids)
+    elif isinstance(message, (Sleep, Wake)):
+        from corral.engine.sleep import answer
+        outbox.send(answer(core, message))
     elif isinstance(message, Shutdown):
         return False
     return True

@@ -50,6 +50,14 @@ class ModelNotFoundError(APIError):
     code = "model_not_found"
 
 
+class ConflictError(APIError):
+    """The request conflicts with the model's state (it has requests in flight, or cannot do that)."""
+
+    status_code = HTTPStatus.CONFLICT
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class QueueFullError(APIError):
     status_code = HTTPStatus.TOO_MANY_REQUESTS
     type = "rate_limit_error"

@@ -9,6 +9,7 @@ import time
 from corral.server.config import ServerConfig
 from corral.server.engine_client import EngineClient, ModelState
 from corral.server.errors import ModelNotFoundError, is_local_path
+from corral.server.model_memory import ModelMemory, memory_held
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ class ModelRegistry:
         self.created = int(time.time())
         self._keep_alive: dict[str, float | None] = {}  # set by requests (Ollama's keep_alive), by model
         self._watchdog: asyncio.Task | None = None
+        self.memory = ModelMemory.from_config(config, self.clients)  # None: no budget, nothing evicted
+        if self.memory is not None:
+            for client in self:
+                client.make_room = self.memory.make_room
 
     def __iter__(self):
         return iter(self.clients.values())
@@ -47,6 +52,8 @@ class ModelRegistry:
     async def start(self):
         for client in self:
             if client.spec.preload:
+                if self.memory is not None:
+                    self.memory.preloading.add(client.name)
                 client.load()
         if any(c.spec.keep_alive is not None for c in self):
             self._watchdog = asyncio.create_task(self._unload_idle(), name="keep-alive")
@@ -74,18 +81,19 @@ class ModelRegistry:
                 keep_alive = self.keep_alive(client)
                 if (keep_alive is not None and client.state == ModelState.READY and not client.num_pending
                         and now - client.last_used >= keep_alive):
-                    await client.unload()
+                    await (client.unload() if self.memory is None else self.memory.unload(client))
 
     @property
     def starting(self) -> bool:
         """Some preloaded model has not finished its first load."""
-        return any(c.spec.preload and not c.settled_once for c in self)
+        return any(c.spec.preload and not c.settled_once and c.state != ModelState.UNLOADED for c in self)
 
     def describe(self, client: EngineClient) -> dict:
         """A /v1/models entry."""
         entry = {"id": client.name, "object": "model", "created": self.created, "owned_by": "corral",
                  "root": client.name if is_local_path(client.spec.model) else client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
-                 "state": client.state, "max_model_len": client.max_model_len}
+                 "state": client.state, "max_model_len": client.max_model_len,
+                 "memory_bytes": memory_held(client, self.memory)}
         if client.state == ModelState.ERROR:
             entry["error"] = client.error
         progress = client.progress
@@ -100,7 +108,8 @@ class ModelRegistry:
         Status "degraded" while some model is failing (could not load, or its engine keeps dying).
         Open without a key, so states and counts only: no pids, no error text."""
         models = {c.name: {"state": c.state, "failing": c.failing, "crashes": c.crashes, "restarts": c.restarts,
-                           "pending": c.num_pending, **(dataclasses.asdict(c.stats) if c.stats else {})}
+                           "pending": c.num_pending, "memory_bytes": memory_held(c, self.memory),
+                           **(dataclasses.asdict(c.stats) if c.stats else {})}
                   for c in self}
         serving = any(c.state == ModelState.READY or not c.failing for c in self)
         if self.starting or not serving:
