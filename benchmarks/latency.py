@@ -42,7 +42,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-4b")
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--num-scheduler-steps", type=int, default=8)
+    ap.add_argument("--num-scheduler-steps", type=int, default=1)
     ap.add_argument("--profile", action="store_true", help="print kernel totals and GPU idle time instead")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")

@@ -43,7 +43,7 @@ def batch_bin(num_seqs: int) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-0.6b")
-    ap.add_argument("--num-scheduler-steps", type=int, default=8)
+    ap.add_argument("--num-scheduler-steps", type=int, default=1)
     ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
     args = ap.parse_args()
     engine = EngineCore(EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=4096,

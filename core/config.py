@@ -58,9 +58,9 @@ class EngineArgs:
     enable_prefix_caching: bool = setting(True)
     attention_backend: str | None = setting(None)
     enforce_eager: bool = setting(False, "no CUDA graphs (they are captured for decode batches by default)")
-    num_scheduler_steps: int = setting(8, "decode steps per launch (default 8): fewer host round trips; each "
-                                          "step's tokens still stream as soon as they are sampled")
-    async_scheduling: bool = setting(True)  # launch the next multi-step group before this one's tokens are back
+    num_scheduler_steps: int = setting(1, "decode steps per launch (default 1; each step is launched while the one "
+                                          "before runs, so a new request joins at the next step)")
+    async_scheduling: bool = setting(True)  # launch the next decode step (or group) before this one's tokens are back
     seed: int = setting(0)
     load_format: str = setting("auto", "dummy: random weights (config.json and a tokenizer suffice), "
                                        "for benchmarks", choices=("auto", "dummy"))

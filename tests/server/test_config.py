@@ -118,10 +118,10 @@ def test_load_format_dummy_reaches_the_engine_for_random_weight_benchmarks():
 
 
 def test_engine_flags_reach_the_engine_and_are_checked():
-    (spec,) = build_server_config(serve_args("/models/q", "--num-scheduler-steps", "1", "--enforce-eager"), {}).models
-    assert spec.engine_args()["num_scheduler_steps"] == 1 and spec.engine_args()["enforce_eager"] is True
+    (spec,) = build_server_config(serve_args("/models/q", "--num-scheduler-steps", "8", "--enforce-eager"), {}).models
+    assert spec.engine_args()["num_scheduler_steps"] == 8 and spec.engine_args()["enforce_eager"] is True
     (spec,) = build_config(["/models/q"]).models
-    assert spec.engine_args()["num_scheduler_steps"] == 8 and spec.engine_args()["enforce_eager"] is False
+    assert spec.engine_args()["num_scheduler_steps"] == 1 and spec.engine_args()["enforce_eager"] is False
     with pytest.raises(ConfigError, match="num_scheduler_steps must be >= 1"):
         build_server_config(serve_args("/models/q", "--num-scheduler-steps", "0"), {})
 

@@ -12,7 +12,6 @@ def test_a_streamed_completion_arrives_one_token_per_chunk_at_light_load(server,
     # a real model writes whole characters (a random one's bytes often end inside one, held back)
     if "smollm2" not in served_models:
         pytest.skip("smollm2-135m-instruct is not available")
-    assert server.client("smollm2").spec.num_scheduler_steps > 1
     body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     texts, usage = [], None
