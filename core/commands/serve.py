@@ -31,6 +31,11 @@ def add_commands(subparsers):
     p.add_argument("--reasoning-parser", help="auto (Qwen3 models), qwen3 or none")
     p.add_argument("--tool-call-parser", help="auto (from the model's architecture and chat template; generic "
                                               "JSON when it has no format) or a parser: corral plugins lists them")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="serve on a Ray cluster with Ray Serve: a deployment per model (num_replicas, or "
+                        "min_replicas and max_replicas, per model) behind corral's app; ADDRESS: the cluster (default: "
+                        "RAY_ADDRESS, else the one `ray start` began here, else a new local one); needs "
+                        "pip install 'corral[ray]'")
     p.set_defaults(handler=serve)
 
 
@@ -80,6 +85,8 @@ def serve(args) -> int:
         raise CLIError(f"corral serve needs fastapi and uvicorn, part of corral's install: "
                        f"pip install fastapi uvicorn ({e})") from None
     config = build_server_config(args)
+    if getattr(args, "ray", None) is not None:
+        return run_on_ray(config, args.ray or None)
     logger.info("serving %s on http://%s:%d", ", ".join(f"{s.name} ({s.model})" for s in config.models),
                 config.host, config.port)
     app = create_app(config)
@@ -87,6 +94,16 @@ def serve(args) -> int:
     server.run()
     if server.exit_code:
         raise CLIError("no model could be loaded: " + "; ".join(f"{c.name}: {c.error}" for c in app.state.registry))
+    return 0
+
+
+def run_on_ray(config, address: str | None) -> int:
+    from corral.cli import CLIError
+    try:
+        from corral.integrations.ray import serve_on_ray
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    serve_on_ray(config, address)
     return 0
 
 

@@ -13,6 +13,7 @@ from corral.engine.tokenizer import ChatTemplateError
 from corral.server.anthropic.routes import add_anthropic_routes
 from corral.server.auth import APIKeyMiddleware, APIKeys
 from corral.server.config import ServerConfig
+from corral.server.engine_client import EngineClient
 from corral.server.error_shapes import ErrorShapes
 from corral.server.errors import APIError, BadRequestError, InternalServerError, NotFoundError, validation_error
 from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
@@ -51,9 +52,10 @@ def detokenize_request(client, body: DetokenizeRequest) -> dict:
     return {"prompt": client.tokenizer.decode(body.tokens)}
 
 
-def create_app(config: ServerConfig, plugin_manager=None) -> FastAPI:
+def create_app(config: ServerConfig, plugin_manager=None, engine_client: type[EngineClient] = EngineClient) -> FastAPI:
+    """`engine_client`: how the app reaches each model's engine (an engine process of its own by default)."""
     metrics = Metrics()
-    registry = ModelRegistry(config, metrics, plugin_manager)
+    registry = ModelRegistry(config, metrics, plugin_manager, engine_client)
     metrics.watch(registry)
 
     @asynccontextmanager

@@ -54,6 +54,9 @@ class ModelSpec(EngineArgs):
     tool_call_parser: str = "auto"        # auto (from the architecture and chat template) or a parser's name
     sampling: dict = field(default_factory=dict)
     startup_timeout: float = 900.0
+    num_replicas: int = 1                # on Ray Serve (corral.integrations.ray): engines serving this model
+    min_replicas: int | None = None      # on Ray Serve: autoscale on queue depth between these bounds
+    max_replicas: int | None = None      # (max_replicas turns autoscaling on)
 
     def engine_args(self) -> dict:
         """Keyword arguments of EngineConfig, less `model` (the resolved directory)."""
@@ -252,6 +255,13 @@ def _model_spec(values: dict) -> ModelSpec:
                           f"allowed: {', '.join(SAMPLING_KEYS)}")
     if spec.max_queue_len < 0:
         raise ConfigError(f"{spec.name}: max_queue_len must be >= 0, got {spec.max_queue_len}")
+    if spec.num_replicas < 1:
+        raise ConfigError(f"{spec.name}: num_replicas must be >= 1, got {spec.num_replicas}")
+    if spec.max_replicas is None and spec.min_replicas is not None:
+        raise ConfigError(f"{spec.name}: min_replicas needs max_replicas (autoscaling between the two)")
+    if spec.max_replicas is not None and not 0 <= (spec.min_replicas or 0) <= spec.max_replicas >= 1:
+        raise ConfigError(f"{spec.name}: autoscaling needs 0 <= min_replicas <= max_replicas and max_replicas "
+                          f">= 1, got {spec.min_replicas} and {spec.max_replicas}")
     return spec
 
 

@@ -2,6 +2,7 @@
 process, restarted when it dies. Requests get per-request asyncio queues fed from the engine's pipe.
 """
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
@@ -161,18 +162,21 @@ class EngineClient:
 
     def _prepare(self):
         with self.files_lock:  # transformers' lazy imports are not thread-safe
-            if not Path(self.spec.model).is_dir():
-                try:
-                    from corral.progress import DownloadProgress
-                    self.progress = DownloadProgress(name=self.name)
-                except ImportError:
-                    pass
-                self.state = ModelState.DOWNLOADING
-            files = ModelFiles.read(resolve_model_dir(self.spec, self.plugin_manager, self.progress), self.spec,
-                                    self.plugin_manager)
+            files = ModelFiles.read(self._resolve_model_dir(), self.spec, self.plugin_manager)
         self.model_dir, self.reasoning_parser = files.model_dir, files.reasoning_parser
         self.tool_parser, self.json_tool_parser = files.tool_parser, files.json_tool_parser
         self.input_processor = files.input_processor
+
+    def _resolve_model_dir(self) -> Path:
+        """The model's local directory, downloaded first when the reference is not one."""
+        if not Path(self.spec.model).is_dir():
+            try:
+                from corral.progress import DownloadProgress
+                self.progress = DownloadProgress(name=self.name)
+            except ImportError:
+                pass
+            self.state = ModelState.DOWNLOADING
+        return resolve_model_dir(self.spec, self.plugin_manager, self.progress)
 
     def _on_message(self, engine: EngineProcess, message: FromEngine):
         if engine is not self.engine:
@@ -390,36 +394,46 @@ class EngineClient:
         """Delta outputs of one admitted request until it finishes; leaving early aborts it. Only
         requests with the same `cache_salt` share prefix-cache blocks."""
         start = time.monotonic()
-        first_token, generated, registered = None, 0, False
-        q: asyncio.Queue = asyncio.Queue()
+        first_token, generated = None, 0
         try:
             await self.wait_ready(timeout)
+            async with contextlib.aclosing(self._stream(request_id, prompt, prompt_ids, params, start,
+                                                        cache_salt)) as outputs:
+                async for item in outputs:
+                    generated += sum(len(c.token_ids) for c in item.outputs)
+                    if first_token is None and generated:
+                        first_token = time.monotonic()
+                    if item.finished and self.metrics is not None:
+                        reason = next((c.finish_reason for c in item.outputs if c.finish_reason), "stop")
+                        self.metrics.observe_finished(self.name, reason, len(prompt_ids), generated,
+                                                      first_token - start if first_token else None,
+                                                      time.monotonic() - start)
+                    yield item
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.requests_finished.labels(self.name, "error").inc()
+            raise
+
+    async def _stream(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+                      arrival: float, cache_salt: str | None) -> AsyncIterator[RequestOutput]:
+        """The engine's delta outputs of one request, up to the finished one; closing early aborts it.
+        The one step a client of another transport (corral.integrations.ray) does its own way."""
+        registered = False
+        q: asyncio.Queue = asyncio.Queue()
+        try:
             child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
             self._queues[request_id], registered = q, True
-            self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, start,
+            self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, arrival,
                                                                               cache_salt)))
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):
                     registered = False
                     raise item
-                generated += sum(len(c.token_ids) for c in item.outputs)
-                if first_token is None and generated:
-                    first_token = time.monotonic()
-                if item.finished:
-                    registered = False
-                    if self.metrics is not None:
-                        reason = next((c.finish_reason for c in item.outputs if c.finish_reason), "stop")
-                        self.metrics.observe_finished(self.name, reason, len(prompt_ids), generated,
-                                                      first_token - start if first_token else None,
-                                                      time.monotonic() - start)
-                    yield item
-                    return
+                registered = not item.finished
                 yield item
-        except Exception:
-            if self.metrics is not None:
-                self.metrics.requests_finished.labels(self.name, "error").inc()
-            raise
+                if item.finished:
+                    return
         finally:
             self._queues.pop(request_id, None)
             if registered:

@@ -48,6 +48,19 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# The gauges of each engine's latest SchedulerStats: the stats field, corral's name, and the name of the
+# Gateway API Inference Extension's model-server protocol (vLLM's, labelled model_name) where it has one,
+# so that llm-d, KServe and other inference gateways read corral's pods as they read vLLM's.
+ENGINE_GAUGES = (
+    ("num_running", "corral_num_requests_running", "vllm:num_requests_running",
+     "Sequences in the engine's running batch"),
+    ("num_waiting", "corral_num_requests_waiting", "vllm:num_requests_waiting", "Sequences queued in the engine"),
+    ("kv_cache_usage", "corral_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc",
+     "Fraction of KV cache blocks in use (0..1)"),
+    ("num_kv_blocks", "corral_kv_cache_blocks", None, "KV cache blocks of the engine"),
+)
+
+
 class EngineCollector:
     """Gauges read from every model's latest engine stats at scrape time."""
 
@@ -55,27 +68,27 @@ class EngineCollector:
         self.models = models
 
     def collect(self):
-        running = GaugeMetricFamily("corral_num_requests_running", "Sequences in the engine's running batch",
-                                    labels=["model"])
-        waiting = GaugeMetricFamily("corral_num_requests_waiting", "Sequences queued in the engine",
-                                    labels=["model"])
+        gauges = [(field, GaugeMetricFamily(name, help, labels=["model"]),
+                   GaugeMetricFamily(gateway, help, labels=["model_name"]) if gateway else None)
+                  for field, name, gateway, help in ENGINE_GAUGES]
         pending = GaugeMetricFamily("corral_num_requests_pending",
                                     "Requests admitted by the API and not finished (the bounded queue's depth)",
                                     labels=["model"])
-        kv_usage = GaugeMetricFamily("corral_kv_cache_usage_ratio", "Fraction of KV cache blocks in use",
-                                     labels=["model"])
-        kv_blocks = GaugeMetricFamily("corral_kv_cache_blocks", "KV cache blocks of the engine", labels=["model"])
         state = GaugeMetricFamily("corral_model_state", "1 for the model's current state", labels=["model", "state"])
         for client in list(self.models):
             stats = client.stats or SchedulerStats()
-            running.add_metric([client.name], stats.num_running)
-            waiting.add_metric([client.name], stats.num_waiting)
+            for field, own, gateway in gauges:
+                own.add_metric([client.name], getattr(stats, field))
+                if gateway is not None:
+                    gateway.add_metric([client.name], getattr(stats, field))
             pending.add_metric([client.name], client.num_pending)
-            kv_usage.add_metric([client.name], stats.kv_cache_usage)
-            kv_blocks.add_metric([client.name], stats.num_kv_blocks)
             for s in ModelState:
                 state.add_metric([client.name, s.value], 1.0 if client.state == s else 0.0)
-        yield from (running, waiting, pending, kv_usage, kv_blocks, state)
+        for _, own, gateway in gauges:
+            yield own
+            if gateway is not None:
+                yield gateway
+        yield from (pending, state)
 
     def describe(self):
         return []

@@ -15,13 +15,14 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    def __init__(self, config: ServerConfig, metrics=None, plugin_manager=None):
+    def __init__(self, config: ServerConfig, metrics=None, plugin_manager=None,
+                 engine_client: type[EngineClient] = EngineClient):
         self.config = config
         threads = max(1, (os.cpu_count() or 1) // len(config.models))  # CPU engines share the cores
         level = logging.getLogger("corral").getEffectiveLevel()
         lock = threading.Lock()
         self.clients: dict[str, EngineClient] = {
-            spec.name: EngineClient(spec, metrics, plugin_manager, num_threads=threads, log_level=level,
+            spec.name: engine_client(spec, metrics, plugin_manager, num_threads=threads, log_level=level,
                                     files_lock=lock) for spec in config.models}
         self.names: dict[str, str] = {}
         for spec in config.models:

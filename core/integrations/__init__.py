@@ -1,0 +1,1 @@
+"""corral on the distributed engines teams already run: Ray Serve (`corral.integrations.ray`)."""
