@@ -282,7 +282,7 @@ def test_evicting_by_unloading_and_503_naming_the_models_in_use(model_dirs, budg
             async with async_client(running) as aclient:
                 long = [asyncio.create_task(aclient.completions.create(
                     model="tiny-b", prompt=f"Once {i}", max_tokens=240, temperature=0,
-                    extra_body={"ignore_eos": True})) for i in range(8)]
+                    extra_body={"ignore_eos": True})) for i in range(16)]  # b's KV holds one at a time: seconds
                 while not running.client("tiny-b").num_pending:
                     await asyncio.sleep(0.005)
                 try:
