@@ -121,9 +121,10 @@ class EngineCore:
             self.in_flight = None
             if self.config.async_scheduling:
                 continuation = self.scheduler.schedule_continuation(scheduler_output, num_steps)
-                if continuation is not None:
-                    self.in_flight = (continuation, num_steps,
-                                      self.runner.launch(continuation, num_steps, previous=launched))
+                if continuation is not None:  # a grammar's bitmask waits for this step's update
+                    defer = num_steps == 1 and any(s.request.grammar is not None for s in continuation.scheduled)
+                    self.in_flight = (continuation, num_steps, self.runner.launch(
+                        continuation, num_steps, previous=launched, defer_sampling=defer))
         scheduler_output, num_steps, launched = self.current
         step = self.current_step
         runner_output = launched.step_result(step)
@@ -131,6 +132,8 @@ class EngineCore:
         if self.current_step == num_steps:
             self.current = None
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids, after_first_step=step > 0)
+        if self.current is None and self.in_flight is not None and self.in_flight[2].pending is not None:
+            self.runner.sample(self.in_flight[2])  # while its forward runs, now that the grammars took this step
         logprobs = runner_output.logprobs
         by_request = {}
         if logprobs is not None:

@@ -18,11 +18,12 @@ class InFlight:
     """A launched step: its sampled tokens are on their way to pinned host memory."""
 
     requests: list  # the requests that sampled, in row order
-    sampled: torch.Tensor  # [B, num_steps] on the device: the next continuation reads its last column
-    host: torch.Tensor  # the same, on the host once `copied` has fired
+    sampled: torch.Tensor | None  # [B, num_steps] on the device: the next continuation reads its last column
+    host: torch.Tensor | None  # the same, on the host once `copied` has fired
     copied: list[torch.cuda.Event] | None  # one per step: its tokens are on the host
     sampler_output: object | None  # kept for logprobs (single steps only)
     rows: list[int] | None = None  # the row of each request that sampled, in scheduled order
+    pending: tuple | None = None  # a forward whose sampling is not enqueued yet (ModelRunner.sample)
 
     def result(self) -> "RunnerOutput":
         """Every step's tokens, once the last step's are on the host."""
@@ -154,10 +155,13 @@ class ModelRunner:
         return self.launch(out, num_steps).result()
 
     @torch.inference_mode()
-    def launch(self, out: SchedulerOutput, num_steps: int = 1, previous: InFlight | None = None) -> InFlight:
+    def launch(self, out: SchedulerOutput, num_steps: int = 1, previous: InFlight | None = None,
+               defer_sampling: bool = False) -> InFlight:
         """One forward and sample, enqueued; with num_steps > 1 (decode-only batches whose KV has
         room), each sampled token is fed straight back on the device. Nothing here waits for the
-        device, so the host can prepare the next step while this one runs."""
+        device, so the host can prepare the next step while this one runs. With defer_sampling only
+        the forward is enqueued, and `sample` finishes the step once the host has what the sampling
+        needs (each grammar's token of the step before)."""
         # longest sequences first: attention launches its programs in row order, and the longest
         # first leave the short ones for the tail (docs/results/2026-11-b5-kernels.md)
         scheduled = sorted(out.scheduled, key=lambda s: s.num_computed_tokens + s.num_new_tokens, reverse=True)
@@ -168,11 +172,21 @@ class ModelRunner:
         logits = self._forward(input_ids, positions, metadata, sample_rows)
         if not requests:
             return InFlight([], torch.empty(0, 1, dtype=torch.long), torch.empty(0, 1, dtype=torch.long), None, None)
+        launched = InFlight(requests, None, None, None, None, rows,
+                            pending=(logits, positions, metadata, sample_rows, num_steps))
+        if not defer_sampling:
+            self.sample(launched)
+        return launched
+
+    @torch.inference_mode()
+    def sample(self, launched: InFlight):
+        """Enqueue the sampling of a launched forward (and the further steps of a multi-step group)."""
+        logits, positions, metadata, sample_rows, num_steps = launched.pending
+        launched.pending = None
+        requests = launched.requests
         sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
         on_gpu = self.device.type == "cuda"
         if self.structured_output is not None:  # filled on the host while the device runs the forward
-            if previous is not None:
-                self._advance_grammars(requests, previous)
             if (grammar := self.structured_output.bitmask(requests, pinned=on_gpu)) is not None:
                 sampling.grammar_bitmask = grammar[0].to(self.device, non_blocking=True)
                 sampling.grammar_rows = grammar[1]
@@ -188,24 +202,10 @@ class ModelRunner:
             steps.append(self.sampler(logits, sampling).sampled_token_ids)
             if on_gpu:
                 copied.append(self._copy_to_host(steps[-1], host[i]))
-        sampled = torch.stack(steps, dim=1)
-        return InFlight(requests, sampled, host.T if on_gpu else sampled, copied,
-                        result if num_steps == 1 else None, rows)
-
-    @staticmethod
-    def _advance_grammars(requests: list, previous: InFlight):
-        """Each grammar takes the token of the step before, which the host has not appended yet: that
-        step's tokens are waited for here, while this step's forward runs on the device."""
-        constrained = [r for r in requests if r.grammar is not None]
-        if not constrained:
-            return
-        if previous.copied is not None:
-            previous.copied[-1].synchronize()
-        last = previous.host[:, -1].tolist()
-        row_of = {id(r): i for i, r in enumerate(previous.requests)}
-        for request in constrained:
-            if (row := row_of.get(id(request))) is not None:
-                request.grammar.advance([last[row]], request.num_output_tokens)
+        launched.sampled = torch.stack(steps, dim=1)
+        launched.host = host.T if on_gpu else launched.sampled
+        launched.copied = copied
+        launched.sampler_output = result if num_steps == 1 else None
 
     @staticmethod
     def _copy_to_host(tokens: torch.Tensor, host: torch.Tensor) -> torch.cuda.Event:

@@ -196,7 +196,7 @@ class Scheduler:
     @staticmethod
     def _continues_on_device(s: ScheduledRequest) -> bool:
         """A single step that the next can follow without its tokens on the host: a decode whose
-        sampling reads nothing of the output so far (a grammar takes the token in the runner)."""
+        sampling reads nothing of the output so far (a grammar's bitmask waits for the update)."""
         params = s.request.sampling_params
         return (s.num_new_tokens == 1 and s.samples and params.min_tokens <= s.request.num_output_tokens
                 and params.repetition_penalty == 1.0 and not params.presence_penalty
@@ -217,7 +217,7 @@ class Scheduler:
             num_accepted, status = self._first_stop(request, token_ids)
             appended = token_ids[:num_accepted]
             if request.grammar is not None:
-                request.grammar.advance(appended, request.num_output_tokens)
+                request.grammar.advance(appended)
                 if request.grammar.ended:
                     status = status or RequestStatus.FINISHED_STOPPED
             request.append_output_tokens(appended)

@@ -99,23 +99,18 @@ class StructuredOutputCompiler:
 
 @dataclass(slots=True)
 class Grammar:
-    """A constrained request's matcher and how many of its output tokens it has taken. The runner may
-    advance it by a token the host has not appended yet (the step before, still in flight when the next
-    one is launched); `advance` skips what it has already taken, so the scheduler's later call is free."""
+    """A constrained request's matcher, advanced by the scheduler's update with each token taken."""
 
     matcher: Any
-    num_accepted: int = 0
     broken: bool = False  # a token the grammar did not allow (the bitmask prevents it)
 
-    def advance(self, token_ids: list[int], num_output_tokens: int):
-        """Take the output tokens that follow the first `num_output_tokens`."""
-        for token_id in token_ids[self.num_accepted - num_output_tokens:]:
+    def advance(self, token_ids: list[int]):
+        for token_id in token_ids:
             if self.broken or self.matcher.is_terminated():
                 return
             if not self.matcher.accept_token(token_id):
                 self.broken = True
                 return
-            self.num_accepted += 1
 
     @property
     def ended(self) -> bool:

@@ -138,9 +138,9 @@ def test_async_scheduling_gives_the_tokens_of_synchronous_steps(tiny_model_dirs)
     llm = LLM(model, num_scheduler_steps=4)
     launch, continuations = llm.engine.core.runner.launch, []
 
-    def counted(out, num_steps=1, previous=None):
+    def counted(out, num_steps=1, previous=None, **kwargs):
         continuations.append(previous is not None)
-        return launch(out, num_steps, previous)
+        return launch(out, num_steps, previous, **kwargs)
 
     llm.engine.core.runner.launch = counted
     actual = llm.generate(prompts, params)

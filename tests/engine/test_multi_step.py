@@ -96,9 +96,9 @@ def test_arrivals_and_preemption_while_a_group_runs_match_single_steps(tiny_mode
     core = LLM(model, num_scheduler_steps=4, **cfg).engine.core
     launch, continuations = core.runner.launch, []
 
-    def counted(out, num_steps=1, previous=None):
+    def counted(out, num_steps=1, previous=None, **kwargs):
         continuations.append(previous is not None)
-        return launch(out, num_steps, previous)
+        return launch(out, num_steps, previous, **kwargs)
 
     core.runner.launch = counted
     assert _drive(core, arrivals()) == expected
@@ -125,10 +125,10 @@ def test_a_backlog_that_cannot_be_admitted_still_decodes_in_groups(cfg, tiny_mod
     core = LLM(model, max_model_len=32, num_scheduler_steps=4, **cfg).engine.core
     launch, groups_while_waiting = core.runner.launch, []
 
-    def counted(out, num_steps=1, previous=None):
+    def counted(out, num_steps=1, previous=None, **kwargs):
         if core.scheduler.waiting:
             groups_while_waiting.append(num_steps)
-        return launch(out, num_steps, previous)
+        return launch(out, num_steps, previous, **kwargs)
 
     core.runner.launch = counted
     assert _drive(core, arrivals()) == expected

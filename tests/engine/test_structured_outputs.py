@@ -89,8 +89,8 @@ def test_constrained_and_free_requests_share_a_batch_and_the_free_ones_are_uncha
 
 
 def test_constrained_steps_launched_ahead_of_the_host_give_the_same_outputs(tiny_model_dirs):
-    """With async scheduling the runner feeds each grammar the step before's token itself, while the
-    next step's forward runs; the outputs are those of the step-by-step engine."""
+    """With async scheduling a constrained step's forward is launched before the step before is read;
+    its bitmask follows that step's update. The outputs are those of the step-by-step engine."""
     params = [SamplingParams(temperature=t, max_tokens=120, seed=seed, structured_outputs={"json": SCHEMAS[name]})
               for name in ("nested", "pattern_and_anyof") for t, seed in ((0, None), (1.0, 3))]
     outputs = {}
