@@ -1,0 +1,181 @@
+"""The elastic KV page-granting policy (corral.server.kv_pages), plain Python: grants grow with demand,
+come back under pressure (idle models first, busy ones never below their demand-weighted share, nobody
+below its minimum or the blocks its requests hold), and all of a model's pages come back when it sleeps."""
+import pytest
+
+from corral.server.kv_pages import KVPages
+
+PAGE = 4  # bytes: a page holds 4 blocks of 1 byte, or 2 of 2 bytes
+
+
+def engines_follow(pages: KVPages):
+    """What engines do with their grants: each shrinks to its grant, except blocks its requests hold; then
+    requests finish and others take what they need of the blocks it has."""
+    for tenant in pages.tenants.values():
+        tenant.num_blocks = max(pages.granted_blocks(tenant.name), tenant.num_used_blocks)
+        tenant.num_used_blocks = min(tenant.num_needed_blocks, pages.granted_blocks(tenant.name))
+
+
+def settle(pages: KVPages, rounds: int = 4):
+    for _ in range(rounds):
+        pages.rebalance()
+        engines_follow(pages)
+
+
+def budget_of(num_pages: int, **tenants) -> KVPages:
+    pages = KVPages(num_pages * PAGE, page_bytes=PAGE)
+    for name, (min_blocks, max_blocks) in tenants.items():
+        pages.join(name, 1, min_blocks, max_blocks)
+    engines_follow(pages)
+    return pages
+
+
+def demand(pages: KVPages, name: str, needed: int):
+    """Its requests need `needed` blocks and hold as many of them as its engine has."""
+    tenant = pages.tenants[name]
+    pages.report(name, tenant.num_blocks, min(needed, tenant.num_blocks), needed)
+
+
+def test_a_model_joins_with_its_minimum():
+    pages = budget_of(100, a=(10, 400))
+    assert pages.granted_blocks("a") == 12  # whole pages: 3 of 4 blocks
+    assert pages.free_pages == 97
+
+
+def test_a_short_model_grows_into_free_pages():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 120)
+    assert pages.rebalance() == {"a": 120}
+    assert pages.free_pages == 100 - 30 - 2
+
+
+def test_growth_stops_at_the_reserved_range():
+    pages = budget_of(100, a=(8, 40))
+    demand(pages, "a", 300)
+    settle(pages)
+    assert pages.granted_blocks("a") == 40
+
+
+def test_an_idle_model_keeps_its_pages_while_nobody_is_short():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 200)
+    settle(pages)
+    demand(pages, "a", 0)
+    settle(pages)
+    assert pages.granted_blocks("a") == 200  # its prefix cache stays until the pages are wanted
+
+
+def test_under_pressure_an_idle_models_pages_go_to_the_busy_one():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 360)
+    settle(pages)
+    assert pages.granted_blocks("a") == 360
+    demand(pages, "a", 0)
+    demand(pages, "b", 200)
+    settle(pages)
+    assert pages.granted_blocks("b") == 200
+    assert pages.granted_blocks("a") == 400 - 200  # all that b needed, no more
+
+
+def test_idle_models_give_back_before_busy_ones():
+    pages = budget_of(100, a=(8, 400), b=(8, 400), c=(8, 400))
+    demand(pages, "a", 120)
+    demand(pages, "b", 120)
+    settle(pages)
+    demand(pages, "a", 0)      # a idle, b still busy with what it has
+    demand(pages, "c", 160)
+    settle(pages)
+    assert pages.granted_blocks("b") == 120
+    assert pages.granted_blocks("c") == 160
+    assert pages.granted_blocks("a") == 400 - 120 - 160
+
+
+def test_busy_models_split_the_budget_by_demand():
+    pages = budget_of(100, a=(8, 800), b=(8, 800))
+    demand(pages, "a", 600)
+    settle(pages)
+    assert pages.granted_blocks("a") == 400 - 8  # all but b's minimum
+    demand(pages, "b", 200)  # 600 : 200 of 400 blocks is 300 : 100
+    settle(pages, rounds=8)
+    assert pages.granted_blocks("b") == 100
+    assert pages.granted_blocks("a") == 300
+
+
+def test_a_busy_model_never_drops_below_its_share():
+    pages = budget_of(100, a=(8, 800), b=(8, 800), c=(8, 800))
+    for name in "abc":
+        demand(pages, name, 400)
+    settle(pages, rounds=10)
+    shares = pages.shares()
+    for name in "abc":
+        assert pages.tenants[name].granted_pages >= shares[name] == 33
+
+
+def test_nobody_drops_below_its_minimum():
+    pages = budget_of(10, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 400)
+    demand(pages, "b", 400)
+    settle(pages, rounds=6)
+    assert pages.granted_blocks("a") >= 8 and pages.granted_blocks("b") >= 8
+    assert pages.free_pages >= 0
+
+
+def test_blocks_in_use_stay_held_until_their_requests_finish():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 392)
+    settle(pages)
+    demand(pages, "b", 200)
+    for _ in range(3):  # a's requests hold all its blocks meanwhile
+        pages.rebalance()
+    assert pages.granted_blocks("a") < 392  # asked to shrink to its share
+    assert pages.tenants["a"].granted_pages >= pages.shares()["a"]
+    assert pages.granted_blocks("b") == 8 and pages.free_pages == 0  # nothing free before its requests finish
+    pages.report("a", 200, 200, 392)  # some finished; its engine retired their blocks
+    pages.rebalance()
+    assert pages.tenants["b"].granted_pages == 100 - pages.held_pages(pages.tenants["a"])
+    assert pages.tenants["b"].granted_pages >= pages.shares()["b"]
+
+
+def test_pages_come_back_only_once_the_engine_freed_them():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 392)
+    settle(pages)
+    demand(pages, "a", 0)
+    demand(pages, "b", 200)
+    pages.rebalance()  # a's grant shrinks, but its engine has not said so yet
+    assert pages.free_pages == 0
+    assert pages.granted_blocks("b") == 8
+    engines_follow(pages)
+    pages.rebalance()
+    assert pages.granted_blocks("b") == 200
+
+
+def test_sleep_returns_all_its_pages():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 300)
+    settle(pages)
+    pages.leave("a")
+    assert pages.free_pages == 100 - 2
+    demand(pages, "b", 392)
+    settle(pages)
+    assert pages.granted_blocks("b") == 392
+    assert pages.join("a", 1, 8, 400) == 8  # awake again: its minimum, the rest when it is wanted
+    assert pages.tenants["a"].granted_pages == 2
+
+
+def test_a_smaller_budget_is_met_from_idle_models():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 300)
+    settle(pages)
+    demand(pages, "a", 0)
+    pages.set_budget(40 * PAGE)  # another model loaded its weights
+    demand(pages, "b", 100)
+    settle(pages)
+    assert pages.granted_blocks("b") == 100
+    assert sum(pages.held_pages(t) for t in pages.tenants.values()) <= 40
+
+
+@pytest.mark.parametrize("args", [(0, 8, 400), (1, 0, 400), (1, 8, 4)])
+def test_a_tenant_needs_sizes_that_make_sense(args):
+    with pytest.raises(ValueError, match="KV tenant"):
+        KVPages(100).join("a", *args)
