@@ -16,17 +16,49 @@ class KVBlock:
 
 class BlockPool:
     """Every KV block, the free queue in eviction order (least recently freed first), and the
-    prefix cache: full blocks by key. A free block keeps its key until it is reused."""
+    prefix cache: full blocks by key. A free block keeps its key until it is reused.
+
+    Elastic KV memory: the pool reserves `num_blocks` and uses the first `capacity` of them (its
+    grant). Resizing down retires the blocks past the new capacity as soon as they hold nothing:
+    free ones at once (their cached prefixes evicted), those in use when their requests let go. Only
+    a range of block ids is ever retired, so that whole pages of the reserved range can be unmapped."""
 
     def __init__(self, num_blocks: int, enable_prefix_caching: bool = True):
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
         self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
         self.cached: dict[BlockKey, KVBlock] = {}
         self.enable_prefix_caching = enable_prefix_caching
+        self.capacity = num_blocks
+        self.num_retiring = 0  # blocks past the capacity that requests still hold
 
     @property
     def num_free_blocks(self) -> int:
         return len(self.free_queue)
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks held now: the capacity, and those past it still in use."""
+        return self.capacity + self.num_retiring
+
+    def resize(self, num_blocks: int):
+        """Use the first `num_blocks` of the reserved blocks (clamped to the reservation)."""
+        num_blocks = max(0, min(num_blocks, len(self.blocks)))
+        old = self.capacity
+        self.capacity = num_blocks
+        if num_blocks > old:
+            for block in self.blocks[old:num_blocks]:
+                if block.ref_cnt > 0:
+                    self.num_retiring -= 1  # in use, and kept
+                else:  # empty: used before cached blocks are evicted
+                    self.free_queue[block.block_id] = block
+                    self.free_queue.move_to_end(block.block_id, last=False)
+        else:
+            for block in self.blocks[num_blocks:old]:
+                if block.ref_cnt > 0:
+                    self.num_retiring += 1
+                else:
+                    del self.free_queue[block.block_id]
+                    self._forget(block)
 
     def lookup(self, key: BlockKey) -> KVBlock | None:
         return self.cached.get(key) if self.enable_prefix_caching else None
@@ -36,10 +68,7 @@ class BlockPool:
         taken = []
         for _ in range(n):
             _, block = self.free_queue.popitem(last=False)
-            if block.key is not None:
-                if self.cached.get(block.key) is block:
-                    del self.cached[block.key]
-                block.key = None
+            self._forget(block)
             block.ref_cnt = 1
             taken.append(block)
         return taken
@@ -52,11 +81,16 @@ class BlockPool:
             block.ref_cnt += 1
 
     def release(self, blocks: list[KVBlock]):
-        """Drop one reference; blocks reaching zero join the free queue's tail in the given order."""
+        """Drop one reference; blocks reaching zero join the free queue's tail in the given order (or
+        retire, past the capacity)."""
         for block in blocks:
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                self.free_queue[block.block_id] = block
+                if block.block_id < self.capacity:
+                    self.free_queue[block.block_id] = block
+                else:
+                    self.num_retiring -= 1
+                    self._forget(block)
 
     def cache(self, block: KVBlock, key: BlockKey):
         if self.enable_prefix_caching and block.key is None:
@@ -66,9 +100,15 @@ class BlockPool:
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix, so later requests recompute them (benchmarks use this to
         start each timed run cold). Refused (False) while any block is in use."""
-        if len(self.free_queue) < len(self.blocks):
+        if len(self.free_queue) < self.num_blocks:
             return False
         for block in self.blocks:
             block.key = None
         self.cached.clear()
         return True
+
+    def _forget(self, block: KVBlock):
+        if block.key is not None:
+            if self.cached.get(block.key) is block:
+                del self.cached[block.key]
+            block.key = None

@@ -20,7 +20,6 @@ class KVCacheManager:
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.block_size = block_size
-        self.num_blocks = num_blocks
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_keys: dict[str, list[BlockKey]] = {}
@@ -30,8 +29,24 @@ class KVCacheManager:
         self.num_hit_tokens = 0
 
     @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
     def usage(self) -> float:
-        return 1.0 - self.pool.num_free_blocks / self.num_blocks
+        return 1.0 - self.pool.num_free_blocks / self.num_blocks if self.num_blocks else 1.0
+
+    def set_grant(self, num_blocks: int):
+        """Elastic KV memory: use this many of the reserved blocks from now on (BlockPool.resize)."""
+        self.pool.resize(num_blocks)
+
+    def num_needed_blocks(self, running: list[Request], waiting) -> int:
+        """The demand reported to the server: blocks in use, a block more per running request, and
+        the blocks of each waiting request's tokens so far (0: idle)."""
+        if not running and not waiting:
+            return 0
+        used = self.num_blocks - self.pool.num_free_blocks
+        return used + len(running) + sum(-(-(r.num_tokens + 1) // self.block_size) for r in waiting)
 
     @property
     def num_free_blocks(self) -> int:

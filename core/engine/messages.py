@@ -33,6 +33,7 @@ class SchedulerStats:
     prefix_cache_hit_tokens: int = 0
     prefix_cache_query_tokens: int = 0
     num_preemptions: int = 0
+    num_needed_kv_blocks: int = 0  # blocks in use plus what waiting requests need: elastic KV's demand
 
 
 @dataclass(slots=True)
@@ -71,6 +72,14 @@ class Sleep:
 @dataclass(slots=True)
 class Wake:
     """Copy the weights back and allocate the KV cache again. Answered by SleepDone."""
+
+
+@dataclass(slots=True)
+class SetKVGrant:
+    """Elastic KV memory: use this many of the reserved KV blocks (grown at once; shrunk as blocks past it
+    empty). The next EngineOutputs' stats say how many it holds."""
+
+    num_blocks: int
 
 
 # engine process -> API process
@@ -120,5 +129,5 @@ class EngineExited:
     """Not sent: the API process's reader reports the pipe closing as this."""
 
 
-ToEngine = AddRequests | AbortRequests | Shutdown | Sleep | Wake
+ToEngine = AddRequests | AbortRequests | Shutdown | Sleep | Wake | SetKVGrant
 FromEngine = EngineReady | EngineOutputs | RequestRejected | SleepDone | EngineFailed | EngineExited

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Callable
 
 from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
-                                    EngineReady, FromEngine, RequestRejected, Shutdown, Sleep, ToEngine, Wake)
+                                    EngineReady, FromEngine, RequestRejected, SetKVGrant, Shutdown, Sleep, ToEngine,
+                                    Wake)
 from corral.engine.request import Request
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,9 @@ def _handle(core, outbox: Outbox, message: ToEngine) -> bool:
     elif isinstance(message, (Sleep, Wake)):
         from corral.engine.sleep import answer
         outbox.send(answer(core, message))
+    elif isinstance(message, SetKVGrant):
+        core.kv_cache_manager.set_grant(message.num_blocks)
+        core.scheduler.admission_blocked = False  # a larger pool may admit a waiting request
     elif isinstance(message, Shutdown):
         return False
     return True
