@@ -19,13 +19,14 @@ from tests.tiny_models import build_model  # noqa: E402
 APP = "corral"
 REPLICATED = "tiny-qwen3"
 PROMPT = "The capital of France is"
-MAX_MODEL_LEN = 512
+MAX_MODEL_LEN = 4096  # long enough that a stream left early could run on for seconds
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-models")
-    return {"tiny-qwen3": build_model("qwen3", root / "qwen3"), "tiny-llama": build_model("llama", root / "llama")}
+    return {"tiny-qwen3": build_model("qwen3", root / "qwen3", max_position_embeddings=MAX_MODEL_LEN),
+            "tiny-llama": build_model("llama", root / "llama", max_position_embeddings=MAX_MODEL_LEN)}
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,24 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(client):
         time.sleep(0.5)
     assert replaced, "Ray did not replace the killed replica within 120 s"
     assert complete(client) == expected
+
+
+def test_a_stream_left_early_is_aborted_in_its_replica(ray_url):
+    import httpx
+    body = {"model": REPLICATED, "prompt": PROMPT, "max_tokens": MAX_MODEL_LEN - 16, "stream": True,
+            "ignore_eos": True}
+    with httpx.stream("POST", f"{ray_url}/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        running = replica_stats(REPLICATED, expected=2)
+        assert sum(s.scheduler.num_running for s in running.values()) == 1
+    deadline = time.monotonic() + 3  # the rest of the stream would take some 10 s
+    while sum(s.scheduler.num_running for s in replica_stats(REPLICATED, expected=2).values()):
+        assert time.monotonic() < deadline, "the replica still generates for a stream nobody reads"
+        time.sleep(0.1)
+    metrics = httpx.get(f"{ray_url}/metrics").text
+    assert f'corral_requests_total{{finish_reason="abort",model="{REPLICATED}"}} 1.0' in metrics
 
 
 def test_errors_and_metrics_are_corral_s_own(client, ray_url):

@@ -103,7 +103,7 @@ class Ingress:
     engine clients reach them by name."""
 
     def __init__(self, *model_deployments):
-        self.num_models = len(model_deployments)
+        """`model_deployments`: their handles, which the engine clients look up by name."""
 
 
 def serve_on_ray(config: ServerConfig, address: str | None, name: str = "corral") -> None:
