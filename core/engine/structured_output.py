@@ -102,20 +102,13 @@ class Grammar:
     """A constrained request's matcher, advanced by the scheduler's update with each token taken."""
 
     matcher: Any
-    broken: bool = False  # a token the grammar did not allow (the bitmask prevents it)
+    ended: bool = False  # complete (its stop token taken) or broken (a token it did not allow): the request ends
 
     def advance(self, token_ids: list[int]):
         for token_id in token_ids:
-            if self.broken or self.matcher.is_terminated():
+            if self.ended:
                 return
-            if not self.matcher.accept_token(token_id):
-                self.broken = True
-                return
-
-    @property
-    def ended(self) -> bool:
-        """Complete (its stop token taken) or broken: the request ends here."""
-        return self.broken or self.matcher.is_terminated()
+            self.ended = not self.matcher.accept_token(token_id) or self.matcher.is_terminated()
 
 
 class StructuredOutputManager:
