@@ -112,6 +112,10 @@ class ServerConfig:
     eviction: str = setting("sleep", "what makes room for a model: sleep (default: idle models' weights go to host "
                                      "memory, their engines stay and wake fast; unloaded when that is not enough) "
                                      "or unload", choices=("sleep", "unload"))
+    kv_sharing: str = setting("static", "how models under one memory budget get KV memory: static (default: each "
+                                        "keeps the minimum counted for it) or elastic (a busy model borrows the "
+                                        "KV pages idle ones do not use, and gives them back under pressure)",
+                              choices=("static", "elastic"))
 
 
 SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
@@ -182,6 +186,8 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
         raise ConfigError(f"memory_budget must be a positive size such as 6GiB, got {config.memory_budget_bytes}")
     if config.eviction not in ("sleep", "unload"):
         raise ConfigError(f"eviction must be sleep or unload, got {config.eviction!r}")
+    if config.kv_sharing not in ("static", "elastic"):
+        raise ConfigError(f"kv_sharing must be static or elastic, got {config.kv_sharing!r}")
     if config.max_loaded_models is not None and config.max_loaded_models < 1:
         raise ConfigError(f"max_loaded_models must be >= 1, got {config.max_loaded_models}")
     if config.max_stored_responses < 0:

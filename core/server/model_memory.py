@@ -35,6 +35,7 @@ class ModelMemory:
         self.evictions = 0
         self.preloading: set[str] = set()   # these load only if they fit without evicting anything
         self.granted: set[str] = set()     # loading models that were given their room
+        self.kv_sharing = None             # a KVSharing: KV beyond each model's minimum is lent page by page
         self._estimates: dict[str, Footprint] = {}
         self._lock = asyncio.Lock()
 
@@ -61,11 +62,14 @@ class ModelMemory:
     def footprint(self, client) -> Footprint:
         """As its engine reported it, else estimated from its files and settings."""
         overhead = CUDA_ENGINE_OVERHEAD if _on_cuda(client.spec) else 0
-        if (reported := reported_footprint(client, overhead)) is not None:
-            return reported
-        if client.name not in self._estimates:
+        if client.name not in self._estimates and (self.kv_sharing is not None or client.engine_ready is None):
             self._estimates[client.name] = estimate_footprint(client.spec, client.model_dir, client.max_model_len,
                                                               overhead)
+        if (reported := reported_footprint(client, overhead)) is not None:
+            if self.kv_sharing is not None:  # its engine reserved more, but only its minimum is its own
+                return Footprint(reported.weights_bytes, self._estimates[client.name].kv_cache_bytes,
+                                 reported.overhead_bytes)
+            return reported
         return self._estimates[client.name]
 
     def residents(self) -> list[Resident]:
@@ -91,7 +95,8 @@ class ModelMemory:
         self.granted.discard(client.name)
         footprint = self.footprint(client)
         if client.spec.kv_cache_memory_bytes is None and client.spec.num_kv_blocks is None:
-            client.engine_overrides["kv_cache_memory_bytes"] = footprint.kv_cache_bytes  # what was counted
+            client.engine_overrides["kv_cache_memory_bytes"] = footprint.kv_cache_bytes if self.kv_sharing is None \
+                else self.kv_sharing.reserved_bytes(footprint)  # what was counted, or the elastic range
         self.planner.check(client.name, footprint)
         preload = client.name in self.preloading
         self.preloading.discard(client.name)

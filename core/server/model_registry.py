@@ -9,6 +9,7 @@ import time
 from corral.server.config import ServerConfig
 from corral.server.engine_client import EngineClient, ModelState
 from corral.server.errors import ModelNotFoundError, is_local_path
+from corral.server.kv_sharing import KVSharing
 from corral.server.model_memory import ModelMemory, memory_held
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class ModelRegistry:
         if self.memory is not None:
             for client in self:
                 client.make_room = self.memory.make_room
+        self.kv_sharing = KVSharing.from_config(config, self.memory, self.clients)  # None: static KV shares
+        if self.kv_sharing is not None:
+            self.memory.kv_sharing = self.kv_sharing
 
     def __iter__(self):
         return iter(self.clients.values())
@@ -51,6 +55,8 @@ class ModelRegistry:
         return self.clients[canonical]
 
     async def start(self):
+        if self.kv_sharing is not None:
+            self.kv_sharing.start()
         for client in self:
             if client.spec.preload:
                 if self.memory is not None:
@@ -72,6 +78,8 @@ class ModelRegistry:
     async def shutdown(self, timeout: float):
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.kv_sharing is not None:
+            self.kv_sharing.stop()
         await asyncio.gather(*(c.shutdown(timeout) for c in self), return_exceptions=True)
 
     async def _unload_idle(self):
@@ -95,6 +103,8 @@ class ModelRegistry:
                  "root": client.name if is_local_path(client.spec.model) else client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
                  "state": client.state, "max_model_len": client.max_model_len,
                  "memory_bytes": memory_held(client, self.memory)}
+        if self.kv_sharing is not None:
+            entry["kv_cache"] = self.kv_sharing.describe(client.name)
         if client.state == ModelState.ERROR:
             entry["error"] = client.error
         progress = client.progress

@@ -1,0 +1,105 @@
+"""Elastic KV memory in the server (--kv-sharing elastic): the models under one memory budget draw KV pages
+from what their weights leave of it (corral.server.kv_pages decides). Each engine reserves KV blocks for all
+of that and starts with the minimum the memory planner counted for it; every few milliseconds the engines'
+reports (SchedulerStats) go in and changed grants go out as SetKVGrant.
+
+On CPU, and on CUDA for now, an engine's KV tensors are allocated at the reserved size and a grant only
+limits the blocks its scheduler may use, so the budget is simulated: the pages a model gives back are not
+yet memory another engine can use. The next step, on CUDA, is kvcached's: reserve each engine's KV range as
+virtual memory (cuMemAddressReserve), map physical pages of PAGE_BYTES into it as its grant grows and unmap
+them as it shrinks (cuMemCreate / cuMemMap / cuMemUnmap), so that the kernels keep one base pointer per layer
+and a freed page is really free for another engine, a loading model's weights included (a load must then
+wait for the pages it counts on to be unmapped)."""
+import asyncio
+import logging
+
+from corral.engine.messages import SetKVGrant
+from corral.server.kv_pages import PAGE_BYTES, KVPages
+from corral.server.memory_planner import KiB
+
+logger = logging.getLogger(__name__)
+
+SIMULATED_PAGE_BYTES = 64 * KiB  # on CPU nothing is mapped: pages small enough for tiny models to show it
+
+
+class KVSharing:
+    """The grants of the models under one ModelMemory."""
+
+    interval = 0.02  # seconds between rebalances
+
+    def __init__(self, memory, clients: dict, page_bytes: int):
+        self.memory, self.clients = memory, clients
+        self.pages = KVPages(0, page_bytes)
+        self._engines: dict[str, object] = {}  # the engine each tenant's grants go to
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def from_config(cls, config, memory, clients: dict) -> "KVSharing | None":
+        if config.kv_sharing == "static":
+            return None
+        from corral.config import ConfigError
+        if memory is None or memory.planner.budget_bytes is None:
+            raise ConfigError("--kv-sharing elastic shares a memory budget between the models: give "
+                              "--memory-budget (on CUDA, --max-loaded-models also derives it from "
+                              "--gpu-memory-utilization)")
+        from corral.server.placement import uses_cuda
+        page_bytes = PAGE_BYTES if any(uses_cuda(s) for s in config.models) else SIMULATED_PAGE_BYTES
+        return cls(memory, clients, page_bytes)
+
+    def start(self):
+        self._task = asyncio.create_task(self._run(), name="kv-sharing")
+
+    def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+
+    def reserved_bytes(self, footprint) -> int:
+        """The KV range an engine reserves: all of the budget its own weights and overhead leave."""
+        return max(footprint.kv_cache_bytes,
+                   self.memory.planner.budget_bytes - footprint.weights_bytes - footprint.overhead_bytes)
+
+    def describe(self, name: str) -> dict | None:
+        """Its /v1/models entry's kv_cache: the blocks granted, held now and needed, its minimum and range."""
+        tenant = self.pages.tenants.get(name)
+        if tenant is None:
+            return None
+        return {"granted_blocks": self.pages.granted_blocks(name), "num_blocks": tenant.num_blocks,
+                "needed_blocks": tenant.num_needed_blocks, "min_blocks": tenant.min_blocks,
+                "max_blocks": tenant.max_blocks, "block_bytes": tenant.block_bytes}
+
+    async def _run(self):
+        while True:
+            try:
+                self.rebalance()
+            except Exception:  # the grants stay as they are; serving goes on
+                logger.exception("elastic KV: rebalance failed")
+            await asyncio.sleep(self.interval)
+
+    def rebalance(self):
+        residents = self.memory.residents()
+        budget = self.memory.planner.budget_bytes
+        self.pages.set_budget(budget - sum(r.device_bytes - (0 if r.asleep else r.footprint.kv_cache_bytes)
+                                           for r in residents))
+        for client in self.clients.values():
+            ready = (str(client.state) == "ready" and client.engine is not None and client.engine_ready is not None
+                     and client.stats is not None)
+            if not ready or self._engines.get(client.name, client.engine) is not client.engine:
+                if client.name in self.pages.tenants:
+                    self.pages.leave(client.name)  # asleep, unloaded or restarting: all its pages are free
+                    del self._engines[client.name]
+            if not ready:
+                continue
+            stats = client.stats
+            if client.name not in self.pages.tenants:
+                ready_message = client.engine_ready
+                block_bytes = max(1, ready_message.memory.kv_cache_bytes // max(1, ready_message.num_kv_blocks))
+                min_blocks = -(-ready_message.max_model_len // ready_message.block_size)
+                grant = self.pages.join(client.name, block_bytes, min_blocks, ready_message.num_kv_blocks,
+                                        num_blocks=stats.num_kv_blocks)
+                self._engines[client.name] = client.engine
+                client.engine.send(SetKVGrant(grant))
+            self.pages.report(client.name, stats.num_kv_blocks, stats.num_kv_blocks - stats.num_free_kv_blocks,
+                              stats.num_needed_kv_blocks)
+        for name, num_blocks in self.pages.rebalance().items():
+            logger.debug("elastic KV: model %s may use %d blocks", name, num_blocks)
+            self._engines[name].send(SetKVGrant(num_blocks))
