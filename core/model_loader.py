@@ -2,7 +2,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
