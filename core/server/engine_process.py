@@ -2,6 +2,7 @@
 with the typed messages of corral.engine.messages (ToEngine in, FromEngine out). While idle the
 process blocks on the pipe; the pipe closing (the API process died) ends it.
 """
+import gc
 import logging
 import multiprocessing
 import os
@@ -101,6 +102,10 @@ def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: 
         conn.close()
         raise SystemExit(1)
     from corral.engine.sleep import memory_held
+    # the engine process holds the engine for its whole life: out of the collector's generations,
+    # the collections that each step's small objects set off no longer walk its objects
+    gc.collect()
+    gc.freeze()
     _send(conn, EngineReady(os.getpid(), core.config.max_model_len, core.num_blocks, core.config.block_size,
                             core.model_config.vocab_size, memory_held(core)))
     try:
