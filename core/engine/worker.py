@@ -21,6 +21,7 @@ from corral.engine.memory import does_not_fit_message, kv_cache_budget
 from corral.engine.model_runner import ModelRunner
 from corral.engine.pooling import as_embedding_model
 from corral.engine.profiling import profile_peak_memory
+from corral.layers.rotary import shared_rope_tables
 from corral.model_config import ModelConfig
 from corral.model_loader import load_weights
 
@@ -46,7 +47,7 @@ def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, devic
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     try:
-        with torch.device(device), default_dtype(config.torch_dtype), building(group):
+        with torch.device(device), default_dtype(config.torch_dtype), building(group), shared_rope_tables():
             model = model_cls(model_config)  # allocated in its final dtype, this rank's shard only
         if config.task == "embed":
             as_embedding_model(model)

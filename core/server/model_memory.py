@@ -175,7 +175,7 @@ def memory_held(client, memory: ModelMemory | None) -> int:
 
 def estimate_footprint(spec, model_dir: Path, max_model_len: int, overhead_bytes: int = 0) -> Footprint:
     """Weights from the safetensors headers (parameters x the dtype the engine loads them in) and the rotary
-    tables, the KV cache
+    table, the KV cache
     as configured (kv_cache_memory_bytes, num_kv_blocks), else the least that holds max_model_len tokens;
     per rank of a tensor-parallel model."""
     from corral.config import EngineConfig
@@ -186,8 +186,8 @@ def estimate_footprint(spec, model_dir: Path, max_model_len: int, overhead_bytes
     files = sorted(Path(model_dir).glob("*.safetensors"))
     params = sum(safetensors_num_params(f) for f in files) if files and config.load_format != "dummy" else \
         model_config.num_weight_params()
-    rotary_tables = model_config.num_hidden_layers * model_config.max_position_embeddings * model_config.head_dim * 4
-    weights = params * itemsize // ranks + rotary_tables  # each layer keeps its float32 cos/sin table
+    rotary_table = model_config.max_position_embeddings * model_config.head_dim * 4
+    weights = params * itemsize // ranks + rotary_table  # the layers share one float32 cos/sin table
 
     def kv_bytes(num_tokens: int) -> int:
         return kv_cache_bytes(num_tokens, config.block_size, model_config.num_hidden_layers,

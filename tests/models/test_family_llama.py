@@ -73,6 +73,15 @@ def test_rope_table_matches_transformers_at_real_head_dim(name):
     torch.testing.assert_close(torch.cat([our_sin] * 2, -1), sin[0], atol=1e-5, rtol=0)
 
 
+def test_a_model_s_layers_share_one_rotary_table(tmp_path):
+    llm = LLM(str(build_model("llama", tmp_path / "m", num_hidden_layers=3)))
+    tables = {id(layer.self_attn.rotary_emb.cos_sin_cache) for layer in llm.engine.core.runner.model.model.layers}
+    assert len(tables) == 1
+    other = LLM(str(build_model("llama", tmp_path / "n", rope_theta=5000.0)))
+    assert other.engine.core.runner.model.model.layers[0].self_attn.rotary_emb.cos_sin_cache.data_ptr() not in {
+        layer.self_attn.rotary_emb.cos_sin_cache.data_ptr() for layer in llm.engine.core.runner.model.model.layers}
+
+
 def test_unsupported_rope_scaling_is_a_one_line_error_at_load(tmp_path):
     rope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
             "original_max_position_embeddings": 256}

@@ -21,10 +21,10 @@ PROMPTS = [f"Story number {i}: once upon a time there was a little robot who" fo
 
 
 def static_footprint(model_dir: Path) -> int:
-    """Weights as the files hold them, each layer's float32 rotary table, KV of max_model_len tokens."""
+    """Weights as the files hold them, the layers' one float32 rotary table, KV of max_model_len tokens."""
     config = json.loads((model_dir / "config.json").read_text())
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    rotary = config["num_hidden_layers"] * config["max_position_embeddings"] * head_dim * 4
+    rotary = config["max_position_embeddings"] * head_dim * 4
     kv = MAX_MODEL_LEN * 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
     return sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) + rotary + kv
 

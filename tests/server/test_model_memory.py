@@ -19,12 +19,12 @@ SMALL = ("tiny-a", "tiny-b", "tiny-c")
 
 
 def reference_footprint(model_dir: Path) -> int:
-    """Weights as the files hold them (float32, as served on CPU), each layer's float32 rotary table, and the
+    """Weights as the files hold them (float32, as served on CPU), the layers' one float32 rotary table, and the
     KV cache of max_model_len tokens."""
     import json
     config = json.loads((model_dir / "config.json").read_text())
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    rotary = config["num_hidden_layers"] * config["max_position_embeddings"] * head_dim * 4
+    rotary = config["max_position_embeddings"] * head_dim * 4
     kv = MAX_MODEL_LEN * 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
     return sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) + rotary + kv
 
