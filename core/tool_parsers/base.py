@@ -143,6 +143,38 @@ class ToolParser:
         self._arguments(piece)
         return end is not None
 
+    # the states the JSON formats share: "object", "args", "tail"
+    def _read_whole_object(self, final: bool, not_a_call: str) -> bool:
+        """A call whose head is not in the usual order, read whole once its object closes; a value that
+        is no call becomes text again as `not_a_call`."""
+        buf = self._buf
+        end = self._scan_object(final)
+        if end is None:
+            return False
+        call = call_from_text(buf[:end])
+        if call:
+            self._whole_call(call.name, call.arguments)
+            self._buf, self._state = buf[end:], "after"
+        else:
+            self._buf, self._state = not_a_call, "text"
+        return True
+
+    def _read_arguments(self) -> bool:
+        """Stream the arguments; once they close, the rest of the call object ("tail") follows."""
+        if not self._stream_arguments():
+            return False
+        self._depth, self._state = JsonDepth(depth=1), "tail"  # inside the call object, after its arguments
+        return True
+
+    def _read_tail(self) -> bool:
+        """Skip to the end of the call object."""
+        end = self._depth.close(self._buf)
+        self._buf = "" if end is None else self._buf[end:]
+        if end is None:
+            return False
+        self._state = "after"
+        return True
+
     def _begin_object(self):
         """Read the JSON value the buffer starts with whole (see `_scan_object`)."""
         self._depth, self._scanned = JsonDepth(), 0

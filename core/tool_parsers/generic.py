@@ -5,8 +5,8 @@ An output that does not start with a call is content, all of it; text after the 
 """
 import json
 
-from corral.tool_parsers.base import ParsedToolCalls, ToolParser, call_from_text, read_calls
-from corral.tool_parsers.call_json import MORE, OK, JsonDepth, match_call_head, skip_ws
+from corral.tool_parsers.base import ParsedToolCalls, ToolParser, read_calls
+from corral.tool_parsers.call_json import MORE, OK, match_call_head, skip_ws
 
 FENCE, FENCE_LANG = "```", "```json"
 
@@ -72,28 +72,12 @@ class JsonToolParser(ToolParser):
                 return False
             self._buf, self._state = s, "text"
             return True
-        if state == "object":  # a call whose head is not in the usual order: read it whole
-            end = self._scan_object(final)
-            if end is None:
-                return False
-            call = call_from_text(buf[:end])
-            if call:
-                self._whole_call(call.name, call.arguments)
-                self._buf, self._state = buf[end:], "after"
-            else:
-                self._buf, self._state = self._lead + buf, "text"
-            return True
+        if state == "object":
+            return self._read_whole_object(final, self._lead + buf)
         if state == "args":
-            if self._stream_arguments():
-                self._depth, self._state = JsonDepth(depth=1), "tail"
-                return True
-            return False
+            return self._read_arguments()
         if state == "tail":
-            end = self._depth.close(buf)
-            self._buf = "" if end is None else buf[end:]
-            if end is not None:
-                self._state = "after"
-            return end is not None
+            return self._read_tail()
         self._content(buf)  # text
         self._buf = ""
         return False

@@ -4,8 +4,8 @@ An output that does not start with a call is content, all of it. Text after the 
 `; <call>`) is content too.
 """
 
-from corral.tool_parsers.base import ParsedToolCalls, ToolParser, call_from_text, read_calls
-from corral.tool_parsers.call_json import MORE, NO, OK, JsonDepth, match_call_head
+from corral.tool_parsers.base import ParsedToolCalls, ToolParser, read_calls
+from corral.tool_parsers.call_json import MORE, NO, OK, match_call_head
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -41,31 +41,13 @@ class Llama3JsonToolParser(ToolParser):
             else:
                 self._buf, self._state = buf if self._state == "start" else s, "text"
             return True
-        if self._state == "object":  # a call whose head is not in the usual order: read it whole
-            end = self._scan_object(final)
-            if end is None:
-                return False
-            call = call_from_text(buf[:end])
-            if call:
-                self._whole_call(call.name, call.arguments)
-                self._buf, self._state = buf[end:], "after"
-            else:
-                self._buf = self._lead + buf if self._index == 0 else (self._lead + buf).lstrip()
-                self._state = "text"
-            return True
+        if self._state == "object":
+            text = self._lead + buf
+            return self._read_whole_object(final, text if self._index == 0 else text.lstrip())
         if self._state == "args":
-            if self._stream_arguments():
-                self._depth = JsonDepth(depth=1)  # inside the call object, after its arguments
-                self._state = "tail"
-                return True
-            return False
+            return self._read_arguments()
         if self._state == "tail":
-            end = self._depth.close(buf)
-            self._buf = "" if end is None else buf[end:]
-            if end is None:
-                return False
-            self._state = "after"
-            return True
+            return self._read_tail()
         self._content(buf)  # text
         self._buf = ""
         return False
