@@ -2,20 +2,7 @@
 blocks, grows at once, and shrinks only through blocks that hold nothing (cached prefixes past the new
 size evicted, blocks in use retired when their request lets go). No torch, no model."""
 from corral.engine.kv_cache_manager import KVCacheManager
-from corral.engine.request import Request
-from corral.sampling_params import SamplingParams
-
-
-def req(request_id: str, tokens: list[int]) -> Request:
-    return Request(request_id, tokens, SamplingParams())
-
-
-def admit(kv: KVCacheManager, request: Request) -> list[int] | None:
-    blocks, num_computed = kv.get_computed_blocks(request)
-    block_ids = kv.allocate(request, request.num_tokens - num_computed, blocks)
-    if block_ids is not None:
-        request.num_computed_tokens = request.num_tokens
-    return block_ids
+from tests.engine.kv_requests import admit, req
 
 
 def test_a_grant_limits_the_blocks_requests_get():

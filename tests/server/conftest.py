@@ -5,7 +5,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.helpers import API_KEY, ServerThread
+from tests.server.helpers import API_KEY, ServerThread, tool_models_config
 from tests.server.templates import QWEN3_TEMPLATE, QWEN3_TOOL_TEMPLATE
 from tests.tiny_models import build_model
 
@@ -123,9 +123,6 @@ def tool_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tool_server(tool_models):
-    from corral.server.config import build_config
-    config = build_config([str(d) for d in tool_models.values()], served_names=list(tool_models),
-                          model_defaults={"max_model_len": 2048, "kv_cache_memory_bytes": "32MiB", "device": "cpu"})
-    running = ServerThread(config).start()
+    running = ServerThread(tool_models_config(tool_models)).start()
     yield running
     running.stop()

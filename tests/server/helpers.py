@@ -1,8 +1,10 @@
 """Shared by the server tests (and the sources tests that serve): a real server in a thread, the API key
-it is given, and the check that a response is an OpenAI-style error."""
+it is given, the check that a response is an OpenAI-style error, and a tiny model's memory footprint."""
+import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -60,3 +62,21 @@ def error_of(response: httpx.Response, status: int) -> dict:
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
     assert "Traceback" not in response.text
     return body["error"]
+
+
+def reference_footprint(model_dir: Path, max_model_len: int) -> int:
+    """A CPU model's memory as the files say: weights as stored (float32, as served on CPU), the layers'
+    one float32 rotary table, and the KV cache of max_model_len tokens."""
+    config = json.loads((model_dir / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    rotary = config["max_position_embeddings"] * head_dim * 4
+    kv = max_model_len * 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
+    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) + rotary + kv
+
+
+def tool_models_config(tool_models: dict[str, Path], names: list[str] | None = None, **server):
+    """A serve config of the tiny tool-calling models (the `tool_models` fixture) on the CPU, small KV caches."""
+    from corral.server.config import build_config
+    names = list(tool_models) if names is None else names
+    return build_config([str(tool_models[n]) for n in names], served_names=names, server=server,
+                        model_defaults={"max_model_len": 2048, "kv_cache_memory_bytes": "32MiB", "device": "cpu"})

@@ -3,7 +3,6 @@ that holds both with a little KV to spare. A burst to one while the other is idl
 grant past its static share; traffic to the other then grows its grant back. Every answer equals the
 offline engine's."""
 import asyncio
-import json
 import threading
 import time
 from pathlib import Path
@@ -12,21 +11,12 @@ import httpx
 import openai
 import pytest
 
-from tests.server.helpers import ServerThread
+from tests.server.helpers import ServerThread, reference_footprint
 from tests.tiny_models import build_model
 
 MAX_MODEL_LEN = 128
 MIN_BLOCKS = MAX_MODEL_LEN // 16  # one sequence of max_model_len: what a static share holds
 PROMPTS = [f"Story number {i}: once upon a time there was a little robot who" for i in range(8)]
-
-
-def static_footprint(model_dir: Path) -> int:
-    """Weights as the files hold them, the layers' one float32 rotary table, KV of max_model_len tokens."""
-    config = json.loads((model_dir / "config.json").read_text())
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    rotary = config["max_position_embeddings"] * head_dim * 4
-    kv = MAX_MODEL_LEN * 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
-    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) + rotary + kv
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(model_dirs):
     from corral.server.config import build_config
-    budget = sum(static_footprint(d) for d in model_dirs.values()) + (1 << 20)  # 1 MiB of KV to lend: not enough for both bursts at once
+    budget = sum(reference_footprint(d, MAX_MODEL_LEN) for d in model_dirs.values()) + (1 << 20)  # 1 MiB of KV to lend: not enough for both bursts at once
     config = build_config([str(d) for d in model_dirs.values()], served_names=list(model_dirs),
                           server={"memory_budget_bytes": budget, "kv_sharing": "elastic"},
                           model_defaults={"max_model_len": MAX_MODEL_LEN, "device": "cpu", "max_num_seqs": 8})

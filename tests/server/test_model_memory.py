@@ -11,22 +11,11 @@ import httpx
 import openai
 import pytest
 
-from tests.server.helpers import ServerThread, error_of
+from tests.server.helpers import ServerThread, error_of, reference_footprint
 from tests.tiny_models import build_model
 
 MAX_MODEL_LEN = 256
 SMALL = ("tiny-a", "tiny-b", "tiny-c")
-
-
-def reference_footprint(model_dir: Path) -> int:
-    """Weights as the files hold them (float32, as served on CPU), the layers' one float32 rotary table, and the
-    KV cache of max_model_len tokens."""
-    import json
-    config = json.loads((model_dir / "config.json").read_text())
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    rotary = config["max_position_embeddings"] * head_dim * 4
-    kv = MAX_MODEL_LEN * 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
-    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) + rotary + kv
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +30,9 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def budget(model_dirs) -> int:
     """Room for any two of the small models, never all three."""
-    sizes = sorted(reference_footprint(model_dirs[m]) for m in SMALL)
+    sizes = sorted(reference_footprint(model_dirs[m], MAX_MODEL_LEN) for m in SMALL)
     budget = (sizes[1] + sizes[2] + sum(sizes)) // 2
-    assert sizes[1] + sizes[2] < budget < sum(sizes) < reference_footprint(model_dirs["too-big"])
+    assert sizes[1] + sizes[2] < budget < sum(sizes) < reference_footprint(model_dirs["too-big"], MAX_MODEL_LEN)
     return budget
 
 

@@ -18,7 +18,7 @@ from corral.server.errors import BadRequestError
 from corral.server.ollama.serving import Reply
 from corral.server.ollama.template import render_template
 from corral.server.serving_chat import ChatGeneration
-from tests.server.helpers import API_KEY, ServerThread
+from tests.server.helpers import API_KEY, ServerThread, tool_models_config
 from tests.sources.hub_server import FakeHFHub, Repo
 
 ollama = pytest.importorskip("ollama")
@@ -53,17 +53,13 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tool_models, hub, home):
-    from corral.server.config import build_config
     with pytest.MonkeyPatch.context() as env:  # the store and the hub the server pulls from
         env.setenv("CORRAL_HOME", str(home))
         env.setenv("HF_ENDPOINT", hub.url)
         env.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "CORRAL_SOURCE"):
             env.delenv(var, raising=False)
-        names = ["tiny-qwen3", "tiny-llama"]
-        config = build_config([str(tool_models[n]) for n in names], served_names=names, server={"api_key": API_KEY},
-                              model_defaults={"max_model_len": 2048, "kv_cache_memory_bytes": "32MiB", "device": "cpu"})
-        running = ServerThread(config).start()
+        running = ServerThread(tool_models_config(tool_models, ["tiny-qwen3", "tiny-llama"], api_key=API_KEY)).start()
         yield running
         running.stop()
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from corral.server.responses.store import ResponseStore, StoredResponse
-from tests.server.helpers import ServerThread
+from tests.server.helpers import ServerThread, tool_models_config
 
 KEYS = ("key-one", "key-two")
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
@@ -32,13 +32,10 @@ FORECAST = {"type": "object", "properties": {
 
 @pytest.fixture(scope="module")
 def server(tool_models, tmp_path_factory):
-    from corral.server.config import build_config
     key_file = tmp_path_factory.mktemp("responses") / "keys"
     key_file.write_text("\n".join(KEYS) + "\n")
-    names = ["tiny-qwen3", "tiny-llama"]
-    config = build_config([str(tool_models[n]) for n in names], served_names=names,
-                          server={"api_key_file": str(key_file), "max_stored_responses": 50},
-                          model_defaults={"max_model_len": 2048, "kv_cache_memory_bytes": "32MiB", "device": "cpu"})
+    config = tool_models_config(tool_models, ["tiny-qwen3", "tiny-llama"], api_key_file=str(key_file),
+                                max_stored_responses=50)
     running = ServerThread(config).start()
     yield running
     running.stop()
