@@ -3,7 +3,6 @@ process, restarted when it dies. Requests get per-request asyncio queues fed fro
 """
 import asyncio
 import contextlib
-import enum
 import logging
 import threading
 import time
@@ -23,26 +22,9 @@ from corral.server.engine_process import EngineProcess
 from corral.server.errors import (BadRequestError, EngineDeadError, InternalServerError, ModelUnavailableError,
                                   QueueFullError, is_local_path, without_paths)
 from corral.server.model_files import ModelFiles, resolve_model_dir
+from corral.server.model_state import ModelState
 
 logger = logging.getLogger(__name__)
-
-
-class ModelState(str, enum.Enum):
-    """unloaded -> (resolving | downloading) -> loading -> ready; error when loading fails;
-    ready -> restarting -> ready when its engine dies (restarting after a backoff while it keeps dying);
-    ready -> sleeping (its engine kept, its device memory freed) -> loading (waking) -> ready."""
-
-    UNLOADED = "unloaded"
-    RESOLVING = "resolving"
-    DOWNLOADING = "downloading"
-    LOADING = "loading"
-    READY = "ready"
-    RESTARTING = "restarting"
-    SLEEPING = "sleeping"
-    ERROR = "error"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def restart_delay(num_crashes: int, base: float, cap: float) -> float:

@@ -7,7 +7,8 @@ import threading
 import time
 
 from corral.server.config import ServerConfig
-from corral.server.engine_client import EngineClient, ModelState
+from corral.server.engine_client import EngineClient
+from corral.server.model_state import ModelState
 from corral.server.errors import ModelNotFoundError, is_local_path
 from corral.server.kv_sharing import KVSharing
 from corral.server.model_memory import ModelMemory, memory_held

@@ -6,7 +6,8 @@ import time
 
 from fastapi import FastAPI
 
-from corral.server.engine_client import EngineClient, ModelState
+from corral.server.engine_client import EngineClient
+from corral.server.model_state import ModelState
 from corral.server.errors import ConflictError
 
 POLL_INTERVAL = 0.05

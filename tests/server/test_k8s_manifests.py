@@ -56,7 +56,7 @@ def routes() -> set[str]:
 
 def served_metric_names() -> set[str]:
     """The metric names corral's /metrics exports for a model."""
-    from corral.server.engine_client import ModelState
+    from corral.server.model_state import ModelState
     from corral.server.metrics import Metrics
     metrics = Metrics()
     metrics.watch([types.SimpleNamespace(name="m", stats=None, num_pending=0, state=ModelState.READY)])

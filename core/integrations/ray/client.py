@@ -16,9 +16,10 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from corral.integrations.ray.replica import GenerateRequest, ReplicaInfo
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
-from corral.server.engine_client import EngineClient, ModelState
+from corral.server.engine_client import EngineClient
 from corral.server.errors import (APIError, EngineDeadError, InternalServerError, ModelUnavailableError,
                                   QueueFullError)
+from corral.server.model_state import ModelState
 
 logger = logging.getLogger(__name__)
 

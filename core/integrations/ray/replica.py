@@ -12,7 +12,8 @@ from corral.engine.messages import SchedulerStats
 from corral.outputs import RequestOutput
 from corral.sampling_params import SamplingParams
 from corral.server.config import ModelSpec
-from corral.server.engine_client import EngineClient, ModelState
+from corral.server.engine_client import EngineClient
+from corral.server.model_state import ModelState
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
 MAX_SHIPPED_FILE = 64 << 20  # tokenizer.json of a large vocabulary is some 30 MB

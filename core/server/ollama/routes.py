@@ -5,7 +5,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
-from corral.server.engine_client import ModelState
+from corral.server.model_state import ModelState
 from corral.server.errors import APIError
 from corral.server.ollama import models, pull
 from corral.server.ollama.embeddings import embed
