@@ -60,9 +60,10 @@ def texts(message) -> str:
 
 
 def reference_count(model_dir, messages: list[dict], **kwargs) -> int:
+    """The template's count of a request without `thinking`, which renders with thinking off."""
     from transformers import AutoTokenizer
     return len(AutoTokenizer.from_pretrained(model_dir).apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs))
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False, enable_thinking=False, **kwargs))
 
 
 # --- create --------------------------------------------------------------------------------------------------
@@ -196,15 +197,16 @@ def test_qwen3_thinking_is_a_thinking_block(client, offline):
     assert m.content[0].thinking == raw and m.content[0].signature == ""
 
 
-def test_thinking_disabled_gives_a_text_block(client, offline):
-    m = client.messages.create(model="tiny-qwen3", messages=HELLO, max_tokens=12, **GREEDY,
-                               thinking={"type": "disabled"})
+@pytest.mark.parametrize("thinking", [{"thinking": {"type": "disabled"}}, {}], ids=["disabled", "absent"])
+def test_thinking_disabled_or_absent_gives_a_text_block(client, offline, thinking):
+    m = client.messages.create(model="tiny-qwen3", messages=HELLO, max_tokens=12, **GREEDY, **thinking)
     raw = offline_chat(offline, "tiny-qwen3", HELLO, 12, chat_template_kwargs={"enable_thinking": False})
     assert [b.type for b in m.content] == ["text"] and m.content[0].text == raw.outputs[0].text
 
 
 def test_streamed_thinking_is_thinking_deltas_then_a_signature(client):
-    kwargs = dict(model="tiny-qwen3", messages=HELLO, max_tokens=12, **GREEDY)
+    kwargs = dict(model="tiny-qwen3", messages=HELLO, max_tokens=12, **GREEDY,
+                  thinking={"type": "enabled", "budget_tokens": 1024})
     whole = client.messages.create(**kwargs)
     events = list(client.messages.create(stream=True, **kwargs))
     assert events[1].content_block.type == "thinking"

@@ -1,8 +1,8 @@
 """An Anthropic Messages request as the chat completions request the chat machinery serves: system and
 turns as chat messages, tool_use blocks as an assistant's tool_calls, tool_result blocks as tool turns,
 thinking blocks as the assistant's reasoning, tools and tool_choice as OpenAI's (`any` is `required`,
-held by a grammar as a named tool is), `thinking` as the chat template's enable_thinking, output_config's
-JSON schema as a json_schema response_format."""
+held by a grammar as a named tool is), `thinking` as the chat template's enable_thinking (off when
+absent, Anthropic's default), output_config's JSON schema as a json_schema response_format."""
 import json
 
 from pydantic import ValidationError
@@ -16,8 +16,8 @@ TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
     fields = {"model": body.model, "messages": chat_messages(body), **tool_fields(body)}
-    if body.thinking is not None:
-        fields["chat_template_kwargs"] = {"enable_thinking": body.thinking.type != "disabled"}
+    # Anthropic's default is no thinking: a request without `thinking` gets none from a thinking model either
+    fields["chat_template_kwargs"] = {"enable_thinking": body.thinking is not None and body.thinking.type != "disabled"}
     if isinstance(body, MessagesRequest):
         fields.update(max_tokens=body.max_tokens, stop=body.stop_sequences, temperature=body.temperature,
                       top_p=body.top_p, top_k=body.top_k)
