@@ -29,16 +29,26 @@ class BlockPool:
         self.cached: dict[BlockKey, KVBlock] = {}
         self.enable_prefix_caching = enable_prefix_caching
         self.capacity = num_blocks
-        self.num_retiring = 0  # blocks past the capacity that requests still hold
+        self.retiring: set[int] = set()  # blocks past the capacity that requests still hold
 
     @property
     def num_free_blocks(self) -> int:
         return len(self.free_queue)
 
     @property
+    def num_retiring(self) -> int:
+        return len(self.retiring)
+
+    @property
     def num_blocks(self) -> int:
         """Blocks held now: the capacity, and those past it still in use."""
         return self.capacity + self.num_retiring
+
+    @property
+    def num_spanned_blocks(self) -> int:
+        """Blocks [0, n) hold all the pool holds: its capacity, and the blocks past it still in use. What
+        lies past them can be unmapped."""
+        return max(self.capacity, max(self.retiring) + 1) if self.retiring else self.capacity
 
     def resize(self, num_blocks: int):
         """Use the first `num_blocks` of the reserved blocks (clamped to the reservation)."""
@@ -46,16 +56,16 @@ class BlockPool:
         old = self.capacity
         self.capacity = num_blocks
         if num_blocks > old:
-            for block in self.blocks[old:num_blocks]:
+            for block in reversed(self.blocks[old:num_blocks]):
                 if block.ref_cnt > 0:
-                    self.num_retiring -= 1  # in use, and kept
-                else:  # empty: used before cached blocks are evicted
+                    self.retiring.discard(block.block_id)  # in use, and kept
+                else:  # empty: used before cached blocks are evicted, lowest first (what a shrink can unmap)
                     self.free_queue[block.block_id] = block
                     self.free_queue.move_to_end(block.block_id, last=False)
         else:
             for block in self.blocks[num_blocks:old]:
                 if block.ref_cnt > 0:
-                    self.num_retiring += 1
+                    self.retiring.add(block.block_id)
                 else:
                     del self.free_queue[block.block_id]
                     self._forget(block)
@@ -89,7 +99,7 @@ class BlockPool:
                 if block.block_id < self.capacity:
                     self.free_queue[block.block_id] = block
                 else:
-                    self.num_retiring -= 1
+                    self.retiring.discard(block.block_id)
                     self._forget(block)
 
     def cache(self, block: KVBlock, key: BlockKey):

@@ -13,6 +13,7 @@ from corral.engine.pooling import PoolingRunner
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler, SchedulerOutput
 from corral.engine.structured_output import StructuredOutputManager
+from corral.engine.virtual_weights import VirtualWeights
 from corral.engine.worker import build_rank, kv_bytes_per_token
 from corral.engine.worker_processes import WorkerProcesses
 from corral.model_config import ModelConfig
@@ -40,7 +41,7 @@ class EngineCore:
             rank_device(config.device, 0)
         self.workers = WorkerProcesses(config, model_cls) if config.tensor_parallel_size > 1 else None
         try:
-            model, backend, kv_caches, self.num_blocks = build_rank(
+            model, backend, kv_caches, self.num_blocks, self.kv_memory = build_rank(
                 config, self.model_config, model_cls, self.device,
                 self.workers.group if self.workers else TensorParallelGroup())
         except BaseException as e:
@@ -49,9 +50,12 @@ class EngineCore:
             error = self.workers.explain(e)  # which rank failed, and why
             self.workers.close()
             raise error from e
+        # with virtual KV memory, the weights too: sleep then keeps every address (and the CUDA graphs)
+        self.weights_memory = VirtualWeights(self.kv_memory.driver, sleep.weight_tensors(model)) \
+            if self.kv_memory is not None else None
         prefix_caching = config.enable_prefix_caching and (self.pooler_config is None or
                                                            self.pooler_config.prefix_cacheable)
-        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching)
+        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching, self.kv_memory)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.num_scheduler_steps)
         self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None  # launched, not yet read

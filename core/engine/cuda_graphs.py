@@ -72,6 +72,7 @@ class CUDAGraphRunner:
         self.slot_mapping[n:bs] = -1
         self.seq_lens[:n] = metadata.seq_lens
         self.seq_lens[n:bs] = 1
+        self.block_tables[n:bs, 0] = 0  # a padded row reads one slot: of block 0, always backed (kv_memory)
         width = metadata.block_tables.shape[1]
         self.block_tables[:n, :width] = metadata.block_tables
         self.graphs[bs].replay()

@@ -18,9 +18,12 @@ class KVCacheManager:
     """Which KV blocks each request holds. The scheduler asks for room and gets block ids or
     None; it never sees blocks, ref counts or the prefix cache."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, memory=None):
+        """`memory`: the KV caches' device memory when it is backed block by block
+        (corral.engine.kv_memory.VirtualKVCaches: map_blocks, unmap_past), else None."""
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
+        self.memory = memory
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_keys: dict[str, list[BlockKey]] = {}
         self.req_block_ids: dict[str, list[int]] = {}
@@ -37,8 +40,13 @@ class KVCacheManager:
         return 1.0 - self.pool.num_free_blocks / self.num_blocks if self.num_blocks else 1.0
 
     def set_grant(self, num_blocks: int):
-        """Elastic KV memory: use this many of the reserved blocks from now on (BlockPool.resize)."""
+        """Elastic KV memory: use this many of the reserved blocks from now on (BlockPool.resize). With
+        `memory`, a larger grant is backed before the pool grows (as far as the device allows), and the
+        pages a smaller one frees are given back as soon as the blocks on them hold nothing."""
+        if self.memory is not None and num_blocks > self.pool.capacity:
+            num_blocks = max(self.pool.capacity, self.memory.map_blocks(num_blocks))
         self.pool.resize(num_blocks)
+        self._release_memory()
 
     def num_needed_blocks(self, running: list[Request], waiting) -> int:
         """The demand reported to the server: blocks in use, a block more per running request, and
@@ -118,6 +126,12 @@ class KVCacheManager:
         self.req_block_ids.pop(request.request_id, None)
         self.req_num_cached.pop(request.request_id, None)
         self.pool.release(list(reversed(blocks)))
+        if self.memory is not None and self.memory.num_backed_blocks > self.pool.capacity:
+            self._release_memory()  # a smaller grant waited for these blocks
+
+    def _release_memory(self):
+        if self.memory is not None:
+            self.memory.unmap_past(self.pool.num_spanned_blocks)
 
     def _keys(self, request: Request, num_blocks: int) -> list[BlockKey]:
         keys = self.req_keys.setdefault(request.request_id, [])

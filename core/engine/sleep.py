@@ -1,7 +1,15 @@
 """What an engine holds on its device, and sleep: an idle engine's weights go to host memory (pinned on
-CUDA, so waking is one fast copy back), its KV cache and CUDA graphs are freed, its process and everything
-else stay. Waking copies the weights back, allocates the KV cache again (empty: the prefix cache is
-forgotten) and captures the graphs again (their addresses changed)."""
+CUDA, so waking is one fast copy back), its KV cache is freed, its process and everything else stay; the
+prefix cache is forgotten. Two paths:
+
+- virtual memory (CUDA, one rank, cuda-python's bindings installed: the engine's `weights_memory` and
+  `kv_memory` are set): the weights live in one virtual range and each KV cache in its own. Sleep copies the
+  weights' range to the host and unmaps every page, weights and KV; the addresses stay reserved and the CUDA
+  graphs are kept. Waking maps the pages back at the same addresses, copies the weights in and zeroes the
+  KV pages; the graphs are replayed as they were, with no recapture.
+- otherwise (CPU, several ranks, no bindings): each weight tensor is copied to the host and emptied, the KV
+  tensors and the CUDA graphs are dropped; waking copies the weights back, allocates the KV caches again
+  and captures the graphs again (their addresses changed)."""
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,11 +28,13 @@ class SleepError(RuntimeError):
 
 @dataclass(slots=True)
 class Slept:
-    """An engine's state while asleep: the host copy of every weight, and the shape of each KV cache."""
+    """An engine's state while asleep: the host copy of every weight, and the shape of each KV cache (or,
+    with virtual memory, the host copy of the weights' range)."""
 
     host: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (device tensor, its copy)
     kv_caches: list[tuple[Attention, torch.Size, torch.dtype]] = field(default_factory=list)
     had_graphs: bool = False
+    weights_range: list[torch.Tensor] | None = None  # VirtualWeights.sleep's copy
 
 
 def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -42,11 +52,19 @@ def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def memory_held(core) -> EngineMemory:
+    """Weights and KV cache as held now (with virtual memory, the pages mapped), and the device memory of
+    torch's allocator plus those pages."""
     model = core.runner.model
-    weights = sum(t.numel() * t.element_size() for t in weight_tensors(model))  # emptied while asleep
-    kv = sum(layer.kv_cache.numel() * layer.kv_cache.element_size() for layer in _attention_layers(model)
-             if layer.kv_cache is not None)
-    device = torch.cuda.memory_reserved(core.device) if core.device.type == "cuda" else 0
+    weights = 0 if core.asleep is not None else sum(t.numel() * t.element_size() for t in weight_tensors(model))
+    if core.kv_memory is not None:
+        kv = core.kv_memory.mapped_bytes
+    else:
+        kv = sum(layer.kv_cache.numel() * layer.kv_cache.element_size() for layer in _attention_layers(model)
+                 if layer.kv_cache is not None)
+    device = 0
+    if core.device.type == "cuda":
+        device = torch.cuda.memory_reserved(core.device) + (core.kv_memory.mapped_bytes if core.kv_memory else 0)
+        device += core.weights_memory.mapped_bytes if core.weights_memory else 0
     return EngineMemory(weights, kv, device)
 
 
@@ -59,6 +77,14 @@ def sleep(core) -> Slept:
     while core.has_unfinished_requests():  # a step launched ahead for requests since aborted
         core.step()
     start = time.perf_counter()
+    if core.weights_memory is not None and core.kv_memory is not None:
+        slept = Slept(had_graphs=core.runner.graph_runner is not None, weights_range=core.weights_memory.sleep())
+        core.kv_memory.sleep()
+        core.kv_cache_manager.reset_prefix_cache()
+        torch.cuda.empty_cache()
+        logger.info("asleep in %.2f s: the weights' range on the host, every page unmapped, CUDA graphs kept",
+                    time.perf_counter() - start)
+        return slept
     runner, cuda = core.runner, core.device.type == "cuda"
     slept = Slept(had_graphs=runner.graph_runner is not None)
     with torch.inference_mode():
@@ -85,6 +111,12 @@ def sleep(core) -> Slept:
 def wake(core, slept: Slept):
     start = time.perf_counter()
     device = core.device
+    if slept.weights_range is not None:
+        core.weights_memory.wake(slept.weights_range)
+        core.kv_memory.wake()
+        torch.cuda.synchronize(device)
+        logger.info("awake in %.2f s (the same addresses: CUDA graphs kept)", time.perf_counter() - start)
+        return
     with torch.inference_mode():
         for t, copy in slept.host:
             t.data = copy.to(device, non_blocking=device.type == "cuda")

@@ -17,6 +17,8 @@ from corral.config import ConfigError, EngineConfig
 from corral.distributed.group import (RENDEZVOUS_TIMEOUT, TensorParallelGroup, building, connect, kv_heads_per_rank,
                                       rank_device)
 from corral.distributed.step_broadcast import StepBroadcast
+from corral.engine import virtual_memory
+from corral.engine.kv_memory import VirtualKVCaches
 from corral.engine.memory import does_not_fit_message, kv_cache_budget
 from corral.engine.model_runner import ModelRunner
 from corral.engine.pooling import as_embedding_model
@@ -41,9 +43,11 @@ def default_dtype(dtype: torch.dtype):
 
 
 def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, device: torch.device,
-               group: TensorParallelGroup) -> tuple[torch.nn.Module, AttentionBackend, list[torch.Tensor], int]:
+               group: TensorParallelGroup
+               ) -> tuple[torch.nn.Module, AttentionBackend, list[torch.Tensor], int, VirtualKVCaches | None]:
     """This rank's model, attention backend, KV caches and their number of blocks (the same on
-    every rank: the one with the least memory decides)."""
+    every rank: the one with the least memory decides), and the caches' virtual memory where a
+    single-rank CUDA engine has it (else None: plain tensors)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     try:
@@ -68,7 +72,9 @@ def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, devic
     peak = profile_peak_memory(model, backend, config, model_config) if device.type == "cuda" else 0
     num_blocks = group.min(num_kv_blocks(config, model_config, device, peak))
     check_kv_capacity(config, model_config, num_blocks)
-    return model, backend, allocate_kv_caches(config, model_config, num_blocks, device), num_blocks
+    virtual = group.size == 1 and virtual_memory.available(device)
+    kv_caches, kv_memory = allocate_kv_caches(config, model_config, num_blocks, device, virtual)
+    return model, backend, kv_caches, num_blocks, kv_memory
 
 
 def kv_bytes_per_token(config: EngineConfig, model_config: ModelConfig) -> int:
@@ -103,12 +109,23 @@ def check_kv_capacity(config: EngineConfig, model_config: ModelConfig, num_block
             f"({block_bytes * -(-config.max_model_len // config.block_size) / 2**30:.2f} GiB needed)")
 
 
-def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_blocks: int,
-                       device: torch.device) -> list[torch.Tensor]:
+def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_blocks: int, device: torch.device,
+                       virtual: bool = False) -> tuple[list[torch.Tensor], VirtualKVCaches | None]:
+    """One zeroed cache per layer: plain tensors, or (`virtual`) views over virtual ranges, all of it
+    backed to begin with (a grant may give some back: KVCacheManager.set_grant)."""
     mc = model_config
     heads = kv_heads_per_rank(mc.num_key_value_heads, config.tensor_parallel_size)
     shape = (2, num_blocks, config.block_size, heads, mc.head_dim)
-    return [torch.zeros(shape, dtype=config.torch_dtype, device=device) for _ in range(mc.num_hidden_layers)]
+    if not virtual:
+        return [torch.zeros(shape, dtype=config.torch_dtype, device=device)
+                for _ in range(mc.num_hidden_layers)], None
+    block_bytes = config.block_size * heads * mc.head_dim * config.torch_dtype.itemsize
+    memory = VirtualKVCaches(virtual_memory.CudaDriver(device), mc.num_hidden_layers, num_blocks, block_bytes)
+    memory.map_blocks(num_blocks)
+    if memory.num_backed_blocks < num_blocks:
+        raise torch.OutOfMemoryError(f"CUDA out of memory: {memory.num_backed_blocks} of {num_blocks} KV blocks "
+                                     f"could be mapped")
+    return memory.tensors(shape, config.torch_dtype), memory
 
 
 def run_worker(rank: int, config: EngineConfig, model_cls, port: int, conn, num_threads: int,
@@ -128,7 +145,7 @@ def run_worker(rank: int, config: EngineConfig, model_cls, port: int, conn, num_
         store = dist.TCPStore("127.0.0.1", port, None, False, timeout=RENDEZVOUS_TIMEOUT)
         group = connect(rank, config.tensor_parallel_size, store, device)
         model_config = ModelConfig.from_hf(config.hf_config)
-        model, backend, kv_caches, _ = build_rank(config, model_config, model_cls, device, group)
+        model, backend, kv_caches, _, _ = build_rank(config, model_config, model_cls, device, group)
         runner = ModelRunner(model, kv_caches, backend, config.block_size, device, model_config.vocab_size)
         if device.type == "cuda" and not config.enforce_eager and backend.name == "triton":
             runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)

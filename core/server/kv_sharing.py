@@ -3,13 +3,19 @@ from what their weights leave of it (corral.server.kv_pages decides). Each engin
 of that and starts with the minimum the memory planner counted for it; every few milliseconds the engines'
 reports (SchedulerStats) go in and changed grants go out as SetKVGrant.
 
-On CPU, and on CUDA for now, an engine's KV tensors are allocated at the reserved size and a grant only
-limits the blocks its scheduler may use, so the budget is simulated: the pages a model gives back are not
-yet memory another engine can use. The next step, on CUDA, is kvcached's: reserve each engine's KV range as
-virtual memory (cuMemAddressReserve), map physical pages of PAGE_BYTES into it as its grant grows and unmap
-them as it shrinks (cuMemCreate / cuMemMap / cuMemUnmap), so that the kernels keep one base pointer per layer
-and a freed page is really free for another engine, a loading model's weights included (a load must then
-wait for the pages it counts on to be unmapped)."""
+On a single-rank CUDA engine with cuda-python's bindings (the gpu extra), the grant is real memory, as in
+kvcached: each layer's KV cache is a view over a virtual range reserved for all its blocks
+(corral.engine.kv_memory), a larger grant maps physical pages before the engine's pool grows, and a smaller
+one unmaps the pages past the highest block still held once the blocks on them are empty, so another
+engine, or a loading model's weights, can take them; the kernels keep one base pointer per layer and the
+CUDA graphs stay valid. The engine reports the pages it has mapped as its KV memory. On CPU, on several
+ranks, or without the bindings, the KV tensors are allocated at the reserved size and a grant only limits
+the blocks the scheduler may use: the budget is simulated.
+
+Not yet done here: an engine maps its whole reservation while it starts (until its first grant arrives), so
+a model that loads while the others hold most of the pages can run out of device memory; the grant it will
+start with should reach it before it allocates, and a load should wait for the pages it counts on to be
+unmapped."""
 import asyncio
 import logging
 

@@ -1,0 +1,195 @@
+"""CUDA virtual memory: a device address range reserved once, whose physical pages (the allocation
+granularity, 2 MiB on current GPUs) are mapped and unmapped by offset while the addresses stay the same,
+so tensors over the range, and CUDA graphs that captured them, stay valid. kvcached's design for KV
+memory shared between engines, and the ground of sleeping without recapturing graphs.
+
+The driver calls go through `CudaDriver`, a thin adapter over cuda-python's bindings
+(cuda.bindings.driver), so that tests can give `VirtualRange` a driver of their own."""
+import logging
+from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
+
+
+class CudaDriverError(RuntimeError):
+    """A driver call failed: which call, and the CUresult it returned."""
+
+    def __init__(self, call: str, name: str, code: int):
+        super().__init__(f"{call} failed: {name} ({code})")
+        self.call, self.name, self.code = call, name, code
+
+
+def available(device) -> bool:
+    """Whether `device` (a torch device) can hold virtual ranges: a CUDA device whose driver supports
+    virtual memory management, with cuda-python's bindings installed (the `gpu` extra)."""
+    if device.type != "cuda":
+        return False
+    try:
+        from cuda.bindings import driver  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        return CudaDriver(device).supports_virtual_memory()
+    except Exception as e:  # a driver without the calls, or one the bindings cannot load
+        logger.warning("CUDA virtual memory is unavailable: %s", e)
+        return False
+
+
+class CudaDriver:
+    """The calls a VirtualRange makes, on one device. Torch must have initialised CUDA on `device` first:
+    the driver calls run in its primary context."""
+
+    def __init__(self, device):
+        import torch
+        from cuda.bindings import driver
+        self._driver, self._torch = driver, torch
+        self.device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        torch.cuda.init()
+        torch.cuda.set_device(self.device)
+        torch.zeros(1, device=self.device)  # makes torch's primary context current in this thread
+        self._check("cuInit", driver.cuInit(0))
+        prop = driver.CUmemAllocationProp()
+        prop.type = driver.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+        prop.location.type = driver.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        prop.location.id = self.device.index
+        prop.requestedHandleTypes = driver.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_NONE
+        self._prop = prop
+        access = driver.CUmemAccessDesc()
+        access.location.type = driver.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        access.location.id = self.device.index
+        access.flags = driver.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        self._access = access
+
+    def supports_virtual_memory(self) -> bool:
+        d = self._driver
+        device = self._check("cuDeviceGet", d.cuDeviceGet(self.device.index))
+        attribute = d.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
+        return bool(self._check("cuDeviceGetAttribute", d.cuDeviceGetAttribute(attribute, device)))
+
+    def granularity(self) -> int:
+        d = self._driver
+        return int(self._check("cuMemGetAllocationGranularity", d.cuMemGetAllocationGranularity(
+            self._prop, d.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
+
+    def reserve(self, size: int, alignment: int) -> int:
+        return int(self._check("cuMemAddressReserve", self._driver.cuMemAddressReserve(size, alignment, 0, 0)))
+
+    def free_address(self, address: int, size: int):
+        self._check("cuMemAddressFree", self._driver.cuMemAddressFree(address, size))
+
+    def create(self, size: int):
+        """A physical allocation of `size` bytes on the device: its handle."""
+        return self._check("cuMemCreate", self._driver.cuMemCreate(size, self._prop, 0))
+
+    def map(self, address: int, size: int, handle):
+        """Map `handle` at `address` and let this device read and write it."""
+        self._check("cuMemMap", self._driver.cuMemMap(address, size, 0, handle, 0))
+        self._check("cuMemSetAccess", self._driver.cuMemSetAccess(address, size, [self._access], 1))
+
+    def unmap(self, address: int, size: int):
+        self._check("cuMemUnmap", self._driver.cuMemUnmap(address, size))
+
+    def release(self, handle):
+        self._check("cuMemRelease", self._driver.cuMemRelease(handle))
+
+    def zero(self, address: int, size: int):
+        """Zero the bytes in torch's current stream, so that they are zero for every kernel launched after."""
+        stream = self._torch.cuda.current_stream(self.device).cuda_stream
+        self._check("cuMemsetD8Async", self._driver.cuMemsetD8Async(address, 0, size, stream))
+
+    def synchronize(self):
+        """Wait for the device: nothing launched before reads a page about to be unmapped."""
+        self._torch.cuda.synchronize(self.device)
+
+    def _check(self, call: str, result):
+        return checked(self._driver, call, result)
+
+
+def checked(bindings, call: str, result):
+    """The value of a cuda-python call (it returns (CUresult, value...)), or its error raised as
+    CudaDriverError. `bindings`: the cuda.bindings.driver module."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if error != bindings.CUresult.CUDA_SUCCESS:
+        _, name = bindings.cuGetErrorName(error)
+        raise CudaDriverError(call, name.decode() if isinstance(name, bytes) else str(name), int(error))
+    return values[0] if len(values) == 1 else None
+
+
+def pages_covering(offset: int, size: int, page_bytes: int) -> range:
+    """The pages holding bytes [offset, offset + size)."""
+    if size <= 0:
+        return range(0)
+    return range(offset // page_bytes, -(-(offset + size) // page_bytes))
+
+
+class VirtualRange:
+    """`size` bytes of device addresses, reserved at once and backed page by page. A page is one
+    physical allocation of its own, so each can be unmapped and released alone."""
+
+    def __init__(self, driver, size: int):
+        self.driver = driver
+        self.page_bytes = driver.granularity()
+        self.num_pages = max(1, -(-size // self.page_bytes))
+        self.size = self.num_pages * self.page_bytes
+        self.address = driver.reserve(self.size, self.page_bytes)
+        self.handles: dict[int, object] = {}  # page -> its physical allocation
+
+    @property
+    def mapped_bytes(self) -> int:
+        return len(self.handles) * self.page_bytes
+
+    def map_pages(self, pages: Iterable[int], zero: bool = True):
+        """Back these pages (those already mapped stay as they are); `zero`: fill the new ones with zeros
+        (a kernel may read a slot nothing wrote). On a driver error the pages mapped so far stay mapped."""
+        for page in pages:
+            if page in self.handles:
+                continue
+            if not 0 <= page < self.num_pages:
+                raise IndexError(f"page {page} is outside a range of {self.num_pages} pages")
+            handle = self.driver.create(self.page_bytes)
+            address = self.address + page * self.page_bytes
+            try:
+                self.driver.map(address, self.page_bytes, handle)
+            except CudaDriverError:
+                self.driver.release(handle)
+                raise
+            self.handles[page] = handle
+            if zero:
+                self.driver.zero(address, self.page_bytes)
+
+    def unmap_pages(self, pages: Iterable[int]):
+        """Give these pages' memory back to the device; their addresses stay reserved. The caller makes sure
+        nothing launched still reads them (CudaDriver.synchronize)."""
+        for page in sorted(set(pages) & self.handles.keys()):
+            self.driver.unmap(self.address + page * self.page_bytes, self.page_bytes)
+            self.driver.release(self.handles.pop(page))
+
+    def map(self, offset: int, size: int, zero: bool = True):
+        self.map_pages(pages_covering(offset, size, self.page_bytes), zero)
+
+    def unmap_all(self):
+        self.unmap_pages(list(self.handles))
+
+    def tensor(self, size: int | None = None):
+        """A uint8 torch tensor over the first `size` bytes of the range (all of it by default), sharing its
+        memory; `.view(dtype)` it. The range's first page must be mapped now (torch asks the driver which
+        device the address is on); pages unmapped later must not be read."""
+        import torch
+        return torch.as_tensor(_DeviceBytes(self.address, self.size if size is None else size),
+                               device=self.driver.device)
+
+    def close(self):
+        """Unmap everything and free the addresses: every tensor over the range is invalid after."""
+        if self.address is not None:
+            self.unmap_all()
+            self.driver.free_address(self.address, self.size)
+            self.address = None
+
+
+class _DeviceBytes:
+    """Device bytes as the CUDA array interface describes them, for torch.as_tensor; the tensor keeps this
+    object alive (and nothing here refers back to the range, so the range's lifetime is its owner's)."""
+
+    def __init__(self, address: int, size: int):
+        self.__cuda_array_interface__ = {"shape": (size,), "typestr": "|u1", "data": (address, False),
+                                         "version": 2, "strides": None}
