@@ -274,10 +274,8 @@ class EngineClient:
         logger.info("unloading idle model %s", self.name)
         self.state, self.stats = ModelState.UNLOADED, None
         self._settled.clear()
-        engine = self.engine
+        engine, self.engine = self.engine, None  # its exit, still on its way, is no failure of a load it meets
         await asyncio.to_thread(engine.stop, 10)
-        if self.engine is engine:
-            self.engine = None  # its exit, still on its way, is not a new engine's
 
     async def sleep(self) -> bool:
         """Put the idle model to sleep: its engine frees its device memory and keeps its process and the

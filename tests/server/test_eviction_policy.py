@@ -2,6 +2,7 @@
 that makes room is unloaded (its engine process stops, it holds nothing) instead of put to sleep, and it
 comes back from its files on its next request with the same greedy answer. A real server, the openai
 client."""
+import asyncio
 import os
 import time
 
@@ -79,3 +80,21 @@ def test_round_robin_traffic_never_puts_a_model_to_sleep_and_answers_as_before(s
             seen |= {state for state, _ in now.values()}
             assert sum(state == "ready" for state, _ in now.values()) <= 2
     assert "sleeping" not in seen and "unloaded" in seen
+
+
+def test_a_request_that_comes_while_its_model_is_being_unloaded_is_served(server, client):
+    expected = ask(client, "tiny-a")
+
+    async def unload_then_ask():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http, \
+                openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120) as aclient:
+            unloading = asyncio.create_task(http.post("/v1/models/tiny-a/unload"))
+            while str(server.client("tiny-a").state) != "unloaded":  # its engine is still stopping
+                await asyncio.sleep(0.001)
+            answer = await aclient.completions.create(model="tiny-a", prompt="The capital of France is",
+                                                      max_tokens=8, temperature=0)
+            await unloading
+            return answer.choices[0].text
+
+    assert asyncio.run(unload_then_ask()) == expected
+    assert states(server)["tiny-a"][0] == "ready"
