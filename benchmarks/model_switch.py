@@ -25,21 +25,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import emit, environment, model_dir
+from benchmarks.checkpoints import write_checkpoint
+from benchmarks.common import emit, environment
 from benchmarks.serving import prepare_model
-
-
-def write_checkpoint(name: str, out: Path) -> Path:
-    """Random bf16 weights of a benchmark config (or a config.json directory) saved as safetensors."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    if (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file():
-        return out
-    source = Path(name) if Path(name).is_dir() else Path(model_dir(name))
-    config = AutoConfig.from_pretrained(source)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def drop_page_cache(directory: Path):

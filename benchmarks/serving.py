@@ -53,25 +53,29 @@ def prepare_model(name: str) -> str:
 class Server:
     """`corral serve --config FILE` as a subprocess on a free loopback port; SIGTERM on exit."""
 
-    def __init__(self, models: dict[str, str], args, memory_share: float):
+    def __init__(self, models: dict[str, str], args, memory_share: float | None, server: dict | None = None,
+                 **model_settings):
+        """`server`: [server] settings (memory_budget_bytes, eviction, ...); `model_settings` override each
+        model's defaults (dummy weights, memory_share of the GPU; None leaves a setting out)."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        lines = ["[server]", 'host = "127.0.0.1"', f"port = {self.port}"]
+        lines = ["[server]", 'host = "127.0.0.1"', f"port = {self.port}", *toml_pairs(server or {})]
+        settings = dict(dict(load_format="dummy", reasoning_parser="none", max_model_len=args.max_model_len,
+                             gpu_memory_utilization=memory_share, max_queue_len=1024, device=args.device),
+                        **model_settings)
         for name, path in models.items():
-            lines += [f"[models.{json.dumps(name)}]", f"model = {json.dumps(path)}", 'load_format = "dummy"',
-                      'reasoning_parser = "none"', f"max_model_len = {args.max_model_len}",
-                      f"gpu_memory_utilization = {memory_share}", "max_queue_len = 1024"]
-            if args.device:
-                lines.append(f"device = {json.dumps(args.device)}")
+            lines += [f"[models.{json.dumps(name)}]", f"model = {json.dumps(path)}", *toml_pairs(settings)]
         self.config = Path(tempfile.mkdtemp(prefix="corral-serve-")) / "serve.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.models = list(models)
         self.process = subprocess.Popen([sys.executable, "-m", "corral.cli", "--log-level", "WARNING", "serve",
                                          "--config", str(self.config)])
 
-    def wait_ready(self, timeout: float):
+    def wait_ready(self, timeout: float, models: list[str] | None = None):
+        """Until `models` (default: all) are ready; [] waits only for the server to answer."""
+        models = self.models if models is None else models
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -80,7 +84,7 @@ class Server:
                 states = httpx.get(f"{self.url}/health", timeout=5).json()["models"]
                 if any(m["state"] == "error" for m in states.values()):
                     raise RuntimeError(f"a model failed to load: {states}")
-                if all(states[m]["state"] == "ready" for m in self.models):
+                if all(states[m]["state"] == "ready" for m in models):
                     return
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
@@ -98,6 +102,11 @@ class Server:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.config.parent, ignore_errors=True)
+
+
+def toml_pairs(settings: dict) -> list[str]:
+    """`key = value` lines (strings, numbers, booleans: JSON writes them as TOML does); None left out."""
+    return [f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None]
 
 
 @dataclass(slots=True)

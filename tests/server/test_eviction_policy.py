@@ -21,7 +21,8 @@ NAMES = ("tiny-a", "tiny-b", "tiny-c")
 def server(tmp_path_factory):
     from corral.server.config import build_config
     root = tmp_path_factory.mktemp("eviction-models")
-    dirs = [build_model("qwen3", root / "a"), build_model("llama", root / "b"), build_model("llama", root / "c", seed=1)]
+    dirs = [build_model("qwen3", root / "a"), build_model("llama", root / "b"),
+            build_model("llama", root / "c", seed=1)]
     sizes = sorted(reference_footprint(d, MAX_MODEL_LEN) for d in dirs)
     budget = sizes[1] + sizes[2] + sizes[0] // 2  # any two, never three
     config = build_config([str(d) for d in dirs], served_names=list(NAMES),
