@@ -28,6 +28,8 @@ STEPS = {
     "sweep": [sys.executable, "-m", "benchmarks.kernels", "--decode-sweep", "--models"],
     "gemv": [sys.executable, "-m", "benchmarks.gemv", "--models"],
     "b6": [sys.executable, "-m", "benchmarks.serving", "--models"],
+    "b6idle": [sys.executable, "-m", "benchmarks.elastic_kv", "--models"],
+    "b8": [sys.executable, "-m", "benchmarks.oversubscription", "--models"],
     "ceiling": [sys.executable, "-m", "benchmarks.ceiling"],
     "peer": [sys.executable, "-m", "benchmarks.peer_transformers", "--model"],
     "embed": [sys.executable, "-m", "benchmarks.embeddings", "--model"],
@@ -38,7 +40,11 @@ def main(argv: list[str]) -> int:
     status = 0
     for item in argv:
         name, _, model = item.partition(":")
-        command = STEPS[name] + ([model] if model else [])
+        step = STEPS[name]
+        if model:
+            command = step + [model]
+        else:  # the option the step ends with is left to the script's default
+            command = step[:-1] if step[-1].startswith("--") else step
         print(f"=== {item}: {' '.join(command)}", flush=True)
         start = time.perf_counter()
         rc = subprocess.call(command, env=dict(os.environ, PYTHONUNBUFFERED="1"))
