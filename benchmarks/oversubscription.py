@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-fraction", type=float, default=0.9)
     p.add_argument("--policies", default=",".join(POLICIES), help="--eviction values to run, in order")
     p.add_argument("--rate", type=float, default=4.0, help="requests/s over all models")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
+    p.add_argument("--duration", type=float, default=45.0, help="seconds of arrivals")
     p.add_argument("--zipf", type=float, default=1.0, help="model i of the ranking gets weight 1 / i**zipf")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-len", type=int, default=64)
@@ -160,8 +160,12 @@ def main(argv=None) -> int:
     args.max_token_id = min(10000, vocab - 1)
     ranked, arrivals = skewed_poisson(list(models), args.rate, args.duration, args.zipf, args.seed)
     prompts = make_prompts(len(arrivals), args, args.seed + 1)
-    base = dict(environment(), benchmark="B8", models=ranked, memory_budget_bytes=budget,
-                weights_bytes=sum(2 * num_params(configs[d]) for d in models.values()), rate=args.rate,
+    weights = sum(2 * num_params(configs[d]) for d in models.values())
+    if weights <= budget:
+        print(f"warning: the models' weights ({weights / 2**30:.1f} GiB) fit the budget ({budget / 2**30:.1f} GiB): "
+              "little will be evicted; give a smaller --memory-budget", file=sys.stderr, flush=True)
+    base = dict(environment(), benchmark="B8", models=ranked, memory_budget_bytes=budget, weights_bytes=weights,
+                weights_over_budget=round(weights / budget, 2), rate=args.rate,
                 duration=args.duration, zipf=args.zipf, seed=args.seed, input_len=args.input_len,
                 output_len=args.output_len, max_model_len=args.max_model_len, load_format=args.load_format)
     summaries, status = {}, 0
