@@ -57,13 +57,14 @@ class VirtualKVCaches:
         pages = sorted(self.pages_for(num_blocks) - self.pages_for(self.num_backed_blocks),
                        key=lambda p: p * self.page_bytes - (half if (p + 1) * self.page_bytes > half else 0))
         try:
-            for page in pages:  # in block order, K and V alike, across the layers: a failure leaves the most
-                for r in self.ranges:  # blocks it can backed everywhere
-                    r.map_pages((page,))
+            for r in self.ranges:  # in block order, K and V alike: a failure leaves the most blocks it can backed
+                r.map_pages(pages)
         except CudaDriverError as e:
             backed = self._blocks_backed_everywhere(num_blocks)
             logger.warning("elastic KV: %d of %d blocks backed, the device has no more memory for now (%s)",
                            backed, num_blocks, e)
+            self.num_backed_blocks = num_blocks
+            self.unmap_past(backed)  # the pages only some layers got
             self.num_backed_blocks = backed
             return backed
         self.num_backed_blocks = num_blocks

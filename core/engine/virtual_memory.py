@@ -95,7 +95,7 @@ class CudaDriver:
     def zero(self, address: int, size: int):
         """Zero the bytes in torch's current stream, so that they are zero for every kernel launched after."""
         stream = self._torch.cuda.current_stream(self.device).cuda_stream
-        self._check("cuMemsetD8Async", self._driver.cuMemsetD8Async(address, 0, size, stream))
+        self._check("cuMemsetD8Async", self._driver.cuMemsetD8Async(address, 0, size, self._driver.CUstream(stream)))
 
     def synchronize(self):
         """Wait for the device: nothing launched before reads a page about to be unmapped."""
@@ -139,23 +139,28 @@ class VirtualRange:
         return len(self.handles) * self.page_bytes
 
     def map_pages(self, pages: Iterable[int], zero: bool = True):
-        """Back these pages (those already mapped stay as they are); `zero`: fill the new ones with zeros
-        (a kernel may read a slot nothing wrote). On a driver error the pages mapped so far stay mapped."""
-        for page in pages:
-            if page in self.handles:
-                continue
-            if not 0 <= page < self.num_pages:
-                raise IndexError(f"page {page} is outside a range of {self.num_pages} pages")
-            handle = self.driver.create(self.page_bytes)
-            address = self.address + page * self.page_bytes
-            try:
-                self.driver.map(address, self.page_bytes, handle)
-            except CudaDriverError:
-                self.driver.release(handle)
-                raise
-            self.handles[page] = handle
+        """Back these pages, in the order given (those already mapped stay as they are); `zero`: fill the new
+        ones with zeros (a kernel may read a slot nothing wrote). On a driver error the pages mapped so far
+        stay mapped (and zeroed)."""
+        new = []
+        try:
+            for page in pages:
+                if page in self.handles:
+                    continue
+                if not 0 <= page < self.num_pages:
+                    raise IndexError(f"page {page} is outside a range of {self.num_pages} pages")
+                handle = self.driver.create(self.page_bytes)
+                try:
+                    self.driver.map(self.address + page * self.page_bytes, self.page_bytes, handle)
+                except CudaDriverError:
+                    self.driver.release(handle)
+                    raise
+                self.handles[page] = handle
+                new.append(page)
+        finally:
             if zero:
-                self.driver.zero(address, self.page_bytes)
+                for first, count in _runs(sorted(new)):  # one memset a run of pages: each is a launch
+                    self.driver.zero(self.address + first * self.page_bytes, count * self.page_bytes)
 
     def unmap_pages(self, pages: Iterable[int]):
         """Give these pages' memory back to the device; their addresses stay reserved. The caller makes sure
@@ -184,6 +189,17 @@ class VirtualRange:
             self.unmap_all()
             self.driver.free_address(self.address, self.size)
             self.address = None
+
+
+def _runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Sorted pages as (first, count) runs of consecutive ones."""
+    runs = []
+    for page in pages:
+        if runs and runs[-1][0] + runs[-1][1] == page:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((page, 1))
+    return runs
 
 
 class _DeviceBytes:

@@ -23,7 +23,7 @@ class FakeDriver:
         self.next_address, self.next_handle = 1 << 40, 1
         self.mapped: dict[int, int] = {}  # address -> handle
         self.live_handles: set[int] = set()
-        self.zeroed: list[int] = []
+        self.zeroed: list[int] = []  # addresses of the pages zeroed
         self.log: list[tuple] = []
         self.fail_after = fail_after
         self.reserved: dict[int, int] = {}
@@ -63,7 +63,9 @@ class FakeDriver:
         self.live_handles.remove(handle)
 
     def zero(self, address: int, size: int):
-        self.zeroed.append(address)
+        assert address % PAGE == 0 and size % PAGE == 0
+        self.zeroed += range(address, address + size, PAGE)
+        self.log.append(("zero", size // PAGE))
 
     def synchronize(self):
         self.log.append(("synchronize",))
@@ -150,7 +152,8 @@ def test_sleep_unmaps_every_page_and_wake_maps_them_back_at_the_same_addresses()
     driver.zeroed.clear()
     memory.wake()
     assert {r.address: pages_of(driver, r) for r in memory.ranges} == before
-    assert len(driver.zeroed) == 2 * 6  # a kernel may read a slot nothing wrote
+    assert sorted(driver.zeroed) == sorted(a for a in driver.mapped)  # a kernel may read a slot nothing wrote
+    assert [e for e in driver.log if e[0] == "zero"][-2:] == [("zero", 3), ("zero", 3)]  # a memset a run of pages
     assert driver.reserved.keys() == before.keys()  # the same reservations, never freed
 
 
