@@ -104,6 +104,9 @@ class EngineConfig(EngineArgs):
 
     model: str
     hf_config: dict = field(default_factory=dict)
+    # elastic KV: back only this many of the reserved blocks at start (the server's SetKVGrant changes it);
+    # None: not elastic, every block backed, each layer's cache one allocation. The server decides it.
+    kv_grant_blocks: int | None = setting(None)
 
     def __post_init__(self):
         path = Path(self.model)
@@ -116,6 +119,8 @@ class EngineConfig(EngineArgs):
             raise ConfigError(problem)
         self.torch_dtype  # validates
         self.check()
+        if self.kv_grant_blocks is not None and self.kv_grant_blocks < 1:
+            raise ConfigError(f"kv_grant_blocks must be >= 1, got {self.kv_grant_blocks}")
         self.task = resolve_task(self.task, path)
         if self.task == "embed" and self.tensor_parallel_size > 1:
             raise ConfigError("task embed runs on one device: tensor_parallel_size must be 1, "

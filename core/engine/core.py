@@ -55,7 +55,8 @@ class EngineCore:
             if self.kv_memory is not None else None
         prefix_caching = config.enable_prefix_caching and (self.pooler_config is None or
                                                            self.pooler_config.prefix_cacheable)
-        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching, self.kv_memory)
+        self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching, self.kv_memory,
+                                               config.kv_grant_blocks)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, config.num_scheduler_steps)
         self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None  # launched, not yet read

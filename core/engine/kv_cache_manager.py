@@ -18,9 +18,11 @@ class KVCacheManager:
     """Which KV blocks each request holds. The scheduler asks for room and gets block ids or
     None; it never sees blocks, ref counts or the prefix cache."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, memory=None):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, memory=None,
+                 grant_blocks: int | None = None):
         """`memory`: the KV caches' device memory when it is backed block by block
-        (corral.engine.kv_memory.VirtualKVCaches: map_blocks, unmap_past), else None."""
+        (corral.engine.kv_memory.VirtualKVCaches: map_blocks, unmap_past), else None. `grant_blocks`: elastic
+        KV, the pool starts with this many of the `num_blocks` reserved (set_grant)."""
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.memory = memory
@@ -30,6 +32,8 @@ class KVCacheManager:
         self.req_num_cached: dict[str, int] = {}
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
+        if grant_blocks is not None:
+            self.set_grant(grant_blocks)
 
     @property
     def num_blocks(self) -> int:

@@ -6,6 +6,11 @@ away entirely (sleep).
 
     layer range: | K: block 0 .. num_blocks-1 | V: block 0 .. num_blocks-1 |
     backed:      | K blocks [0, n) | .......  | V blocks [0, n) | .......  |   (whole pages)
+
+Only elastic KV needs pages of the driver's granularity (a grant grows and shrinks by 2 MiB). Otherwise each
+layer's range is one page, one physical allocation of the size torch would allocate for a plain cache
+tensor, so that start, sleep and wake make a few driver calls a layer rather than one a 2 MiB page (a 60 GB
+cache is 30,000 such pages, about 40 us each).
 """
 import logging
 
@@ -17,13 +22,18 @@ logger = logging.getLogger(__name__)
 class VirtualKVCaches:
     """The ranges of every layer, backed alike: the same pages are mapped in each."""
 
-    def __init__(self, driver, num_layers: int, num_blocks: int, block_bytes: int):
-        """`block_bytes`: one block of K (or of V) in one layer."""
+    def __init__(self, driver, num_layers: int, num_blocks: int, block_bytes: int, grant_blocks: int | None = None):
+        """Reserves the ranges and backs blocks [0, grant_blocks) in pages of the driver's granularity
+        (elastic KV), or (None) every block, each layer's range one page; `num_backed_blocks` says how many
+        the device had memory for. `block_bytes`: one block of K (or of V) in one layer."""
         self.driver = driver
         self.num_blocks, self.block_bytes = num_blocks, block_bytes
-        self.ranges = [VirtualRange(driver, 2 * num_blocks * block_bytes) for _ in range(num_layers)]
+        size = 2 * num_blocks * block_bytes
+        self.ranges = [VirtualRange(driver, size, None if grant_blocks is not None else size)
+                       for _ in range(num_layers)]
         self.num_backed_blocks = 0  # blocks [0, n) are backed in every layer (while awake)
         self.asleep = False
+        self.map_blocks(num_blocks if grant_blocks is None else grant_blocks)
 
     @property
     def page_bytes(self) -> int:

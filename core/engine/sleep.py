@@ -6,7 +6,8 @@ prefix cache is forgotten. Two paths:
   `kv_memory` are set): the weights live in one virtual range and each KV cache in its own. Sleep copies the
   weights' range to the host and unmaps every page, weights and KV; the addresses stay reserved and the CUDA
   graphs are kept. Waking maps the pages back at the same addresses, copies the weights in and zeroes the
-  KV pages; the graphs are replayed as they were, with no recapture.
+  KV pages; the graphs are replayed as they were, with no recapture. The pages are large (a few driver
+  calls a layer) except an elastic KV's, which wakes with its initial grant backed.
 - otherwise (CPU, several ranks, no bindings): each weight tensor is copied to the host and emptied, the KV
   tensors and the CUDA graphs are dropped; waking copies the weights back, allocates the KV caches again
   and captures the graphs again (their addresses changed)."""
@@ -77,6 +78,8 @@ def sleep(core) -> Slept:
     while core.has_unfinished_requests():  # a step launched ahead for requests since aborted
         core.step()
     start = time.perf_counter()
+    if core.config.kv_grant_blocks is not None:  # elastic KV wakes with its initial grant, as the server rejoins it
+        core.kv_cache_manager.set_grant(core.config.kv_grant_blocks)
     if core.weights_memory is not None and core.kv_memory is not None:
         slept = Slept(had_graphs=core.runner.graph_runner is not None, weights_range=core.weights_memory.sleep())
         core.kv_memory.sleep()

@@ -1,7 +1,9 @@
-"""CUDA virtual memory: a device address range reserved once, whose physical pages (the allocation
-granularity, 2 MiB on current GPUs) are mapped and unmapped by offset while the addresses stay the same,
-so tensors over the range, and CUDA graphs that captured them, stay valid. kvcached's design for KV
-memory shared between engines, and the ground of sleeping without recapturing graphs.
+"""CUDA virtual memory: a device address range reserved once, whose physical pages are mapped and unmapped
+by offset while the addresses stay the same, so tensors over the range, and CUDA graphs that captured them,
+stay valid. kvcached's design for KV memory shared between engines, and the ground of sleeping without
+recapturing graphs. A page is a multiple of the allocation granularity (2 MiB on current GPUs): that
+granularity where memory grows and shrinks by pages (elastic KV), large where a range is mapped and
+unmapped whole (each driver call costs tens of microseconds, whatever its size).
 
 The driver calls go through `CudaDriver`, a thin adapter over cuda-python's bindings
 (cuda.bindings.driver), so that tests can give `VirtualRange` a driver of their own."""
@@ -124,19 +126,27 @@ def pages_covering(offset: int, size: int, page_bytes: int) -> range:
 
 class VirtualRange:
     """`size` bytes of device addresses, reserved at once and backed page by page. A page is one
-    physical allocation of its own, so each can be unmapped and released alone."""
+    physical allocation of its own, so each can be unmapped and released alone; the last page may be
+    shorter than the others (the range ends at the granularity past `size`)."""
 
-    def __init__(self, driver, size: int):
+    def __init__(self, driver, size: int, page_bytes: int | None = None):
+        """`page_bytes`: rounded up to a multiple of the granularity and to at most the range (one page);
+        None: the granularity."""
         self.driver = driver
-        self.page_bytes = driver.granularity()
-        self.num_pages = max(1, -(-size // self.page_bytes))
-        self.size = self.num_pages * self.page_bytes
-        self.address = driver.reserve(self.size, self.page_bytes)
+        granularity = driver.granularity()
+        self.size = -(-max(1, size) // granularity) * granularity
+        page_bytes = granularity if page_bytes is None else -(-max(1, page_bytes) // granularity) * granularity
+        self.page_bytes = min(page_bytes, self.size)
+        self.num_pages = -(-self.size // self.page_bytes)
+        self.address = driver.reserve(self.size, granularity)
         self.handles: dict[int, object] = {}  # page -> its physical allocation
 
     @property
     def mapped_bytes(self) -> int:
-        return len(self.handles) * self.page_bytes
+        return sum(self.page_size(page) for page in self.handles)
+
+    def page_size(self, page: int) -> int:
+        return min(self.page_bytes, self.size - page * self.page_bytes)
 
     def map_pages(self, pages: Iterable[int], zero: bool = True):
         """Back these pages, in the order given (those already mapped stay as they are); `zero`: fill the new
@@ -149,9 +159,10 @@ class VirtualRange:
                     continue
                 if not 0 <= page < self.num_pages:
                     raise IndexError(f"page {page} is outside a range of {self.num_pages} pages")
-                handle = self.driver.create(self.page_bytes)
+                size = self.page_size(page)
+                handle = self.driver.create(size)
                 try:
-                    self.driver.map(self.address + page * self.page_bytes, self.page_bytes, handle)
+                    self.driver.map(self.address + page * self.page_bytes, size, handle)
                 except CudaDriverError:
                     self.driver.release(handle)
                     raise
@@ -160,13 +171,14 @@ class VirtualRange:
         finally:
             if zero:
                 for first, count in _runs(sorted(new)):  # one memset a run of pages: each is a launch
-                    self.driver.zero(self.address + first * self.page_bytes, count * self.page_bytes)
+                    start = first * self.page_bytes
+                    self.driver.zero(self.address + start, min(count * self.page_bytes, self.size - start))
 
     def unmap_pages(self, pages: Iterable[int]):
         """Give these pages' memory back to the device; their addresses stay reserved. The caller makes sure
         nothing launched still reads them (CudaDriver.synchronize)."""
         for page in sorted(set(pages) & self.handles.keys()):
-            self.driver.unmap(self.address + page * self.page_bytes, self.page_bytes)
+            self.driver.unmap(self.address + page * self.page_bytes, self.page_size(page))
             self.driver.release(self.handles.pop(page))
 
     def map(self, offset: int, size: int, zero: bool = True):

@@ -12,20 +12,22 @@ logger = logging.getLogger(__name__)
 
 ALIGNMENT = 256  # bytes, as torch's allocator aligns
 EMPTY_CACHE_EVERY = 256 * 2**20  # bytes moved between handing the old copies back to the device
+PAGE_BYTES = EMPTY_CACHE_EVERY  # large pages (few driver calls at sleep and wake); the move maps one page ahead
 HOST_CHUNK = 256 * 2**20  # pinned host memory comes in powers of two: in chunks, a copy wastes little
 
 
 class VirtualWeights:
     def __init__(self, driver, tensors: list[torch.Tensor]):
         """Moves `tensors` (each once: shared tensors are one object) into a range of their total size. The
-        old copies go back to the device as the move goes, so it needs little more than the weights."""
+        old copies go back to the device as the move goes, so it needs little more than the weights (a page and
+        what was moved since the last handing back)."""
         tensors = [t for t in tensors if t.numel() > 0]
         offsets, end = [], 0
         for t in tensors:
             offsets.append(end)
             end += -(-t.numel() * t.element_size() // ALIGNMENT) * ALIGNMENT
         self.num_bytes = end
-        self.range = VirtualRange(driver, max(end, 1))
+        self.range = VirtualRange(driver, max(end, 1), PAGE_BYTES)
         self.bytes: torch.Tensor | None = None  # the range as uint8, once its first page is mapped
         moved = 0
         with torch.no_grad():

@@ -107,12 +107,18 @@ def check_kv_capacity(config: EngineConfig, model_config: ModelConfig, num_block
             f"the KV cache holds {capacity} tokens ({num_blocks} blocks of {config.block_size}), less than "
             f"max_model_len {config.max_model_len}; lower max_model_len or give the model more memory "
             f"({block_bytes * -(-config.max_model_len // config.block_size) / 2**30:.2f} GiB needed)")
+    grant = config.kv_grant_blocks
+    if grant is not None and min(grant, num_blocks) * config.block_size < config.max_model_len:
+        raise ConfigError(f"kv_grant_blocks {grant} holds {grant * config.block_size} tokens, less than "
+                          f"max_model_len {config.max_model_len}: the engine would start with no room for one "
+                          f"sequence of max_model_len")
 
 
 def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_blocks: int, device: torch.device,
                        virtual: bool = False) -> tuple[list[torch.Tensor], VirtualKVCaches | None]:
-    """One zeroed cache per layer: plain tensors, or (`virtual`) views over virtual ranges, all of it
-    backed to begin with (a grant may give some back: KVCacheManager.set_grant)."""
+    """One zeroed cache per layer: plain tensors, or (`virtual`) views over virtual ranges, every block
+    backed, or with elastic KV (kv_grant_blocks) only the initial grant's (KVCacheManager.set_grant maps
+    and unmaps the rest)."""
     mc = model_config
     heads = kv_heads_per_rank(mc.num_key_value_heads, config.tensor_parallel_size)
     shape = (2, num_blocks, config.block_size, heads, mc.head_dim)
@@ -120,10 +126,11 @@ def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_bloc
         return [torch.zeros(shape, dtype=config.torch_dtype, device=device)
                 for _ in range(mc.num_hidden_layers)], None
     block_bytes = config.block_size * heads * mc.head_dim * config.torch_dtype.itemsize
-    memory = VirtualKVCaches(virtual_memory.CudaDriver(device), mc.num_hidden_layers, num_blocks, block_bytes)
-    memory.map_blocks(num_blocks)
-    if memory.num_backed_blocks < num_blocks:
-        raise torch.OutOfMemoryError(f"CUDA out of memory: {memory.num_backed_blocks} of {num_blocks} KV blocks "
+    memory = VirtualKVCaches(virtual_memory.CudaDriver(device), mc.num_hidden_layers, num_blocks, block_bytes,
+                             config.kv_grant_blocks)
+    wanted = num_blocks if config.kv_grant_blocks is None else min(num_blocks, config.kv_grant_blocks)
+    if memory.num_backed_blocks < wanted:
+        raise torch.OutOfMemoryError(f"CUDA out of memory: {memory.num_backed_blocks} of {wanted} KV blocks "
                                      f"could be mapped")
     return memory.tensors(shape, config.torch_dtype), memory
 

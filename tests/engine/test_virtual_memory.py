@@ -1,7 +1,8 @@
 """CUDA virtual memory's page arithmetic, on the CPU: a fake driver records every map, unmap and
 synchronize, so the tests see which pages a KV grant backs, that a shrink waits for the blocks still held,
-that sleep unmaps everything and wake maps it back at the same addresses, and how driver errors surface.
-The GPU tests (test_virtual_memory_gpu.py) run the same code against the real driver."""
+that sleep unmaps everything and wake maps it back at the same addresses, that a cache which is not elastic
+costs a few calls a layer, and how driver errors surface. The GPU tests (test_virtual_memory_gpu.py) run
+the same code against the real driver."""
 import enum
 from types import SimpleNamespace
 
@@ -41,7 +42,8 @@ class FakeDriver:
         self.log.append(("free", address))
 
     def create(self, size: int) -> int:
-        assert size == PAGE
+        assert size > 0 and size % PAGE == 0
+        self.log.append(("create", size))
         if self.fail_after is not None:
             if self.fail_after == 0:
                 raise CudaDriverError("cuMemCreate", "CUDA_ERROR_OUT_OF_MEMORY", 2)
@@ -51,12 +53,14 @@ class FakeDriver:
         return handle
 
     def map(self, address: int, size: int, handle: int):
-        assert address not in self.mapped and address % PAGE == 0
-        self.mapped[address] = handle
+        assert address % PAGE == 0 and not any(a in self.mapped for a in range(address, address + size, PAGE))
+        self.mapped.update((a, handle) for a in range(address, address + size, PAGE))
         self.log.append(("map", address))
 
     def unmap(self, address: int, size: int):
-        del self.mapped[address]
+        handle = self.mapped[address]
+        for a in range(address, address + size, PAGE):
+            assert self.mapped.pop(a) == handle  # an allocation is unmapped whole
         self.log.append(("unmap", address))
 
     def release(self, handle: int):
@@ -72,15 +76,21 @@ class FakeDriver:
 
 
 def pages_of(driver: FakeDriver, r: VirtualRange) -> set[int]:
+    """The granularity's pages of `r` that are mapped."""
     return {(a - r.address) // PAGE for a in driver.mapped if r.address <= a < r.address + r.size}
 
 
-def kv_with_memory(num_blocks=100, block_bytes=1000, num_layers=2, **driver_args):
-    """A KV manager whose caches are backed as an engine's are at start: all reserved blocks."""
+def calls(driver: FakeDriver, name: str) -> int:
+    return sum(1 for entry in driver.log if entry[0] == name)
+
+
+def kv_with_memory(num_blocks=100, block_bytes=1000, num_layers=2, grant_blocks=None, **driver_args):
+    """A KV manager whose caches are backed as an elastic engine's are at start: its initial grant (by
+    default every reserved block)."""
     driver = FakeDriver(**driver_args)
-    memory = VirtualKVCaches(driver, num_layers, num_blocks, block_bytes)
-    memory.map_blocks(num_blocks)
-    return KVCacheManager(num_blocks, block_size=4, memory=memory), memory, driver
+    grant_blocks = num_blocks if grant_blocks is None else grant_blocks
+    memory = VirtualKVCaches(driver, num_layers, num_blocks, block_bytes, grant_blocks)
+    return KVCacheManager(num_blocks, block_size=4, memory=memory, grant_blocks=grant_blocks), memory, driver
 
 
 def test_pages_covering_counts_every_page_a_byte_range_touches():
@@ -166,6 +176,49 @@ def test_a_grant_while_asleep_maps_nothing_until_wake():
     memory.wake()
     for r in memory.ranges:
         assert pages_of(driver, r) == set(range(0, 8)) | set(range(24, 32))
+
+
+def test_an_elastic_cache_starts_with_only_its_initial_grant_backed_and_its_pool_there():
+    kv, memory, driver = kv_with_memory(grant_blocks=10)
+    for r in memory.ranges:
+        assert pages_of(driver, r) == {0, 1, 2, 24, 25, 26}  # pages of the granularity: a grant moves by them
+    assert calls(driver, "create") == 2 * 6 and calls(driver, "unmap") == 0  # never more mapped than granted
+    assert (kv.num_blocks, kv.num_free_blocks, memory.num_backed_blocks) == (10, 10, 10)
+    assert admit(kv, req("long", list(range(4 * 11)))) is None  # 11 blocks: past the grant
+    kv.set_grant(30)
+    assert admit(kv, req("long", list(range(4 * 11)))) is not None
+    assert all(pages_of(driver, r) == set(range(0, 8)) | set(range(24, 32)) for r in memory.ranges)
+
+
+def test_a_cache_that_is_not_elastic_is_one_allocation_a_layer_and_sleep_and_wake_make_that_many_calls():
+    driver = FakeDriver()
+    memory = VirtualKVCaches(driver, 3, num_blocks=100, block_bytes=1000)
+    layer_bytes = 49 * PAGE  # K and V, 200,000 bytes, to the granularity
+    assert memory.num_backed_blocks == 100 and memory.mapped_bytes == 3 * layer_bytes
+    assert [e for e in driver.log if e[0] == "create"] == [("create", layer_bytes)] * 3
+    assert (calls(driver, "map"), calls(driver, "zero")) == (3, 3)
+    assert all(pages_of(driver, r) == set(range(49)) for r in memory.ranges)
+    driver.log.clear()
+    memory.sleep()
+    assert driver.mapped == {} and driver.live_handles == set()
+    assert (calls(driver, "unmap"), calls(driver, "synchronize")) == (3, 1)
+    driver.log.clear()
+    driver.zeroed.clear()
+    memory.wake()
+    assert [e[0] for e in driver.log] == ["create", "map", "zero"] * 3
+    assert len(driver.live_handles) == 3 and sorted(driver.zeroed) == sorted(driver.mapped)
+
+
+def test_a_range_of_large_pages_ends_with_a_shorter_one_at_the_granularity():
+    driver = FakeDriver()
+    r = VirtualRange(driver, 10 * PAGE + 1, page_bytes=4 * PAGE - 5)  # pages rounded up to the granularity
+    assert (r.size, r.page_bytes, r.num_pages) == (11 * PAGE, 4 * PAGE, 3)
+    r.map(0, r.size)
+    assert [e for e in driver.log if e[0] == "create"] == [("create", 4 * PAGE)] * 2 + [("create", 3 * PAGE)]
+    assert r.mapped_bytes == 11 * PAGE and driver.log[-1] == ("zero", 11)  # one memset for the run
+    r.unmap_pages([2])
+    assert r.mapped_bytes == 8 * PAGE and pages_of(driver, r) == set(range(8))
+    assert VirtualRange(driver, 3 * PAGE, page_bytes=100 * PAGE).page_bytes == 3 * PAGE  # at most the range
 
 
 def test_a_page_whose_map_fails_releases_its_allocation():
