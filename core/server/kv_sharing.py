@@ -1,7 +1,9 @@
 """Elastic KV memory in the server (--kv-sharing elastic): the models under one memory budget draw KV pages
 from what their weights leave of it (corral.server.kv_pages decides). Each engine reserves KV blocks for all
-of that and starts with the minimum the memory planner counted for it; every few milliseconds the engines'
-reports (SchedulerStats) go in and changed grants go out as SetKVGrant.
+of that and starts with the minimum the memory planner counted for it, backed and nothing more
+(`kv_grant_blocks`: the grant a joining model gets, which its join then matches); every few milliseconds the
+engines' reports (SchedulerStats) go in and changed grants go out as SetKVGrant. A sleeping engine goes back
+to that start grant, so it wakes with no more.
 
 On a single-rank CUDA engine with cuda-python's bindings (the gpu extra), the grant is real memory, as in
 kvcached: each layer's KV cache is a view over a virtual range reserved for all its blocks
@@ -12,16 +14,17 @@ CUDA graphs stay valid. The engine reports the pages it has mapped as its KV mem
 ranks, or without the bindings, the KV tensors are allocated at the reserved size and a grant only limits
 the blocks the scheduler may use: the budget is simulated.
 
-Not yet done here: an engine maps its whole reservation while it starts (until its first grant arrives), so
-a model that loads while the others hold most of the pages can run out of device memory; the grant it will
-start with should reach it before it allocates, and a load should wait for the pages it counts on to be
-unmapped."""
+Not yet done here: a model's load does not wait for the pages it counts on to be unmapped. The memory
+planner counts the others at their minimum and a smaller budget takes their pages back over the next
+rebalances, so a model whose weights load while the others hold many pages can still run out of device
+memory."""
 import asyncio
 import logging
 
 from corral.engine.messages import SetKVGrant
 from corral.server.kv_pages import PAGE_BYTES, KVPages
 from corral.server.memory_planner import KiB
+from corral.server.model_memory import engine_configs, kv_block_bytes, min_kv_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class KVSharing:
         self.memory, self.clients = memory, clients
         self.pages = KVPages(0, page_bytes)
         self._engines: dict[str, object] = {}  # the engine each tenant's grants go to
+        self._starts: dict[str, tuple[int, int]] = {}  # each model's block bytes and the grant its engine starts with
+        self._stats_at_join: dict[str, object] = {}  # reports predating the start grant (EngineReady's) are not read
         self._task: asyncio.Task | None = None
 
     @classmethod
@@ -63,6 +68,23 @@ class KVSharing:
         """The KV range an engine reserves: all of the budget its own weights and overhead leave."""
         return max(footprint.kv_cache_bytes,
                    self.memory.planner.budget_bytes - footprint.weights_bytes - footprint.overhead_bytes)
+
+    def engine_settings(self, client, footprint) -> dict:
+        """An engine's KV settings: the range it reserves (unless its own settings size its KV) and
+        `kv_grant_blocks`, the grant a joining model gets, which is all it backs until its grants come."""
+        spec = client.spec
+        config, model_config = engine_configs(spec, client.model_dir, client.max_model_len)
+        block_bytes = kv_block_bytes(config, model_config)
+        settings = {}
+        if spec.kv_cache_memory_bytes is None and spec.num_kv_blocks is None:
+            settings["kv_cache_memory_bytes"] = self.reserved_bytes(footprint)
+        reserve = settings.get("kv_cache_memory_bytes", spec.kv_cache_memory_bytes)
+        reserved = spec.num_kv_blocks if spec.num_kv_blocks is not None else reserve // block_bytes  # as the engine
+        minimum = min_kv_blocks(config.max_model_len, config.block_size)
+        # the policy's own answer to a model that joins: its minimum, in whole pages
+        grant = KVPages(0, self.pages.page_bytes).join(client.name, block_bytes, minimum, max(minimum, reserved))
+        self._starts[client.name] = (block_bytes, grant)
+        return dict(settings, kv_grant_blocks=grant)
 
     def describe(self, name: str) -> dict | None:
         """Its /v1/models entry's kv_cache: the blocks granted, held now and needed, its minimum and range."""
@@ -92,20 +114,22 @@ class KVSharing:
             if not ready or self._engines.get(client.name, client.engine) is not client.engine:
                 if client.name in self.pages.tenants:
                     self.pages.leave(client.name)  # asleep, unloaded or restarting: all its pages are free
-                    del self._engines[client.name]
+                    del self._engines[client.name], self._stats_at_join[client.name]
             if not ready:
                 continue
             stats = client.stats
-            if client.name not in self.pages.tenants:
+            if client.name not in self.pages.tenants:  # it holds its start grant (at wake too: it slept back to it)
                 ready_message = client.engine_ready
-                block_bytes = max(1, ready_message.memory.kv_cache_bytes // max(1, ready_message.num_kv_blocks))
-                min_blocks = -(-ready_message.max_model_len // ready_message.block_size)
+                block_bytes, start_grant = self._starts[client.name]
+                min_blocks = min_kv_blocks(ready_message.max_model_len, ready_message.block_size)
                 grant = self.pages.join(client.name, block_bytes, min_blocks, ready_message.num_kv_blocks,
-                                        num_blocks=stats.num_kv_blocks)
+                                        num_blocks=start_grant)
                 self._engines[client.name] = client.engine
+                self._stats_at_join[client.name] = stats
                 client.engine.send(SetKVGrant(grant))
-            self.pages.report(client.name, stats.num_kv_blocks, stats.num_kv_blocks - stats.num_free_kv_blocks,
-                              stats.num_needed_kv_blocks)
+            if stats is not self._stats_at_join[client.name]:
+                self.pages.report(client.name, stats.num_kv_blocks, stats.num_kv_blocks - stats.num_free_kv_blocks,
+                                  stats.num_needed_kv_blocks)
         for name, num_blocks in self.pages.rebalance().items():
             logger.debug("elastic KV: model %s may use %d blocks", name, num_blocks)
             self._engines[name].send(SetKVGrant(num_blocks))

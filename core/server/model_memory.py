@@ -94,9 +94,10 @@ class ModelMemory:
         waiting any more (each had its 503 naming the models in use). Raises NeverFits."""
         self.granted.discard(client.name)
         footprint = self.footprint(client)
-        if client.spec.kv_cache_memory_bytes is None and client.spec.num_kv_blocks is None:
-            client.engine_overrides["kv_cache_memory_bytes"] = footprint.kv_cache_bytes if self.kv_sharing is None \
-                else self.kv_sharing.reserved_bytes(footprint)  # what was counted, or the elastic range
+        if self.kv_sharing is not None:  # the elastic range, and the grant it starts with
+            client.engine_overrides.update(self.kv_sharing.engine_settings(client, footprint))
+        elif client.spec.kv_cache_memory_bytes is None and client.spec.num_kv_blocks is None:
+            client.engine_overrides["kv_cache_memory_bytes"] = footprint.kv_cache_bytes  # what was counted
         self.planner.check(client.name, footprint)
         preload = client.name in self.preloading
         self.preloading.discard(client.name)
@@ -178,28 +179,43 @@ def estimate_footprint(spec, model_dir: Path, max_model_len: int, overhead_bytes
     table, the KV cache
     as configured (kv_cache_memory_bytes, num_kv_blocks), else the least that holds max_model_len tokens;
     per rank of a tensor-parallel model."""
-    from corral.config import EngineConfig
-    from corral.model_config import ModelConfig
-    config = EngineConfig(model=str(model_dir), **dict(spec.engine_args(), max_model_len=max_model_len))
-    model_config = ModelConfig.from_hf(config.hf_config)
+    config, model_config = engine_configs(spec, model_dir, max_model_len)
     itemsize, ranks = config.torch_dtype.itemsize, config.tensor_parallel_size
     files = sorted(Path(model_dir).glob("*.safetensors"))
     params = sum(safetensors_num_params(f) for f in files) if files and config.load_format != "dummy" else \
         model_config.num_weight_params()
     rotary_table = model_config.max_position_embeddings * model_config.head_dim * 4
     weights = params * itemsize // ranks + rotary_table  # the layers share one float32 cos/sin table
-
-    def kv_bytes(num_tokens: int) -> int:
-        return kv_cache_bytes(num_tokens, config.block_size, model_config.num_hidden_layers,
-                              max(1, model_config.num_key_value_heads // ranks), model_config.head_dim, itemsize)
-    block_bytes = kv_bytes(config.block_size)
+    block_bytes = kv_block_bytes(config, model_config)
     if spec.kv_cache_memory_bytes is not None:
         kv = spec.kv_cache_memory_bytes // block_bytes * block_bytes
     elif spec.num_kv_blocks is not None:
         kv = spec.num_kv_blocks * block_bytes
     else:
-        kv = kv_bytes(config.max_model_len)
+        kv = min_kv_blocks(config.max_model_len, config.block_size) * block_bytes
     return Footprint(weights, kv, overhead_bytes)
+
+
+def min_kv_blocks(max_model_len: int, block_size: int) -> int:
+    """The least KV cache a model is counted with, and the least an elastic grant gives it: one sequence of
+    max_model_len."""
+    return -(-max_model_len // block_size)
+
+
+def engine_configs(spec, model_dir: Path, max_model_len: int | None):
+    """The EngineConfig and ModelConfig of the model's engine, from its settings and config.json."""
+    from corral.config import EngineConfig
+    from corral.model_config import ModelConfig
+    config = EngineConfig(model=str(model_dir), **dict(spec.engine_args(), max_model_len=max_model_len))
+    return config, ModelConfig.from_hf(config.hf_config)
+
+
+def kv_block_bytes(config, model_config) -> int:
+    """One KV block of every layer, keys and values, on one rank: what the engine's KV grows by."""
+    mc = model_config
+    return kv_cache_bytes(config.block_size, config.block_size, mc.num_hidden_layers,
+                          max(1, mc.num_key_value_heads // config.tensor_parallel_size), mc.head_dim,
+                          config.torch_dtype.itemsize)
 
 
 def safetensors_num_params(path: Path) -> int:

@@ -1,8 +1,9 @@
 """Elastic KV memory through a real server (--kv-sharing elastic): two tiny models under one memory budget
-that holds both with a little KV to spare. A burst to one while the other is idle grows the busy one's KV
-grant past its static share; traffic to the other then grows its grant back. Every answer equals the
-offline engine's."""
+that holds both with a little KV to spare. Each engine starts with only the grant a joining model gets; a
+burst to one while the other is idle grows the busy one's KV grant past its static share; traffic to the
+other then grows its grant back. Every answer equals the offline engine's."""
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.tiny_models import build_model
 
 MAX_MODEL_LEN = 128
 MIN_BLOCKS = MAX_MODEL_LEN // 16  # one sequence of max_model_len: what a static share holds
+PAGE_BYTES = 64 << 10  # the simulated page on CPU
 PROMPTS = [f"Story number {i}: once upon a time there was a little robot who" for i in range(8)]
 
 
@@ -94,6 +96,28 @@ def wait_for_grants(http: httpx.Client, names: list[str]):
             return
         time.sleep(0.1)
     raise AssertionError(f"no KV grants for {names}")
+
+
+def initial_grant(model_dir: Path) -> int:
+    """One sequence of max_model_len in whole pages, as blocks of 16 tokens' float32 keys and values in
+    every layer (from config.json)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    block_bytes = 16 * 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
+    return -(-MIN_BLOCKS * block_bytes // PAGE_BYTES) * PAGE_BYTES // block_bytes
+
+
+def test_each_engine_starts_with_only_the_grant_a_joining_model_gets(server, http, model_dirs):
+    wait_for_grants(http, ["busy", "other"])
+    for name, model_dir in model_dirs.items():
+        grant = initial_grant(model_dir)
+        assert server.registry.clients[name].engine_overrides["kv_grant_blocks"] == grant  # its engine's setting
+        kv = kv_cache(http, name)
+        assert MIN_BLOCKS <= kv["granted_blocks"] == kv["num_blocks"] == grant < kv["max_blocks"]
+        deadline = time.monotonic() + 10
+        while http.get("/health").json()["models"][name]["num_kv_blocks"] != grant:  # the engine's own report
+            assert time.monotonic() < deadline, "the engine never reported its initial grant"
+            time.sleep(0.05)
 
 
 def test_a_busy_model_borrows_the_idle_ones_pages_and_gives_them_back(server, http, expected):
