@@ -1,6 +1,8 @@
 """CUDA virtual memory on a GPU: KV caches and weights in virtual ranges give the tokens of plain tensors,
 a smaller KV grant gives its pages back to the device (another process's cudaMemGetInfo sees them), and
-sleep unmaps every page while keeping the CUDA graphs, which wake replays without recapture.
+sleep unmaps every page while keeping the CUDA graphs, which wake replays without recapture. An elastic
+engine (kv_grant_blocks) maps 2 MiB pages and starts with its grant's; one that is not maps each layer's
+cache as one allocation.
 
     python -m pytest -q -m gpu tests/engine/test_virtual_memory_gpu.py"""
 import gc
@@ -21,9 +23,9 @@ PARAMS = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 PROMPTS = [[5, 6, 7], list(range(10, 300)), [(i * 7) % 500 + 3 for i in range(40)]]
 
 
-def engine(model_dir) -> LLM:
+def engine(model_dir, **args) -> LLM:
     return LLM(str(model_dir), device="cuda", dtype="bfloat16", max_model_len=1024, max_num_seqs=16,
-               num_kv_blocks=NUM_KV_BLOCKS)
+               num_kv_blocks=NUM_KV_BLOCKS, **args)
 
 
 def tokens(llm: LLM) -> list[list[int]]:
@@ -60,8 +62,15 @@ def reference(model_dir) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def llm(model_dir):
+    """Elastic, every block granted at start."""
     if not virtual_memory.available(torch.device("cuda")):
         pytest.skip("CUDA virtual memory needs cuda-python's bindings (the gpu extra)")
+    return engine(model_dir, kv_grant_blocks=NUM_KV_BLOCKS)
+
+
+@pytest.fixture(scope="module")
+def whole(model_dir, llm):
+    """Not elastic: each layer's KV range one allocation."""
     return engine(model_dir)
 
 
@@ -130,3 +139,36 @@ def test_the_weights_and_kv_device_memory_is_free_while_asleep(llm, reference):
     assert (held.weights_bytes, held.kv_cache_bytes) == (0, 0)
     core.wake()
     assert tokens(llm) == reference
+
+
+def test_an_elastic_engine_maps_only_its_initial_grant_at_start(model_dir, llm, reference):
+    small = engine(model_dir, kv_grant_blocks=256)
+    core = small.engine.core
+    assert core.kv_memory.mapped_bytes == 4 * 2 * 2 * 2**20  # one page of K and one of V a layer
+    assert core.kv_cache_manager.num_blocks == 256 and core.num_blocks == NUM_KV_BLOCKS
+    assert tokens(small) == reference
+
+
+def test_a_cache_that_is_not_elastic_is_one_allocation_a_layer_with_the_same_tokens(whole, reference):
+    core = whole.engine.core
+    memory = core.kv_memory
+    assert [len(r.handles) for r in memory.ranges] == [1] * 4  # 128 MiB: K and V of 8192 blocks of 8 KiB
+    assert memory.mapped_bytes == 4 * 2 * NUM_KV_BLOCKS * 8192
+    assert len(core.weights_memory.range.handles) == 1  # a tiny model's weights: one page of at most 256 MiB
+    assert tokens(whole) == reference
+
+
+def test_sleep_and_wake_of_whole_layers_free_the_memory_and_keep_the_graphs(whole, reference, caplog):
+    core = whole.engine.core
+    graph_runner = core.runner.graph_runner
+    graphs = dict(graph_runner.graphs)
+    mapped = core.weights_memory.mapped_bytes + core.kv_memory.mapped_bytes
+    before = free_bytes()
+    core.sleep()
+    assert free_bytes() - before >= mapped - 2 * 2**20
+    with caplog.at_level(logging.INFO, logger="corral.engine.cuda_graphs"):
+        core.wake()
+    assert "captured CUDA graphs" not in caplog.text
+    assert core.runner.graph_runner is graph_runner and graph_runner.graphs == graphs
+    assert [len(r.handles) for r in core.kv_memory.ranges] == [1] * 4
+    assert tokens(whole) == reference
