@@ -1,8 +1,11 @@
+import logging
 from dataclasses import dataclass, field
 
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.request import Request, RequestStatus
 from corral.engine.request_queue import FCFSQueue
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -220,6 +223,10 @@ class Scheduler:
                 request.grammar.advance(appended)
                 if request.grammar.ended:
                     status = status or RequestStatus.FINISHED_STOPPED
+                    if request.grammar.rejected is not None:  # never, while the sampler applies the bitmask
+                        logger.error("request %s: its grammar does not allow the sampled token %d; the request "
+                                     "ends there (the token bitmask was not applied)", request.request_id,
+                                     request.grammar.rejected)
             request.append_output_tokens(appended)
             if status is None:
                 request.num_computed_tokens += len(token_ids) - 1 + after_first_step

@@ -103,12 +103,16 @@ class Grammar:
 
     matcher: Any
     ended: bool = False  # complete (its stop token taken) or broken (a token it did not allow): the request ends
+    rejected: int | None = None  # the token it did not allow: the bitmask failed to hold the sampling to it
 
     def advance(self, token_ids: list[int]):
         for token_id in token_ids:
             if self.ended:
                 return
-            self.ended = not self.matcher.accept_token(token_id) or self.matcher.is_terminated()
+            if not self.matcher.accept_token(token_id):
+                self.ended, self.rejected = True, token_id
+                return
+            self.ended = self.matcher.is_terminated()
 
 
 class StructuredOutputManager:

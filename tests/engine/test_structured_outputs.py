@@ -104,6 +104,19 @@ def test_constrained_steps_launched_ahead_of_the_host_give_the_same_outputs(tiny
     assert outputs[True] == outputs[False]
 
 
+def test_a_token_the_grammar_rejects_ends_the_request_and_is_logged(tiny_model_dirs, caplog):
+    """What a sampler that failed to apply the bitmask would give: the grammar rejects the sampled token,
+    the request ends on it, and the engine says so (a silent stop would look like a short answer)."""
+    llm = LLM(str(tiny_model_dirs["qwen3"]), max_model_len=512)
+    llm.engine.core.structured_output.bitmask = lambda requests, pinned: None  # the mask never reaches the sampler
+    params = SamplingParams(temperature=1.0, seed=0, max_tokens=40, structured_outputs={"json": SCHEMAS["flat"]})
+    with caplog.at_level("ERROR", logger="corral.engine.scheduler"):
+        outputs = llm.generate([[5, 6, 7]] * 3, params)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [1, 1, 1]
+    rejected = [r for r in caplog.records if "does not allow the sampled token" in r.getMessage()]
+    assert len(rejected) == 3
+
+
 @pytest.mark.parametrize("spec, match", [
     ({"json": "{not json"}, "cannot compile the json"),
     ({"json": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}, "cannot compile the json"),
