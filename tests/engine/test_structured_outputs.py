@@ -178,6 +178,40 @@ def test_constrained_outputs_on_the_gpu_validate_and_free_ones_in_the_batch_are_
         jsonschema.validate(json.loads(o.outputs[0].text), p.structured_outputs.json)
 
 
+@pytest.mark.gpu
+def test_grammars_hold_b1_s_sampling_on_the_gpu(tiny_model_dirs, caplog):
+    """B1's way of sampling (temperature, no seed: the one-pass sampler; bf16; CUDA graphs; each step
+    launched ahead) with every request held to a grammar that cannot complete: each runs to its
+    max_tokens, no sampled token rejected. An H100 run of constrained B1 at 7acfbe8 stopped every request
+    at its first token."""
+    llm = LLM(str(tiny_model_dirs["qwen3"]), max_model_len=512, device="cuda", dtype="bfloat16")
+    never_done = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 2000}
+    params = SamplingParams(temperature=0.6, max_tokens=48, ignore_eos=True, structured_outputs={"json": never_done})
+    with caplog.at_level("ERROR", logger="corral.engine.scheduler"):
+        outputs = llm.generate([[5 + i, 6, 7] for i in range(64)], params)
+    assert not [r.getMessage() for r in caplog.records]
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [48] * 64
+
+
+@pytest.mark.gpu
+def test_the_bitmask_filled_into_pinned_buffers_is_xgrammar_s_own(tiny_model_dirs):
+    import xgrammar as xgr
+
+    from corral.engine.request import Request
+    from corral.engine.structured_output import StructuredOutputManager
+    manager = StructuredOutputManager(str(tiny_model_dirs["qwen3"]), 512)
+    params = SamplingParams(structured_outputs={"json": SCHEMAS["nested"]})
+    requests = [Request(f"r{i}", [1], params) for i in range(4)]
+    for r in requests:
+        manager.init_request(r)
+    pinned, rows = manager.bitmask(requests, pinned=True)
+    plain = xgr.allocate_token_bitmask(4, manager.compiler.info.vocab_size)
+    for i, r in enumerate(requests):
+        r.grammar.matcher.fill_next_token_bitmask(plain, i)
+    assert pinned.is_pinned() and rows == [0, 1, 2, 3]
+    assert torch.equal(pinned, plain) and not torch.equal(plain, torch.full_like(plain, -1))
+
+
 def test_smollm2_s_outputs_validate_against_every_schema(smollm2_dir):
     llm = LLM(str(smollm2_dir), max_model_len=512)
     names = sorted(SCHEMAS)
