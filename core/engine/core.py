@@ -13,6 +13,7 @@ from corral.engine.pooling import PoolingRunner
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler, SchedulerOutput
 from corral.engine.structured_output import StructuredOutputManager
+from corral.engine.virtual_memory import CudaDriverError
 from corral.engine.virtual_weights import VirtualWeights
 from corral.engine.worker import build_rank, kv_bytes_per_token
 from corral.engine.worker_processes import WorkerProcesses
@@ -51,8 +52,7 @@ class EngineCore:
             self.workers.close()
             raise error from e
         # with virtual KV memory, the weights too: sleep then keeps every address (and the CUDA graphs)
-        self.weights_memory = VirtualWeights(self.kv_memory.driver, sleep.weight_tensors(model)) \
-            if self.kv_memory is not None else None
+        self.weights_memory = self._move_weights(model) if self.kv_memory is not None else None
         prefix_caching = config.enable_prefix_caching and (self.pooler_config is None or
                                                            self.pooler_config.prefix_cacheable)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching, self.kv_memory,
@@ -73,6 +73,14 @@ class EngineCore:
         self.asleep: sleep.Slept | None = None  # the host copy of the weights while asleep
         if self.workers is not None:
             self.workers.serve(on_worker_failure)
+
+    def _move_weights(self, model) -> VirtualWeights | None:
+        try:
+            return VirtualWeights(self.kv_memory.driver, sleep.weight_tensors(model))
+        except CudaDriverError as e:  # the tensors moved so far stay valid: their pages stay mapped
+            logger.warning("CUDA virtual memory refused the weights (%s): sleep will copy them out and capture "
+                           "the CUDA graphs again at wake", e)
+            return None
 
     def _kv_bytes_per_token(self) -> int:
         return kv_bytes_per_token(self.config, self.model_config)

@@ -8,9 +8,10 @@ prefix cache is forgotten. Two paths:
   graphs are kept. Waking maps the pages back at the same addresses, copies the weights in and zeroes the
   KV pages; the graphs are replayed as they were, with no recapture. The pages are large (a few driver
   calls a layer) except an elastic KV's, which wakes with its initial grant backed.
-- otherwise (CPU, several ranks, no bindings): each weight tensor is copied to the host and emptied, the KV
-  tensors and the CUDA graphs are dropped; waking copies the weights back, allocates the KV caches again
-  and captures the graphs again (their addresses changed)."""
+- otherwise (CPU, several ranks, no bindings, or a driver that refused the weights' range): each weight
+  tensor is copied to the host and emptied, the KV tensors (or a virtual KV's pages) and the CUDA graphs are
+  dropped; waking copies the weights back, allocates (or maps) the KV again and captures the graphs again
+  (the weights' addresses changed)."""
 import logging
 import time
 from dataclasses import dataclass, field
@@ -99,9 +100,12 @@ def sleep(core) -> Slept:
             torch.cuda.synchronize(core.device)
         for t, _ in slept.host:
             t.data = torch.empty(0, dtype=t.dtype, device=t.device)
-    for layer in _attention_layers(runner.model):
-        slept.kv_caches.append((layer, layer.kv_cache.shape, layer.kv_cache.dtype))
-        layer.kv_cache = None
+    if core.kv_memory is not None:  # virtual KV beside plain weights: its pages go, its addresses stay
+        core.kv_memory.sleep()
+    else:
+        for layer in _attention_layers(runner.model):
+            slept.kv_caches.append((layer, layer.kv_cache.shape, layer.kv_cache.dtype))
+            layer.kv_cache = None
     runner.graph_runner = None
     core.kv_cache_manager.reset_prefix_cache()  # its blocks' contents are gone
     if cuda:
@@ -125,6 +129,8 @@ def wake(core, slept: Slept):
             t.data = copy.to(device, non_blocking=device.type == "cuda")
         for layer, shape, dtype in slept.kv_caches:
             layer.kv_cache = torch.zeros(shape, dtype=dtype, device=device)
+    if core.kv_memory is not None:
+        core.kv_memory.wake()
     if slept.had_graphs:
         core.runner.capture_cuda_graphs(core.config.max_num_seqs, core.config.max_model_len)
     elif device.type == "cuda":

@@ -126,12 +126,22 @@ def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_bloc
         return [torch.zeros(shape, dtype=config.torch_dtype, device=device)
                 for _ in range(mc.num_hidden_layers)], None
     block_bytes = config.block_size * heads * mc.head_dim * config.torch_dtype.itemsize
-    memory = VirtualKVCaches(virtual_memory.CudaDriver(device), mc.num_hidden_layers, num_blocks, block_bytes,
-                             config.kv_grant_blocks)
-    wanted = num_blocks if config.kv_grant_blocks is None else min(num_blocks, config.kv_grant_blocks)
-    if memory.num_backed_blocks < wanted:
-        raise torch.OutOfMemoryError(f"CUDA out of memory: {memory.num_backed_blocks} of {wanted} KV blocks "
-                                     f"could be mapped")
+    elastic = config.kv_grant_blocks is not None
+    wanted = min(num_blocks, config.kv_grant_blocks) if elastic else num_blocks
+    try:
+        memory = VirtualKVCaches(virtual_memory.CudaDriver(device), mc.num_hidden_layers, num_blocks, block_bytes,
+                                 config.kv_grant_blocks)
+        refused = None if memory.num_backed_blocks >= wanted else f"{memory.num_backed_blocks} of {wanted} blocks"
+    except virtual_memory.CudaDriverError as e:
+        memory, refused = None, str(e)
+    if refused is not None and elastic:
+        raise torch.OutOfMemoryError(f"CUDA out of memory: the KV caches' virtual memory mapped {refused}")
+    if refused is not None:  # what the plain allocation makes of it is the answer
+        logger.warning("CUDA virtual memory could not back the KV caches (%s): plain tensors instead; sleep "
+                       "will free them and capture the CUDA graphs again at wake", refused)
+        if memory is not None:
+            memory.close()
+        return allocate_kv_caches(config, model_config, num_blocks, device, virtual=False)
     return memory.tensors(shape, config.torch_dtype), memory
 
 

@@ -255,3 +255,28 @@ def test_a_driver_error_names_the_call_and_its_cuda_result():
     with pytest.raises(CudaDriverError, match=r"^cuMemCreate failed: CUDA_ERROR_OUT_OF_MEMORY \(2\)$") as e:
         checked(bindings, "cuMemCreate", (CUresult.CUDA_ERROR_OUT_OF_MEMORY, None))
     assert (e.value.call, e.value.code) == ("cuMemCreate", 2)
+
+
+@pytest.mark.parametrize("fail", ["reserve", "create"])
+def test_kv_caches_the_driver_cannot_back_fall_back_to_plain_tensors_unless_elastic(tiny_model_dirs, monkeypatch,
+                                                                                      fail):
+    import torch
+
+    from corral.config import EngineConfig
+    from corral.engine import virtual_memory, worker
+    from corral.model_config import ModelConfig
+    driver = FakeDriver(fail_after=0 if fail == "create" else None)
+    if fail == "reserve":
+        def refuse(size, alignment):
+            raise CudaDriverError("cuMemAddressReserve", "CUDA_ERROR_INVALID_VALUE", 1)
+        driver.reserve = refuse
+    monkeypatch.setattr(virtual_memory, "CudaDriver", lambda device: driver)
+    config = EngineConfig(str(tiny_model_dirs["qwen3"]), max_model_len=64)
+    model_config = ModelConfig.from_hf(config.hf_config)
+    caches, memory = worker.allocate_kv_caches(config, model_config, 16, torch.device("cpu"), virtual=True)
+    assert memory is None and len(caches) == model_config.num_hidden_layers
+    assert all(c.shape[1] == 16 and not c.any() for c in caches)
+    assert not driver.mapped and not driver.live_handles  # what was mapped before the refusal is given back
+    elastic = EngineConfig(str(tiny_model_dirs["qwen3"]), max_model_len=64, kv_grant_blocks=4)
+    with pytest.raises(torch.OutOfMemoryError):
+        worker.allocate_kv_caches(elastic, model_config, 16, torch.device("cpu"), virtual=True)
