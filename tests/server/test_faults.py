@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from corral.server.engine_client import restart_delay
+from corral.server.engine_lifecycle import restart_delay
 from tests.server.helpers import ServerThread
 from tests.tiny_models import build_model
 
