@@ -202,6 +202,9 @@ class EngineLifecycle(ABC):
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()  # it waits for a ready message this engine will never send
         self.state, self.stats = (ModelState.RESTARTING if crashed else ModelState.LOADING), None
+        if crashed:  # counted with the state's change, so /health never shows one without the other
+            now = time.monotonic()
+            self._crashes = [t for t in self._crashes if now - t < self.crash_window] + [now]
         self._settled.clear()
         self._exit_task = asyncio.create_task(self._after_exit(engine, crashed))
 
@@ -211,11 +214,9 @@ class EngineLifecycle(ABC):
         if not crashed:
             self._set_error(f"the engine exited while loading (exit code {code})")
             return
-        now = time.monotonic()
-        self._crashes = [t for t in self._crashes if now - t < self.crash_window] + [now]
-        delay = restart_delay(len(self._crashes), self.restart_backoff, self.max_restart_backoff)
+        delay = restart_delay(self.crashes, self.restart_backoff, self.max_restart_backoff)
         logger.error("engine of %s died (exit code %s; %d time(s) in %.0f s); restarting in %.0f s", self.name,
-                     code, len(self._crashes), self.crash_window, delay)
+                     code, self.crashes, self.crash_window, delay)
         self.restarts += 1
         if self.metrics is not None:
             self.metrics.engine_restarts.labels(self.name).inc()

@@ -65,7 +65,7 @@ def test_health_reports_a_model_whose_engine_keeps_dying_until_the_crash_window_
     client = server.client("llama")
     client.crash_window, client.restart_backoff = 20.0, 2.0  # long enough for a restart on a loaded machine
     kill_when_ready(client)
-    wait_for(lambda: client.state == "ready")
+    wait_for(lambda: client.crashes == 1 and client.state == "ready")  # its death seen, and it is back
     status, body = health(server)
     assert status == 200 and body["status"] == "ok"
     assert body["models"]["llama"] | {"failing": False, "crashes": 1} == body["models"]["llama"]
