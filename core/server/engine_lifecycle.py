@@ -193,7 +193,9 @@ class EngineLifecycle(ABC):
         if self._sleep_reply is not None and not self._sleep_reply.done():
             self._sleep_reply.set_result(SleepDone(False, EngineMemory(), "its engine exited"))
         self.asleep = False
-        if self._closing or self.state in (ModelState.UNLOADED, ModelState.ERROR):
+        if self._closing:  # shutdown stops it, and the loop's executor may be gone already
+            return
+        if self.state in (ModelState.UNLOADED, ModelState.ERROR):
             asyncio.get_running_loop().run_in_executor(None, engine.stop, 1)  # reap it
             return
         crashed = self.state in (ModelState.READY, ModelState.RESTARTING, ModelState.SLEEPING)  # it had served
