@@ -3,7 +3,6 @@ context: the generic tool prompt is some 800 tokens on their tokenizer), behind 
 routes of the same server for the same conversation at temperature 0 (the one chat path, reached by another
 dialect), the safetensors library for sizes and parameter counts, jsonschema for `format`, the loopback Hugging
 Face hub of the source tests for /api/pull."""
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -13,11 +12,6 @@ import jsonschema
 import openai
 import pytest
 
-from corral.outputs import CompletionOutput, RequestOutput
-from corral.server.errors import BadRequestError
-from corral.server.ollama.serving import Reply
-from corral.server.ollama.template import render_template
-from corral.server.serving_chat import ChatGeneration
 from tests.server.helpers import API_KEY, ServerThread, tool_models_config
 from tests.sources.hub_server import FakeHFHub, Repo
 
@@ -236,34 +230,6 @@ def test_a_tool_conversation_renders_as_the_openai_route_renders_it(client, open
     assert response.prompt_eval_count > 0 and response.message.content == (reference.content or "")
 
 
-class _Client:
-    reasoning_parser = None
-
-
-async def _all(iterator) -> list:
-    return [item async for item in iterator]
-
-
-async def _outputs(pieces: list[str]):
-    for i, text in enumerate(pieces):
-        last = i == len(pieces) - 1
-        yield RequestOutput("r", None, [1], [CompletionOutput(0, text, [5], finish_reason="stop" if last else None)],
-                          finished=last)
-
-
-def test_hermes_tool_calls_come_whole_with_arguments_as_objects():
-    from corral.tool_parsers.hermes import HermesToolParser
-    recorded = ['Let me check.<tool', '_call>\n{"name": "get_weather", "argu', 'ments": {"city": "Par', 'is"}}\n</tool_',
-                'call>']
-    generation = ChatGeneration("r", [1, 2], None, _outputs(recorded), False, lambda: HermesToolParser([WEATHER]),
-                                lambda: None)
-    pieces = asyncio.run(_all(Reply(generation, _Client(), 0, 0, True).pieces()))
-    assert "".join(p.content for p in pieces) == "Let me check."
-    assert [c for p in pieces for c in p.tool_calls] == [{"function": {"name": "get_weather",
-                                                                        "arguments": {"city": "Paris"}}}]
-    assert pieces[-1].tool_calls and not any(p.tool_calls for p in pieces[:-1])
-
-
 def test_a_raw_generate_answers_as_completions_do_and_returns_its_context(client, server):
     prompt = "The capital of France is"
     response = client.generate("tiny-llama", prompt=prompt, raw=True, options=GREEDY)
@@ -292,14 +258,6 @@ def test_generate_renders_ollama_s_template_variables(client):
     response = client.generate("tiny-llama", prompt="Hi", system="Brief", template=template, options=GREEDY)
     raw = client.generate("tiny-llama", prompt="S: Brief\nU: Hi\nA:", raw=True, options=GREEDY)
     assert response.response == raw.response and response.prompt_eval_count == raw.prompt_eval_count
-
-
-def test_templates_trim_and_branch_as_go_s_do():
-    template = "{{- if .System }}<s>{{ .System }}</s>{{ else }}none{{ end -}}  \n{{ .Prompt }}"
-    assert render_template(template, {"System": "sys", "Prompt": "hi"}) == "<s>sys</s>hi"
-    assert render_template(template, {"Prompt": "hi"}) == "nonehi"
-    with pytest.raises(BadRequestError, match="range"):
-        render_template("{{ range .Messages }}{{ .Content }}{{ end }}", {})
 
 
 # keep_alive and errors
