@@ -7,6 +7,8 @@ engine reports its demand with every step; `rebalance` answers with new grants:
 - under pressure pages come back from models with free blocks above their minimum: idle models first,
   then busy models above what they need, then busy models above their share of the demand-weighted split
   (a busy model never drops below that share);
+- a smaller budget (another model's weights are loading) takes pages back the same way, busy models
+  down to their shares of it;
 - a model never drops below its minimum (one sequence of max_model_len); a grant below the blocks its
   requests hold takes effect as they finish: those pages count as held, not free, until its engine says
   it freed them;
@@ -137,6 +139,11 @@ class KVPages:
             above_share = sorted((t for t in self.tenants.values() if t.busy),
                                  key=lambda t: shares[t.name] - t.granted_pages)
             self._take(above_share, lambda t: max(self.min_pages(t), shares[t.name]), owed)
+        # a smaller budget (a model is loading) is met by busy models too, down to their shares
+        over_budget = sum(t.granted_pages for t in self.tenants.values()) - self.budget_pages
+        if over_budget > 0:
+            above_share = sorted(self.tenants.values(), key=lambda t: shares[t.name] - t.granted_pages)
+            self._take(above_share, lambda t: max(self.min_pages(t), shares[t.name]), over_budget)
         # free pages to the short, those furthest below their share first
         for tenant in sorted(short, key=lambda t: t.granted_pages / shares[t.name]):
             give = min(self.want(tenant) - tenant.granted_pages, max(0, self.free_pages))

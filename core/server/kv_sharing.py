@@ -14,10 +14,10 @@ CUDA graphs stay valid. The engine reports the pages it has mapped as its KV mem
 ranks, or without the bindings, the KV tensors are allocated at the reserved size and a grant only limits
 the blocks the scheduler may use: the budget is simulated.
 
-Not yet done here: a model's load does not wait for the pages it counts on to be unmapped. The memory
-planner counts the others at their minimum and a smaller budget takes their pages back over the next
-rebalances, so a model whose weights load while the others hold many pages can still run out of device
-memory."""
+A model that loads or wakes counts the others at their minimum: while it does, the pages' budget leaves out
+its weights and the grant it starts with, the rebalances take the others' pages back (idle models first,
+busy ones down to their share), and its engine starts once the pages held fit (`settled`), so its weights
+and start grant find the memory free."""
 import asyncio
 import logging
 
@@ -95,6 +95,24 @@ class KVSharing:
                 "needed_blocks": tenant.num_needed_blocks, "min_blocks": tenant.min_blocks,
                 "max_blocks": tenant.max_blocks, "block_bytes": tenant.block_bytes}
 
+    def _bytes_outside_pages(self, resident) -> int:
+        """What a model holds of the budget beside the pages it has joined with: its weights and overhead,
+        and while it loads or wakes, the start grant its engine backs before it joins."""
+        if resident.asleep:
+            return resident.device_bytes
+        outside = resident.device_bytes - resident.footprint.kv_cache_bytes
+        if resident.name in self.pages.tenants:
+            return outside
+        block_bytes, start_grant = self._starts.get(resident.name, (1, 0))
+        start_bytes = max(resident.footprint.kv_cache_bytes, start_grant * block_bytes)
+        return outside + -(-start_bytes // self.pages.page_bytes) * self.pages.page_bytes
+
+    @property
+    def settled(self) -> bool:
+        """The pages the engines hold fit the budget: what a loading model counts on has been given back."""
+        # the planner counts each minimum in bytes and a grant is whole pages: a page each of slack
+        return self.pages.free_pages + len(self.pages.tenants) >= 0
+
     async def _run(self):
         while True:
             try:
@@ -104,10 +122,6 @@ class KVSharing:
             await asyncio.sleep(self.interval)
 
     def rebalance(self):
-        residents = self.memory.residents()
-        budget = self.memory.planner.budget_bytes
-        self.pages.set_budget(budget - sum(r.device_bytes - (0 if r.asleep else r.footprint.kv_cache_bytes)
-                                           for r in residents))
         for client in self.clients.values():
             ready = (str(client.state) == "ready" and client.engine is not None and client.engine_ready is not None
                      and client.stats is not None)
@@ -130,6 +144,8 @@ class KVSharing:
             if stats is not self._stats_at_join[client.name]:
                 self.pages.report(client.name, stats.num_kv_blocks, stats.num_kv_blocks - stats.num_free_kv_blocks,
                                   stats.num_needed_kv_blocks)
+        self.pages.set_budget(self.memory.planner.budget_bytes - sum(map(self._bytes_outside_pages,
+                                                                         self.memory.residents())))
         for name, num_blocks in self.pages.rebalance().items():
             logger.debug("elastic KV: model %s may use %d blocks", name, num_blocks)
             self._engines[name].send(SetKVGrant(num_blocks))

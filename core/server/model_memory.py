@@ -112,7 +112,7 @@ class ModelMemory:
                     if not plan.sleep and not plan.unload:
                         client.waiting_for = None
                         self.granted.add(client.name)
-                        return True
+                        break
                     if not preload:
                         await self._evict(plan, client.name)
                         continue  # plan again: a request may have reached a model named in this plan
@@ -127,6 +127,21 @@ class ModelMemory:
                 client.waiting_for = None
                 return False
             await asyncio.sleep(self.poll_interval)
+        if self.kv_sharing is not None:
+            await self._wait_for_kv_pages(client, deadline)
+        return True
+
+    async def _wait_for_kv_pages(self, client, deadline: float):
+        """Elastic KV: the pages the others give back to make room are unmapped before its engine starts."""
+        client.waiting_for = "KV pages other models are giving back"
+        self.kv_sharing.rebalance()
+        while not self.kv_sharing.settled and time.monotonic() < deadline:
+            await asyncio.sleep(self.poll_interval)
+            self.kv_sharing.rebalance()
+        if not self.kv_sharing.settled:
+            logger.warning("model %s loads before the other models gave back the KV pages it counts on (their "
+                           "requests still hold them): its engine may not find the memory free", client.name)
+        client.waiting_for = None
 
     async def _evict(self, plan, for_name: str):
         """The first model of the plan, only: the caller plans again after each."""

@@ -135,6 +135,47 @@ def test_a_busy_model_borrows_the_idle_ones_pages_and_gives_them_back(server, ht
     assert MIN_BLOCKS == busy["min_blocks"] <= busy["granted_blocks"] < busy_peak  # gave pages back
 
 
+@pytest.fixture(scope="module")
+def tight_server(model_dirs):
+    """Spare KV for 24 of `busy`'s blocks beside both minimums: it reaches a burst's 64 only while `other` sleeps."""
+    from corral.server.config import build_config
+    budget = sum(reference_footprint(d, MAX_MODEL_LEN) for d in model_dirs.values()) + (384 << 10)
+    config = build_config([str(d) for d in model_dirs.values()], served_names=list(model_dirs),
+                          server={"memory_budget_bytes": budget, "kv_sharing": "elastic"},
+                          model_defaults={"max_model_len": MAX_MODEL_LEN, "device": "cpu", "max_num_seqs": 8})
+    running = ServerThread(config).start()
+    yield running
+    running.stop()
+
+
+def test_a_waking_model_starts_once_the_pages_it_counts_on_are_given_back(tight_server, expected):
+    """`other` sleeps, `busy` grows into the memory it left and keeps the pages while idle; `other`'s wake
+    waits until `busy` has given back what its weights and start grant need."""
+    server = tight_server
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        wait_for_grants(http, ["busy", "other"])
+        sharing, other = server.registry.kv_sharing, server.registry.clients["other"]
+        assert http.post("/v1/models/other/sleep").status_code == 200
+        answers, busy_peak = burst(server, "busy", http)
+        awake_share = MIN_BLOCKS + 24 + 4  # what it could hold beside `other` awake, a page of slack
+        assert answers == expected["busy"] and busy_peak > awake_share  # into the memory `other` left
+        seen_at_wake, wake = [], other._wake
+
+        async def watched_wake():
+            seen_at_wake.append(sharing.settled)
+            await wake()
+
+        other._wake = watched_wake
+        try:
+            assert http.post("/v1/models/other/wake").status_code == 200
+        finally:
+            del other._wake
+        assert seen_at_wake == [True]
+        assert kv_cache(http, "busy")["num_blocks"] <= awake_share
+        answers, _ = burst(server, "other", http)
+        assert answers == expected["other"]
+
+
 def test_elastic_sharing_needs_a_memory_budget(model_dirs):
     from corral.config import ConfigError
     from corral.server.config import build_config

@@ -175,6 +175,20 @@ def test_a_smaller_budget_is_met_from_idle_models():
     assert sum(pages.held_pages(t) for t in pages.tenants.values()) <= 40
 
 
+def test_a_smaller_budget_is_met_from_busy_models_down_to_their_shares():
+    pages = budget_of(100, a=(8, 400), b=(8, 400))
+    demand(pages, "a", 300)
+    demand(pages, "b", 100)
+    settle(pages)
+    assert pages.granted_blocks("a") == 300 and pages.granted_blocks("b") == 100
+    pages.set_budget(40 * PAGE)  # a third model's weights are loading
+    demand(pages, "a", 300)
+    demand(pages, "b", 100)
+    settle(pages)
+    assert sum(pages.held_pages(t) for t in pages.tenants.values()) <= 40
+    assert pages.granted_blocks("a") == 120 and pages.granted_blocks("b") == 40  # 3 to 1, as their demand
+
+
 @pytest.mark.parametrize("args", [(0, 8, 400), (1, 0, 400), (1, 8, 4)])
 def test_a_tenant_needs_sizes_that_make_sense(args):
     with pytest.raises(ValueError, match="KV tenant"):
