@@ -8,6 +8,7 @@ unmapped whole (each driver call costs tens of microseconds, whatever its size).
 The driver calls go through `CudaDriver`, a thin adapter over cuda-python's bindings
 (cuda.bindings.driver), so that tests can give `VirtualRange` a driver of their own."""
 import logging
+import weakref
 from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ class VirtualRange:
         self.num_pages = -(-self.size // self.page_bytes)
         self.address = driver.reserve(self.size, granularity)
         self.handles: dict[int, object] = {}  # page -> its physical allocation
+        # given back when the range and every tensor over it are gone (an LLM dropped in a process that
+        # goes on), or at close; a process that exits gives everything back anyway
+        self._finalizer = weakref.finalize(self, _give_back, driver, self.address, self.size, self.page_bytes,
+                                           self.handles)
+        self._finalizer.atexit = False
 
     @property
     def mapped_bytes(self) -> int:
@@ -192,15 +198,28 @@ class VirtualRange:
         memory; `.view(dtype)` it. The range's first page must be mapped now (torch asks the driver which
         device the address is on); pages unmapped later must not be read."""
         import torch
-        return torch.as_tensor(_DeviceBytes(self.address, self.size if size is None else size),
-                               device=self.driver.device)
+        return torch.as_tensor(_DeviceBytes(self, self.size if size is None else size), device=self.driver.device)
 
     def close(self):
         """Unmap everything and free the addresses: every tensor over the range is invalid after."""
         if self.address is not None:
+            self.driver.synchronize()
             self.unmap_all()
+            self._finalizer.detach()
             self.driver.free_address(self.address, self.size)
             self.address = None
+
+
+def _give_back(driver, address: int, size: int, page_bytes: int, handles: dict):
+    """A collected range's pages and addresses, back to the device, once the work launched on them is done."""
+    try:
+        driver.synchronize()
+        for page in sorted(handles):
+            driver.unmap(address + page * page_bytes, min(page_bytes, size - page * page_bytes))
+            driver.release(handles.pop(page))
+        driver.free_address(address, size)
+    except Exception as e:  # a finalizer cannot raise: the memory stays until the process exits
+        logger.warning("CUDA virtual memory of a collected range was not given back: %s", e)
 
 
 def _runs(pages: list[int]) -> list[tuple[int, int]]:
@@ -215,9 +234,10 @@ def _runs(pages: list[int]) -> list[tuple[int, int]]:
 
 
 class _DeviceBytes:
-    """Device bytes as the CUDA array interface describes them, for torch.as_tensor; the tensor keeps this
-    object alive (and nothing here refers back to the range, so the range's lifetime is its owner's)."""
+    """The first `size` bytes of a range as the CUDA array interface describes them, for torch.as_tensor:
+    the tensor keeps this object alive, and so the range, which gives its memory back only once collected."""
 
-    def __init__(self, address: int, size: int):
-        self.__cuda_array_interface__ = {"shape": (size,), "typestr": "|u1", "data": (address, False),
-                                         "version": 2, "strides": None}
+    def __init__(self, virtual_range: VirtualRange, size: int):
+        self.virtual_range = virtual_range
+        self.__cuda_array_interface__ = {"shape": (size,), "typestr": "|u1",
+                                         "data": (virtual_range.address, False), "version": 2, "strides": None}

@@ -4,13 +4,14 @@ that sleep unmaps everything and wake maps it back at the same addresses, that a
 costs a few calls a layer, and how driver errors surface. The GPU tests (test_virtual_memory_gpu.py) run
 the same code against the real driver."""
 import enum
+import gc
 from types import SimpleNamespace
 
 import pytest
 
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.kv_memory import VirtualKVCaches
-from corral.engine.virtual_memory import CudaDriverError, VirtualRange, checked, pages_covering
+from corral.engine.virtual_memory import CudaDriverError, VirtualRange, _DeviceBytes, checked, pages_covering
 from tests.engine.kv_requests import admit, req
 
 PAGE = 4096
@@ -243,6 +244,23 @@ def test_close_unmaps_everything_and_frees_the_addresses():
     assert driver.mapped == {} and driver.live_handles == set() and driver.log[-1] == ("free", address)
     with pytest.raises(IndexError, match="outside a range of 6 pages"):
         VirtualRange(driver, 6 * PAGE).map_pages([6])
+
+
+def test_a_range_gives_its_memory_back_once_nothing_holds_it_or_a_tensor_over_it():
+    """An LLM dropped in a process that goes on: its ranges are collected and their memory given back, but
+    not while a tensor over one lives (the tensor's array-interface object holds the range)."""
+    driver = FakeDriver()
+    r = VirtualRange(driver, 4 * PAGE)
+    r.map(0, 2 * PAGE)
+    held = _DeviceBytes(r, PAGE)  # what torch.as_tensor keeps alive for a tensor over the range
+    del r
+    gc.collect()
+    assert len(driver.live_handles) == 2 and driver.reserved
+    del held
+    gc.collect()
+    assert driver.mapped == {} and driver.live_handles == set() and driver.reserved == {}
+    assert driver.log[-4:] == [("synchronize",), ("unmap", 1 << 40), ("unmap", (1 << 40) + PAGE),
+                               ("free", 1 << 40)]
 
 
 def test_a_driver_error_names_the_call_and_its_cuda_result():
