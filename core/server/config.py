@@ -112,6 +112,10 @@ class ServerConfig:
     eviction: str = setting("sleep", "what makes room for a model: sleep (default: idle models' weights go to host "
                                      "memory, their engines stay and wake fast; unloaded when that is not enough) "
                                      "or unload", choices=("sleep", "unload"))
+    sleep_memory_bytes: int | None = setting(None, "host memory for the weights of sleeping models together, e.g. "
+                                                   "48GiB: past it the least recently used sleeping models are "
+                                                   "unloaded (default: half of the machine's memory)",
+                                             flag="--sleep-memory")
     kv_sharing: str = setting("static", "how models under one memory budget get KV memory: static (default: each "
                                         "keeps the minimum counted for it) or elastic (a busy model borrows the "
                                         "KV pages idle ones do not use, and gives them back under pressure)",
@@ -184,6 +188,8 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
         raise ConfigError(f"prefix_cache_isolation must be key or none, got {config.prefix_cache_isolation!r}")
     if config.memory_budget_bytes is not None and config.memory_budget_bytes <= 0:
         raise ConfigError(f"memory_budget must be a positive size such as 6GiB, got {config.memory_budget_bytes}")
+    if config.sleep_memory_bytes is not None and config.sleep_memory_bytes < 0:
+        raise ConfigError(f"sleep_memory must be a size such as 48GiB, got {config.sleep_memory_bytes}")
     if config.eviction not in ("sleep", "unload"):
         raise ConfigError(f"eviction must be sleep or unload, got {config.eviction!r}")
     if config.kv_sharing not in ("static", "elastic"):

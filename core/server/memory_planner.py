@@ -80,6 +80,7 @@ class MemoryPlanner:
 
     budget_bytes: int | None = None
     max_loaded_models: int | None = None
+    host_budget_bytes: int | None = None  # host memory for the weights of sleeping models together (None: not counted)
 
     def check(self, name: str, footprint: Footprint):
         """Raises NeverFits when `name` would not fit even with every other model unloaded."""
@@ -101,7 +102,7 @@ class MemoryPlanner:
                 return eviction
             if not slot.asleep:
                 slot.asleep = True
-                if slot.resident.can_sleep:
+                if slot.resident.can_sleep and self._host_room(slot, idle, others.values(), eviction):
                     eviction.sleep.append(slot.resident.name)
                 else:
                     slot.gone = True
@@ -118,6 +119,28 @@ class MemoryPlanner:
             return eviction
         kept = [s for s in others.values() if not s.gone]
         raise NoRoomNow(self._holders(name, footprint, [s.resident for s in kept], self._over_cap(kept)))
+
+    def _host_room(self, slot: "_Slot", idle: list["_Slot"], slots, eviction: Eviction) -> bool:
+        """Whether `slot`'s weights fit the host budget once it sleeps, unloading (in the plan) sleeping idle
+        models used before it, oldest first, as far as that takes."""
+        if self.host_budget_bytes is None:
+            return True
+        used = sum(s.resident.footprint.weights_bytes for s in slots if s.asleep and not s.gone and s is not slot)
+        needed = slot.resident.footprint.weights_bytes
+        if needed > self.host_budget_bytes:
+            return False
+        older = [s for s in idle[:idle.index(slot)] if s.asleep and not s.gone]
+        if used - sum(s.resident.footprint.weights_bytes for s in older) + needed > self.host_budget_bytes:
+            return False  # unloading every older sleeper would not make room: this one is unloaded instead
+        for sleeper in older:
+            if used + needed <= self.host_budget_bytes:
+                break
+            sleeper.gone = True
+            if sleeper.resident.name in eviction.sleep:
+                eviction.sleep.remove(sleeper.resident.name)
+            eviction.unload.append(sleeper.resident.name)
+            used -= sleeper.resident.footprint.weights_bytes
+        return True
 
     def _over_cap(self, kept: list["_Slot"]) -> bool:
         return self.max_loaded_models is not None and sum(not s.asleep for s in kept) + 1 > self.max_loaded_models

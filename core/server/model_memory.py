@@ -5,6 +5,7 @@ decides; the idle models it names are put to sleep or unloaded here)."""
 import asyncio
 import json
 import logging
+import os
 import struct
 import subprocess
 import sys
@@ -51,10 +52,15 @@ class ModelMemory:
             shares = [s.gpu_memory_utilization or 0.0 for s in config.models if uses_cuda(s)]
             if shares:
                 budget = int(min(1.0, sum(shares)) * cuda_device_memory())
-        planner = MemoryPlanner(budget, config.max_loaded_models)
-        logger.info("models share %s%s; the least recently used idle ones make room",
+        host_budget = config.sleep_memory_bytes
+        if host_budget is None and config.eviction == "sleep":
+            host_budget = host_memory() // 2
+        planner = MemoryPlanner(budget, config.max_loaded_models, host_budget)
+        logger.info("models share %s%s; the least recently used idle ones make room%s",
                     f"a memory budget of {format_bytes(budget)}" if budget else "the device",
-                    f", at most {config.max_loaded_models} loaded" if config.max_loaded_models else "")
+                    f", at most {config.max_loaded_models} loaded" if config.max_loaded_models else "",
+                    f" (sleeping ones keep at most {format_bytes(host_budget)} of weights in host memory)"
+                    if config.eviction == "sleep" else "")
         return cls(planner, clients, config.request_load_timeout, config.eviction == "sleep")
 
     # footprints
@@ -145,10 +151,10 @@ class ModelMemory:
 
     async def _evict(self, plan, for_name: str):
         """The first model of the plan, only: the caller plans again after each."""
-        if plan.sleep:
-            victim, action = self.clients[plan.sleep[0]], "sleep"
-        else:
+        if plan.unload:  # first: an unload may be what leaves the host room for a sleeping model's weights
             victim, action = self.clients[plan.unload[0]], "unload"
+        else:
+            victim, action = self.clients[plan.sleep[0]], "sleep"
         logger.info("%s model %s (least recently used, idle) to make room for %s", "putting to sleep" if
                     action == "sleep" else "unloading", victim.name, for_name)
         self.evictions += 1
@@ -252,6 +258,11 @@ def safetensors_num_params(path: Path) -> int:
 def _on_cuda(spec) -> bool:
     from corral.server.placement import uses_cuda
     return uses_cuda(spec)
+
+
+def host_memory() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def cuda_device_memory() -> int:

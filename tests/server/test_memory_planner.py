@@ -89,6 +89,29 @@ def test_a_sleeping_model_waking_counts_its_whole_footprint_not_its_own_overhead
     assert MemoryPlanner(budget_bytes=1900 * MiB).plan("a", WITH_ENGINE, residents).sleep == ["b"]
 
 
+def test_sleeping_weights_stay_within_the_host_budget_the_oldest_sleeper_unloaded_first():
+    # a (oldest) sleeps already with 600 MiB of weights on the host; b must make room for c, and the host
+    # holds the weights of one sleeping model: a is unloaded so that b can sleep
+    residents = [resident("a", 1, asleep=True), resident("b", 2)]
+    plan = MemoryPlanner(budget_bytes=1500 * MiB, host_budget_bytes=1000 * MiB).plan("c", ONE, residents)
+    assert (plan.unload, plan.sleep) == (["a"], ["b"])
+    plan = MemoryPlanner(budget_bytes=1500 * MiB, host_budget_bytes=1200 * MiB).plan("c", ONE, residents)
+    assert (plan.unload, plan.sleep) == ([], ["b"])
+
+
+def test_a_model_whose_weights_the_host_budget_cannot_hold_is_unloaded_instead_of_slept():
+    big = Footprint(weights_bytes=2000 * MiB, kv_cache_bytes=400 * MiB)
+    residents = [resident("a", 1, footprint=big), resident("b", 2, asleep=True)]
+    plan = MemoryPlanner(budget_bytes=2500 * MiB, host_budget_bytes=1000 * MiB).plan("c", ONE, residents)
+    assert (plan.unload, plan.sleep) == (["a"], [])  # b, slept more recently than a was used, stays asleep
+
+
+def test_a_newer_sleeper_is_not_unloaded_to_let_an_older_model_sleep():
+    residents = [resident("a", 1), resident("b", 5, asleep=True)]
+    plan = MemoryPlanner(budget_bytes=1500 * MiB, host_budget_bytes=1000 * MiB).plan("c", ONE, residents)
+    assert (plan.unload, plan.sleep) == (["a"], [])
+
+
 def test_format_bytes_reads_as_a_person_would_write_it():
     assert format_bytes(3 * GiB // 2) == "1.50 GiB" and format_bytes(512 * MiB) == "512.00 MiB"
     assert format_bytes(2048) == "2.00 KiB" and format_bytes(12) == "12 B"

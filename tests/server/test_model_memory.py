@@ -313,3 +313,14 @@ def test_an_engine_asleep_holds_no_weights_and_answers_the_same_awake(model_dirs
     again = llm.generate([prompt], params)[0]
     assert again.outputs[0].token_ids == before
     assert again.num_cached_tokens == 0  # the KV cache came back empty: the prefix cache forgot the prompt
+
+
+@pytest.mark.parametrize("server_settings, host_budget", [
+    ({}, "half"), ({"sleep_memory_bytes": "3GiB"}, 3 << 30), ({"eviction": "unload"}, None)])
+def test_sleeping_weights_get_half_the_host_memory_unless_told(tiny_model_dirs, server_settings, host_budget):
+    from corral.server.config import build_config
+    from corral.server.model_memory import ModelMemory, host_memory
+    config = build_config([str(tiny_model_dirs["qwen3"])], server={"memory_budget_bytes": "1GiB", **server_settings},
+                          model_defaults={"device": "cpu"})
+    planner = ModelMemory.from_config(config, {}).planner
+    assert planner.host_budget_bytes == (host_memory() // 2 if host_budget == "half" else host_budget)
