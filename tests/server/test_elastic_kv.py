@@ -27,14 +27,19 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     return {"busy": build_model("qwen3", root / "a"), "other": build_model("llama", root / "b")}
 
 
-@pytest.fixture(scope="module")
-def server(model_dirs):
+def elastic_server(model_dirs: dict[str, Path], spare_bytes: int) -> ServerThread:
+    """Both models under --kv-sharing elastic, in a budget of their footprints and `spare_bytes` of KV to lend."""
     from corral.server.config import build_config
-    budget = sum(reference_footprint(d, MAX_MODEL_LEN) for d in model_dirs.values()) + (1 << 20)  # 1 MiB of KV to lend: not enough for both bursts at once
+    budget = sum(reference_footprint(d, MAX_MODEL_LEN) for d in model_dirs.values()) + spare_bytes
     config = build_config([str(d) for d in model_dirs.values()], served_names=list(model_dirs),
                           server={"memory_budget_bytes": budget, "kv_sharing": "elastic"},
                           model_defaults={"max_model_len": MAX_MODEL_LEN, "device": "cpu", "max_num_seqs": 8})
-    running = ServerThread(config).start()
+    return ServerThread(config).start()
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs):
+    running = elastic_server(model_dirs, 1 << 20)  # 1 MiB of KV to lend: not enough for both bursts at once
     yield running
     running.stop()
 
@@ -138,12 +143,7 @@ def test_a_busy_model_borrows_the_idle_ones_pages_and_gives_them_back(server, ht
 @pytest.fixture(scope="module")
 def tight_server(model_dirs):
     """Spare KV for 24 of `busy`'s blocks beside both minimums: it reaches a burst's 64 only while `other` sleeps."""
-    from corral.server.config import build_config
-    budget = sum(reference_footprint(d, MAX_MODEL_LEN) for d in model_dirs.values()) + (384 << 10)
-    config = build_config([str(d) for d in model_dirs.values()], served_names=list(model_dirs),
-                          server={"memory_budget_bytes": budget, "kv_sharing": "elastic"},
-                          model_defaults={"max_model_len": MAX_MODEL_LEN, "device": "cpu", "max_num_seqs": 8})
-    running = ServerThread(config).start()
+    running = elastic_server(model_dirs, 384 << 10)
     yield running
     running.stop()
 
