@@ -1,4 +1,5 @@
 import contextlib
+import gc
 import logging
 
 import torch
@@ -43,6 +44,18 @@ class CUDAGraphRunner:
 
     @torch.inference_mode()
     def capture(self):
+        # no collection mid-capture: a collected engine's virtual memory is given back with a device sync and
+        # driver calls that a capture does not allow (corral.engine.virtual_memory)
+        gc.collect()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._capture()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _capture(self):
         for bs in reversed(self.buckets):
             graph = torch.cuda.CUDAGraph()
             ctx = ForwardContext(self.metadata(bs), self.backend)
