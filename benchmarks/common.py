@@ -51,20 +51,25 @@ def emit(record: dict):
 
 
 def triton_variants() -> dict[str, int]:
-    """{kernel: compiled variants so far} for corral's Triton kernels: a count that grows during a
-    timed run means the warm-up missed a specialization and the run paid for its compile."""
+    """{kernel: compiled variants so far} for corral's Triton kernels and xgrammar's bitmask kernel: a count
+    that grows during a timed run means the warm-up missed a specialization and the run paid for its compile."""
     import importlib
     import pkgutil
 
     import corral.kernels
     from triton.runtime.jit import KernelInterface  # a JITFunction, or under TRITON_INTERPRET its stand-in
+    modules = {info.name: f"corral.kernels.{info.name}" for info in pkgutil.iter_modules(corral.kernels.__path__)}
+    modules["xgrammar"] = "xgrammar.kernels.apply_token_bitmask_inplace_triton"
     counts = {}
-    for info in pkgutil.iter_modules(corral.kernels.__path__):
-        module = importlib.import_module(f"corral.kernels.{info.name}")
+    for short, module_name in modules.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # xgrammar without triton
+            continue
         for name, fn in vars(module).items():
             if isinstance(fn, KernelInterface) and getattr(fn, "fn", None) and fn.fn.__module__ == module.__name__:
                 caches = getattr(fn, "device_caches", {})  # the interpreter compiles nothing
-                counts[f"{info.name}.{name}"] = sum(len(cache[0]) for cache in caches.values())
+                counts[f"{short}.{name}"] = sum(len(cache[0]) for cache in caches.values())
     return counts
 
 

@@ -11,9 +11,10 @@ records carry the busy model's largest grant and need and the idle model's small
     python -m benchmarks.elastic_kv --models DIR_A,DIR_B --device cpu --memory-budget 24MiB \\
         --num-requests 16 --input-len 64 --output-len 16 --max-model-len 256    # smoke test
 
-Until the engines map KV pages through CUDA virtual memory, each engine allocates its whole reserved range
-(the budget less its own weights), so on a GPU two engines need about twice the budget: the default budget
-is 0.45 of the GPU.
+The default budget is B6's, 0.9 of the GPU (0.45 for each model). It needs the engines to back their KV
+ranges through CUDA virtual memory (the `gpu` extra): without it each engine allocates its whole reserved
+range (the budget less its own weights), so two engines need about twice the budget, and `--gpu-fraction
+0.45` is the most that fits.
 """
 import argparse
 import asyncio
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="qwen3-4b,llama-2-7b", help="the busy model, then the idle one: benchmark "
                                                                   "config names or config.json directories")
     p.add_argument("--memory-budget", help="e.g. 36GiB (default: --gpu-fraction of the GPU)")
-    p.add_argument("--gpu-fraction", type=float, default=0.45)
+    p.add_argument("--gpu-fraction", type=float, default=0.9)
     p.add_argument("--num-requests", type=int, default=200)
     p.add_argument("--input-len", type=int, default=1024)
     p.add_argument("--output-len", type=int, default=128)
