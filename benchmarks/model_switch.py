@@ -3,7 +3,9 @@ through the model endpoints. Each figure is one JSON record (benchmarks.common.e
 
 - load_cold / load_warm: POST /v1/models/{m}/load of an unloaded model from the local store, with the
   checkpoint's pages dropped from the page cache first (posix_fadvise DONTNEED), then with them cached;
-  the first token after the load is timed too.
+  the first token after the load is timed too, and the engine's own account of its start (weights read,
+  memory profile, KV cache, CUDA graphs: `startup_seconds` in /v1/models), so the weights' GB/s is the
+  checkpoint over the time reading it.
 - sleep: POST /sleep of the idle, ready model.
 - wake_first_token: a sleeping model's first streamed token of a one-token completion (the request wakes it).
 - wake: POST /wake alone.
@@ -122,8 +124,10 @@ def main(argv=None):
                     drop_page_cache(store)
                 seconds, entry = server.post("load")
                 ttft = server.first_token()
+                startup = entry.get("startup_seconds") or {}
                 record(case, seconds, first_token_after_s=round(ttft, 4), gb_per_s=round(weights / seconds / 1e9, 3),
-                       memory_bytes=entry.get("memory_bytes"))
+                       memory_bytes=entry.get("memory_bytes"), engine_startup_s=startup,
+                       weights_gb_per_s=round(weights / startup["weights"] / 1e9, 3) if startup.get("weights") else None)
         for _ in range(args.repeats):
             seconds, entry = server.post("sleep")
             record("sleep", seconds, memory_bytes=entry.get("memory_bytes"))

@@ -1,4 +1,5 @@
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -7,7 +8,7 @@ from corral.config import EngineConfig
 from corral.distributed.group import TensorParallelGroup, rank_device
 from corral.engine import sleep
 from corral.engine.kv_cache_manager import KVCacheManager
-from corral.engine.messages import SchedulerStats
+from corral.engine.messages import SchedulerStats, StartupTimes
 from corral.engine.model_runner import InFlight, ModelRunner
 from corral.engine.pooling import PoolingRunner
 from corral.engine.request import Request, RequestStatus
@@ -32,7 +33,9 @@ class EngineCore:
 
     def __init__(self, config: EngineConfig, plugin_manager: PluginManager | None = None,
                  on_worker_failure: Callable[[str], None] | None = None):
+        started = time.perf_counter()
         self.config = config
+        self.startup = StartupTimes()
         self.model_config = ModelConfig.from_hf(config.hf_config)
         self.pooler_config = pooler_config(config.model, config.hf_config, config.task, config.pooling,
                                            config.normalize)  # None: the model generates
@@ -44,13 +47,14 @@ class EngineCore:
         try:
             model, backend, kv_caches, self.num_blocks, self.kv_memory = build_rank(
                 config, self.model_config, model_cls, self.device,
-                self.workers.group if self.workers else TensorParallelGroup())
+                self.workers.group if self.workers else TensorParallelGroup(), self.startup)
         except BaseException as e:
             if self.workers is None:
                 raise
             error = self.workers.explain(e)  # which rank failed, and why
             self.workers.close()
             raise error from e
+        graphs_started = time.perf_counter()
         # with virtual KV memory, the weights too: sleep then keeps every address (and the CUDA graphs)
         self.weights_memory = self._move_weights(model) if self.kv_memory is not None else None
         prefix_caching = config.enable_prefix_caching and (self.pooler_config is None or
@@ -70,9 +74,14 @@ class EngineCore:
         if (self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton"
                 and self.pooling is None):  # graphs are for decode steps
             self.runner.capture_cuda_graphs(config.max_num_seqs, config.max_model_len)
+        self.startup.cuda_graphs = time.perf_counter() - graphs_started
         self.asleep: sleep.Slept | None = None  # the host copy of the weights while asleep
         if self.workers is not None:
             self.workers.serve(on_worker_failure)
+        self.startup.engine = time.perf_counter() - started
+        logger.info("engine ready in %.1f s (weights %.1f s, memory profile %.1f s, KV cache %.1f s, CUDA graphs "
+                    "%.1f s)", self.startup.engine, self.startup.weights, self.startup.memory_profile,
+                    self.startup.kv_cache, self.startup.cuda_graphs)
 
     def _move_weights(self, model) -> VirtualWeights | None:
         try:

@@ -46,6 +46,17 @@ class EngineMemory:
     device_bytes: int = 0
 
 
+@dataclass(slots=True)
+class StartupTimes:
+    """Seconds each part of an engine's start took (vLLM's startup log, as a record)."""
+
+    weights: float = 0.0         # the model built in its dtype and its checkpoint read into it (or dummy filled)
+    memory_profile: float = 0.0  # the profiling forward that sizes the KV cache (CUDA)
+    kv_cache: float = 0.0        # the KV cache allocated, or mapped through virtual memory
+    cuda_graphs: float = 0.0     # decode steps captured (and the weights moved into virtual memory before)
+    engine: float = 0.0          # the whole engine, from its config read to ready
+
+
 # API process -> engine process
 
 @dataclass(slots=True)
@@ -92,6 +103,7 @@ class EngineReady:
     block_size: int
     vocab_size: int
     memory: EngineMemory = field(default_factory=EngineMemory)
+    startup: StartupTimes = field(default_factory=StartupTimes)
 
 
 @dataclass(slots=True)

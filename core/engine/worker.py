@@ -20,6 +20,7 @@ from corral.distributed.step_broadcast import StepBroadcast
 from corral.engine import virtual_memory
 from corral.engine.kv_memory import VirtualKVCaches
 from corral.engine.memory import does_not_fit_message, kv_cache_budget
+from corral.engine.messages import StartupTimes
 from corral.engine.model_runner import ModelRunner
 from corral.engine.pooling import as_embedding_model
 from corral.engine.profiling import profile_peak_memory
@@ -43,11 +44,12 @@ def default_dtype(dtype: torch.dtype):
 
 
 def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, device: torch.device,
-               group: TensorParallelGroup
+               group: TensorParallelGroup, times: StartupTimes | None = None
                ) -> tuple[torch.nn.Module, AttentionBackend, list[torch.Tensor], int, VirtualKVCaches | None]:
     """This rank's model, attention backend, KV caches and their number of blocks (the same on
     every rank: the one with the least memory decides), and the caches' virtual memory where a
-    single-rank CUDA engine has it (else None: plain tensors)."""
+    single-rank CUDA engine has it (else None: plain tensors). `times`: filled with what each part took."""
+    times = times if times is not None else StartupTimes()
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     try:
@@ -65,15 +67,20 @@ def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, devic
         raise ConfigError(does_not_fit_message(model_cls.__name__, model_config, config.torch_dtype.itemsize,
                                                total, config.gpu_memory_utilization)) from None
     model.eval()
+    times.weights = time.perf_counter() - start
     if group.rank == 0:
         logger.info("loaded %s (%s%s) in %.1f s", config.model, model_cls.__name__,
-                    f", {group.size} ranks" if group.size > 1 else "", time.perf_counter() - start)
+                    f", {group.size} ranks" if group.size > 1 else "", times.weights)
     backend = get_backend(config.attention_backend, device)
+    start = time.perf_counter()
     peak = profile_peak_memory(model, backend, config, model_config) if device.type == "cuda" else 0
     num_blocks = group.min(num_kv_blocks(config, model_config, device, peak))
+    times.memory_profile = time.perf_counter() - start
     check_kv_capacity(config, model_config, num_blocks)
+    start = time.perf_counter()
     virtual = group.size == 1 and virtual_memory.available(device)
     kv_caches, kv_memory = allocate_kv_caches(config, model_config, num_blocks, device, virtual)
+    times.kv_cache = time.perf_counter() - start
     return model, backend, kv_caches, num_blocks, kv_memory
 
 

@@ -107,7 +107,7 @@ def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: 
     gc.collect()
     gc.freeze()
     _send(conn, EngineReady(os.getpid(), core.config.max_model_len, core.num_blocks, core.config.block_size,
-                            core.model_config.vocab_size, memory_held(core)))
+                            core.model_config.vocab_size, memory_held(core), core.startup))
     try:
         serve(core, conn)
     except (EOFError, OSError, BrokenPipeError):

@@ -104,6 +104,9 @@ class ModelRegistry:
                  "root": client.name if is_local_path(client.spec.model) else client.spec.model, "parent": None, "aliases": list(client.spec.aliases),
                  "state": client.state, "max_model_len": client.max_model_len,
                  "memory_bytes": memory_held(client, self.memory)}
+        if client.engine_ready is not None:  # what its engine's last start took, part by part
+            entry["startup_seconds"] = {name: round(seconds, 3) for name, seconds
+                                        in dataclasses.asdict(client.engine_ready.startup).items()}
         if self.kv_sharing is not None:
             entry["kv_cache"] = self.kv_sharing.describe(client.name)
         if client.state == ModelState.ERROR:

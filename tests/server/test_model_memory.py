@@ -214,6 +214,10 @@ def test_load_endpoint_loads_and_health_shows_states_and_memory(server, http):
     unload_all(http)
     loaded = http.post("/v1/models/tiny-c/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "ready" and loaded.json()["memory_bytes"] > 0
+    startup = loaded.json()["startup_seconds"]  # what the engine's start took, part by part
+    parts = ("weights", "memory_profile", "kv_cache", "cuda_graphs")
+    assert set(startup) == {*parts, "engine"} and startup["weights"] > 0
+    assert startup["engine"] >= sum(startup[p] for p in parts) - 0.005
     health = http.get("/health").json()["models"]
     assert health["tiny-c"]["state"] == "ready" and health["tiny-c"]["memory_bytes"] > 0
     assert health["tiny-a"]["state"] == "unloaded" and health["tiny-a"]["memory_bytes"] == 0
