@@ -59,6 +59,7 @@ class EngineLifecycle(ABC):
         self.stats: SchedulerStats | None = None
         self.engine_ready: EngineReady | None = None  # its engine's sizes, and the memory it holds
         self.make_room = None               # under a memory budget: awaited before its engine starts
+        self.spares = None                  # EngineSpares: processes started ahead, for loads on demand
         self.engine_overrides: dict = {}    # engine settings the memory budget decides (its KV cache size)
         self.waiting_for: str | None = None  # while a load waits for memory: what holds it
         self.restarts = 0
@@ -122,11 +123,14 @@ class EngineLifecycle(ABC):
                 return
             engine_args = dict(self.spec.engine_args(), max_model_len=self.max_model_len,  # capped by _prepare
                                **self.engine_overrides)
+            spare = self.spares.take() if self.spares is not None and self.spec.devices is None else None
             self.engine = EngineProcess(self.name, str(self.model_dir), engine_args, self.num_threads,
                                         self.log_level, asyncio.get_running_loop(), self._on_message,
-                                        self.spec.devices)
+                                        self.spec.devices, spare)
             self.output_processor = OutputProcessor(self.tokenizer)
             await asyncio.to_thread(self.engine.start)
+            if spare is not None:
+                self.spares.refill()
             try:
                 await asyncio.wait_for(self._settled.wait(), self.spec.startup_timeout)
             except asyncio.TimeoutError:

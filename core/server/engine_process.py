@@ -15,6 +15,7 @@ from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, En
                                     EngineReady, FromEngine, RequestRejected, SetKVGrant, Shutdown, Sleep, ToEngine,
                                     Wake)
 from corral.engine.request import Request
+from corral.server.engine_spares import EngineAssignment, Spare
 
 logger = logging.getLogger(__name__)
 
@@ -24,26 +25,43 @@ class EngineProcess:
     the pipe closing arrives as EngineExited."""
 
     def __init__(self, name: str, model_dir: str, engine_args: dict, num_threads: int | None, log_level: int,
-                 loop, on_message: Callable, devices: list[int] | None = None):
-        """`devices`: the GPUs this engine may see (its CUDA_VISIBLE_DEVICES); None: all of them."""
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self.process = context.Process(target=run_engine, name=f"corral-engine-{name}", daemon=True,
-                                       args=(name, model_dir, engine_args, child_conn, num_threads, log_level,
-                                             devices))
-        self._child_conn = child_conn
+                 loop, on_message: Callable, devices: list[int] | None = None, spare: Spare | None = None):
+        """`devices`: the GPUs this engine may see (its CUDA_VISIBLE_DEVICES); None: all of them. `spare`: a
+        process started ahead (corral.server.engine_spares) that serves this model instead of a new one."""
+        self._assignment = EngineAssignment(name, model_dir, engine_args, num_threads, log_level, devices)
+        self._spare = spare
+        if spare is not None:
+            self._conn, self._child_conn, self.process = spare.conn, None, spare.process
+        else:
+            self._new_process()
         self._loop, self._on_message = loop, on_message
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.name = name
+
+    def _new_process(self):
+        a = self._assignment
+        context = multiprocessing.get_context("spawn")
+        self._conn, self._child_conn = context.Pipe()
+        self.process = context.Process(target=run_engine, name=f"corral-engine-{a.name}", daemon=True,
+                                       args=(a.name, a.model_dir, a.engine_args, self._child_conn, a.num_threads,
+                                             a.log_level, a.devices))
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
     def start(self):
-        """Blocking: spawn the process and the pipe threads."""
-        self.process.start()
-        self._child_conn.close()
+        """Blocking: spawn the process (or hand the spare its model) and the pipe threads."""
+        if self._spare is not None:
+            try:
+                self._conn.send(self._assignment)
+            except OSError:  # the spare died since it was taken: a process of its own, as without spares
+                self._conn.close()
+                self._spare = None
+                self._new_process()
+        if self._spare is None:
+            self.process.start()
+            self._child_conn.close()
         threading.Thread(target=self._read, daemon=True, name=f"engine-reader-{self.name}").start()
         threading.Thread(target=self._write, daemon=True, name=f"engine-writer-{self.name}").start()
 

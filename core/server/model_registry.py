@@ -8,6 +8,7 @@ import time
 
 from corral.server.config import ServerConfig
 from corral.server.engine_client import EngineClient
+from corral.server.engine_spares import EngineSpares
 from corral.server.model_state import ModelState
 from corral.server.errors import ModelNotFoundError, is_local_path
 from corral.server.kv_sharing import KVSharing
@@ -35,9 +36,12 @@ class ModelRegistry:
         self._keep_alive: dict[str, float | None] = {}  # set by requests (Ollama's keep_alive), by model
         self._watchdog: asyncio.Task | None = None
         self.memory = ModelMemory.from_config(config, self.clients)  # None: no budget, nothing evicted
+        # models load on demand: each load takes an engine process started ahead
+        self.spares = EngineSpares() if self.memory is not None else None
         if self.memory is not None:
             for client in self:
                 client.make_room = self.memory.make_room
+                client.spares = self.spares
         self.kv_sharing = KVSharing.from_config(config, self.memory, self.clients)  # None: static KV shares
         if self.kv_sharing is not None:
             self.memory.kv_sharing = self.kv_sharing
@@ -58,6 +62,8 @@ class ModelRegistry:
     async def start(self):
         if self.kv_sharing is not None:
             self.kv_sharing.start()
+        if self.spares is not None:
+            self.spares.refill()
         for client in self:
             if client.spec.preload:
                 if self.memory is not None:
@@ -82,6 +88,8 @@ class ModelRegistry:
         if self.kv_sharing is not None:
             self.kv_sharing.stop()
         await asyncio.gather(*(c.shutdown(timeout) for c in self), return_exceptions=True)
+        if self.spares is not None:
+            await asyncio.to_thread(self.spares.close)
 
     async def _unload_idle(self):
         while True:

@@ -328,3 +328,24 @@ def test_sleeping_weights_get_half_the_host_memory_unless_told(tiny_model_dirs, 
                           model_defaults={"device": "cpu"})
     planner = ModelMemory.from_config(config, {}).planner
     assert planner.host_budget_bytes == (host_memory() // 2 if host_budget == "half" else host_budget)
+
+
+def test_a_load_takes_the_engine_process_started_ahead_and_another_starts_behind_it(server, client, http):
+    """Under a budget models load on demand: a spare engine process (torch imported, no model) waits, a load
+    hands it its model instead of spawning one, and a new spare starts."""
+    spares = server.registry.spares
+    unload_all(http)
+
+    def waiting_spare():
+        deadline = time.monotonic() + 60
+        while not (spares._spares and spares._spares[0].process.is_alive()):
+            assert time.monotonic() < deadline, "no spare engine process started"
+            time.sleep(0.05)
+        return spares._spares[0].process.pid
+
+    spare_pid = waiting_spare()
+    first = ask(client, "tiny-b")
+    assert server.registry.clients["tiny-b"].engine.pid == spare_pid
+    assert waiting_spare() != spare_pid
+    assert http.post("/v1/models/tiny-b/unload").json()["state"] == "unloaded"
+    assert ask(client, "tiny-b") == first  # a spare serves the model as its first engine did
