@@ -39,6 +39,7 @@ class EngineSpares:
         self.count = count
         self._spares: list[Spare] = []
         self._lock = threading.Lock()
+        self._fill_lock = threading.Lock()
         self._closed = False
 
     def refill(self):
@@ -69,13 +70,22 @@ class EngineSpares:
                 spare.process.join()
 
     def _fill(self):
-        with self._lock:
-            while not self._closed and len(self._spares) < self.count:
+        with self._fill_lock:  # one filler at a time; `take` never waits for a spawn
+            while True:
+                with self._lock:
+                    if self._closed or len(self._spares) >= self.count:
+                        return
                 try:
-                    self._spares.append(_spawn())
+                    spare = _spawn()
                 except OSError as e:  # loads spawn their own processes, as without spares
                     logger.warning("no spare engine process: %s", e)
                     return
+                with self._lock:
+                    if not self._closed:
+                        self._spares.append(spare)
+                        continue
+                spare.conn.close()  # closed while it started: it exits at once
+                return
 
 
 def _spawn() -> Spare:
