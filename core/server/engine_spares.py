@@ -57,17 +57,15 @@ class EngineSpares:
         return None
 
     def close(self):
-        """End the spares: their pipes close, and they exit."""
+        """End the spares at once: they hold no model, and one may still be importing."""
         with self._lock:
             self._closed = True
             spares, self._spares = self._spares, []
         for spare in spares:
             spare.conn.close()
+            spare.process.kill()
         for spare in spares:
-            spare.process.join(5)
-            if spare.process.is_alive():
-                spare.process.kill()
-                spare.process.join()
+            spare.process.join()
 
     def _fill(self):
         with self._fill_lock:  # one filler at a time; `take` never waits for a spawn
