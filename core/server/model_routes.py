@@ -45,6 +45,9 @@ def add_model_routes(app: FastAPI):
                                 f"(its tensor_parallel_size is {client.spec.tensor_parallel_size})", param="model")
         if client.state not in (ModelState.READY, ModelState.SLEEPING):
             raise ConflictError(f"model {client.name} is {client.state}; only a ready model can sleep", param="model")
+        if client.state == ModelState.READY and registry.memory is not None:
+            if (refused := registry.memory.sleep_refused(client)) is not None:
+                raise ConflictError(refused, param="model")
         deadline = time.monotonic() + config.request_load_timeout
         while client.state == ModelState.READY:
             await _until_idle(client, wait, deadline)

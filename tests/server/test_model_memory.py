@@ -349,3 +349,15 @@ def test_a_load_takes_the_engine_process_started_ahead_and_another_starts_behind
     assert waiting_spare() != spare_pid
     assert http.post("/v1/models/tiny-b/unload").json()["state"] == "unloaded"
     assert ask(client, "tiny-b") == first  # a spare serves the model as its first engine did
+
+
+def test_sleeping_by_hand_past_the_host_budget_for_sleeping_models_is_a_conflict(model_dirs, budget):
+    running = serve(model_dirs, ["tiny-a"], memory_budget_bytes=budget, sleep_memory_bytes="1KiB")
+    try:
+        with httpx.Client(base_url=running.url, timeout=120) as http:
+            assert http.post("/v1/models/tiny-a/load").json()["state"] == "ready"
+            error = error_of(http.post("/v1/models/tiny-a/sleep"), 409)
+            assert "sleep_memory" in error["message"] and "tiny-a" in error["message"]
+            assert states(http)["tiny-a"][0] == "ready"
+    finally:
+        running.stop()
