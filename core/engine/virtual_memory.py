@@ -143,8 +143,8 @@ class VirtualRange:
         self.handles: dict[int, object] = {}  # page -> its physical allocation
         # given back when the range and every tensor over it are gone (an LLM dropped in a process that
         # goes on), or at close; a process that exits gives everything back anyway
-        self._finalizer = weakref.finalize(self, _give_back, driver, self.address, self.size, self.page_bytes,
-                                           self.handles)
+        self._finalizer = weakref.finalize(self, _give_back_collected, driver, self.address, self.size,
+                                           self.page_bytes, self.handles)
         self._finalizer.atexit = False
 
     @property
@@ -152,7 +152,7 @@ class VirtualRange:
         return sum(self.page_size(page) for page in self.handles)
 
     def page_size(self, page: int) -> int:
-        return min(self.page_bytes, self.size - page * self.page_bytes)
+        return _page_size(page, self.page_bytes, self.size)
 
     def map_pages(self, pages: Iterable[int], zero: bool = True):
         """Back these pages, in the order given (those already mapped stay as they are); `zero`: fill the new
@@ -203,21 +203,27 @@ class VirtualRange:
     def close(self):
         """Unmap everything and free the addresses: every tensor over the range is invalid after."""
         if self.address is not None:
-            self.driver.synchronize()
-            self.unmap_all()
             self._finalizer.detach()
-            self.driver.free_address(self.address, self.size)
+            _give_back(self.driver, self.address, self.size, self.page_bytes, self.handles)
             self.address = None
 
 
+def _page_size(page: int, page_bytes: int, size: int) -> int:
+    return min(page_bytes, size - page * page_bytes)
+
+
 def _give_back(driver, address: int, size: int, page_bytes: int, handles: dict):
-    """A collected range's pages and addresses, back to the device, once the work launched on them is done."""
+    """A range's pages and addresses, back to the device, once the work launched on them is done."""
+    driver.synchronize()
+    for page in sorted(handles):
+        driver.unmap(address + page * page_bytes, _page_size(page, page_bytes, size))
+        driver.release(handles.pop(page))
+    driver.free_address(address, size)
+
+
+def _give_back_collected(*range_state):
     try:
-        driver.synchronize()
-        for page in sorted(handles):
-            driver.unmap(address + page * page_bytes, min(page_bytes, size - page * page_bytes))
-            driver.release(handles.pop(page))
-        driver.free_address(address, size)
+        _give_back(*range_state)
     except Exception as e:  # a finalizer cannot raise: the memory stays until the process exits
         logger.warning("CUDA virtual memory of a collected range was not given back: %s", e)
 
