@@ -120,6 +120,18 @@ class MemoryPlanner:
         kept = [s for s in others.values() if not s.gone]
         raise NoRoomNow(self._holders(name, footprint, [s.resident for s in kept], self._over_cap(kept)))
 
+    def refuse_sleep(self, name: str, footprint: Footprint, residents: list[Resident]) -> str | None:
+        """Why `name` may not be put to sleep by hand (its weights beside the sleeping models' would pass the
+        host budget), or None. A plan unloads older sleepers instead; a request to sleep one model does not."""
+        if self.host_budget_bytes is None:
+            return None
+        held = sum(r.footprint.weights_bytes for r in residents if r.asleep and r.name != name)
+        if held + footprint.weights_bytes <= self.host_budget_bytes:
+            return None
+        return (f"model {name} cannot sleep: its {format_bytes(footprint.weights_bytes)} of weights beside the "
+                f"{format_bytes(held)} sleeping models hold would pass sleep_memory "
+                f"({format_bytes(self.host_budget_bytes)}); unload it or a sleeping model instead")
+
     def _host_room(self, slot: "_Slot", idle: list["_Slot"], slots, eviction: Eviction) -> bool:
         """Whether `slot`'s weights fit the host budget once it sleeps, unloading (in the plan) sleeping idle
         models used before it, oldest first, as far as that takes."""

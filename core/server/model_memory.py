@@ -162,18 +162,8 @@ class ModelMemory:
         await (victim.sleep() if action == "sleep" else victim.unload())
 
     def sleep_refused(self, client) -> str | None:
-        """Why `client` may not sleep by hand (its weights would pass the host budget for sleeping models),
-        or None. The planner's evictions unload older sleepers instead; a request to sleep one model does not."""
-        budget = self.planner.host_budget_bytes
-        if budget is None:
-            return None
-        held = sum(r.footprint.weights_bytes for r in self.residents() if r.asleep and r.name != client.name)
-        needed = self.footprint(client).weights_bytes
-        if held + needed <= budget:
-            return None
-        return (f"model {client.name} cannot sleep: its {format_bytes(needed)} of weights beside the "
-                f"{format_bytes(held)} sleeping models hold would pass sleep_memory ({format_bytes(budget)}); "
-                f"unload it or a sleeping model instead")
+        """Why `client` may not sleep by hand, or None (MemoryPlanner.refuse_sleep)."""
+        return self.planner.refuse_sleep(client.name, self.footprint(client), self.residents())
 
     async def unload(self, client):
         """Unload outside of a plan (the endpoint, keep_alive): no plan counts its memory free before its
