@@ -129,8 +129,6 @@ class EngineLifecycle(ABC):
                                         self.spec.devices, spare)
             self.output_processor = OutputProcessor(self.tokenizer)
             await asyncio.to_thread(self.engine.start)
-            if spare is not None:
-                self.spares.refill()
             try:
                 await asyncio.wait_for(self._settled.wait(), self.spec.startup_timeout)
             except asyncio.TimeoutError:

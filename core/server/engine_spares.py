@@ -47,14 +47,17 @@ class EngineSpares:
         threading.Thread(target=self._fill, name="engine-spares", daemon=True).start()
 
     def take(self) -> Spare | None:
-        """A live spare, no longer kept here; None when there is none yet."""
+        """A live spare, no longer kept here (None when there is none yet); another starts behind it."""
+        taken = None
         with self._lock:
-            while self._spares:
+            while self._spares and taken is None:
                 spare = self._spares.pop(0)
                 if spare.process.is_alive():
-                    return spare
-                spare.conn.close()
-        return None
+                    taken = spare
+                else:
+                    spare.conn.close()
+        self.refill()
+        return taken
 
     def close(self):
         """End the spares at once: they hold no model, and one may still be importing."""
