@@ -13,7 +13,8 @@ WHEELS=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pyda
         openai==3.57.0 jiter==0.19.0 sniffio==1.3.1 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
         xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2  # structured outputs
         jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
-        attrs==26.1.0)  # the GPU structured-output tests validate with jsonschema
+        attrs==26.1.0  # the GPU structured-output tests validate with jsonschema
+        httptools==0.9.0 uvloop==0.23.0)  # the server's HTTP parser and event loop
 mkdir -p .whl
 for wheel in "${WHEELS[@]}"; do
     # shellcheck disable=SC2086

@@ -109,13 +109,11 @@ def run_on_ray(config, address: str | None) -> int:
 
 def uvicorn_config(app, config, log_level: str = "info"):
     """uvicorn's settings from ServerConfig: connection timeouts and limit, shutdown grace."""
-    import functools
-
     import uvicorn
 
-    from corral.server.connections import HeaderTimeoutH11Protocol
+    from corral.server.connections import http_protocol
     return uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
-                          http=functools.partial(HeaderTimeoutH11Protocol, header_timeout=config.header_timeout),
+                          http=http_protocol(config.header_timeout),
                           timeout_keep_alive=config.timeout_keep_alive, limit_concurrency=config.limit_concurrency,
                           timeout_graceful_shutdown=config.shutdown_timeout)
 

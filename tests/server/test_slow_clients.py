@@ -15,16 +15,28 @@ from tests.tiny_models import build_model
 REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+PROTOCOLS = ["HeaderTimeoutH11Protocol", "HeaderTimeoutHttpToolsProtocol"]
+
+
+@pytest.fixture(scope="module", params=PROTOCOLS)
+def server(request, tmp_path_factory):
+    """corral serve's uvicorn, once with each HTTP protocol it may use (httptools where it imports)."""
+    import functools
+
     from corral.commands.serve import make_server, uvicorn_config
+    from corral.server import connections
+    protocol = getattr(connections, request.param, None)
+    if protocol is None:
+        pytest.skip("httptools is not installed")
     from corral.server.config import build_config
     config = build_config([str(build_model("llama", tmp_path_factory.mktemp("slow") / "llama"))],
                           served_names=["llama"],
                           server={"header_timeout": 1.0, "timeout_keep_alive": 1.0, "limit_concurrency": 4},
                           model_defaults={"max_model_len": 512, "kv_cache_memory_bytes": "16MiB", "device": "cpu"})
     running = ServerThread(config)
-    running.server = make_server(uvicorn_config(running.app, config, "warning"), running.registry)
+    settings = uvicorn_config(running.app, config, "warning")
+    settings.http = functools.partial(protocol, header_timeout=config.header_timeout)
+    running.server = make_server(settings, running.registry)
     running.thread = threading.Thread(target=running.server.run, daemon=True, name="uvicorn")
     yield running.start()
     running.stop()
@@ -85,3 +97,9 @@ def test_past_limit_concurrency_connections_a_request_gets_503(server):
             sock.close()
     time.sleep(0.2)
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_the_server_uses_httptools_where_it_is_installed():
+    pytest.importorskip("httptools")
+    from corral.server.connections import HeaderTimeoutHttpToolsProtocol, http_protocol
+    assert http_protocol(1.0).func is HeaderTimeoutHttpToolsProtocol
