@@ -90,19 +90,22 @@ class ModelRunner:
     def prepare(self, scheduled: list[ScheduledRequest], previous: InFlight | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """The batch of `scheduled`, one row range each in that order: host arrays packed into one
-        tensor, copied to the device once, then split. With `previous` (a continuation, all
-        decodes), each request's input token is the last one `previous` sampled for it, read on the
+        tensor, copied to the device once, then split. With `previous` (a continuation), the input
+        token of each request `from_previous` is the last one `previous` sampled for it, read on the
         device: the host does not know it yet."""
         num_seqs = len(scheduled)
         max_blocks = max(len(s.block_ids) for s in scheduled)
         block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
         input_ids, positions, query_start_loc, seq_lens, sample_rows = [], [], [0], [], []
-        if previous is not None:
-            row_of = {id(r): i for i, r in enumerate(previous.requests)}
-            input_ids = [row_of[id(s.request)] for s in scheduled]
+        fill_at, fill_from = [], []  # input positions and the rows of `previous` whose tokens go there
+        row_of = {id(r): i for i, r in enumerate(previous.requests)} if previous is not None else {}
         for i, s in enumerate(scheduled):
             start, end = s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens
-            if previous is None:
+            if s.from_previous:
+                fill_at.append(len(input_ids))
+                fill_from.append(row_of[id(s.request)])
+                input_ids.append(0)
+            else:
                 input_ids.extend(s.request.all_token_ids[start:end])
             positions.extend(range(start, end))
             query_start_loc.append(query_start_loc[-1] + s.num_new_tokens)
@@ -111,10 +114,13 @@ class ModelRunner:
             if s.samples:
                 sample_rows.append(query_start_loc[-1] - 1)
         num_tokens = len(input_ids)
+        all_from_previous = len(fill_at) == num_tokens  # a decode continuation: one gather
+        if all_from_previous:
+            input_ids, fill_at, fill_from = fill_from, [], []
         # positions first: kernels read them in place, and a view at an odd int64 offset would
         # compile them a second time for the unaligned pointer
-        host = np.concatenate([np.array(positions + input_ids + query_start_loc + seq_lens + sample_rows,
-                                        dtype=np.int64), block_tables.ravel()])
+        host = np.concatenate([np.array(positions + input_ids + query_start_loc + seq_lens + sample_rows + fill_at
+                                        + fill_from, dtype=np.int64), block_tables.ravel()])
         packed = torch.from_numpy(host)
         if self.device.type == "cuda":
             if self.staging is None or self.staging.numel() < host.size:
@@ -126,10 +132,13 @@ class ModelRunner:
             packed = staged.to(self.device, non_blocking=True)
             self.staging_copied = torch.cuda.Event()
             self.staging_copied.record()
-        sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), block_tables.size]
-        pos, ids, query_start, lens, rows, tables = packed.split(sizes)
-        if previous is not None:
+        sizes = [num_tokens, num_tokens, num_seqs + 1, num_seqs, len(sample_rows), len(fill_at), len(fill_from),
+                 block_tables.size]
+        pos, ids, query_start, lens, rows, at, source, tables = packed.split(sizes)
+        if all_from_previous:
             ids = previous.sampled[:, -1][ids]
+        elif fill_at:
+            ids[at] = previous.sampled[:, -1][source]
         tables = tables.view(num_seqs, max_blocks).int()
         query_lens = query_start[1:] - query_start[:-1]
         seq_index = torch.repeat_interleave(torch.arange(num_seqs, device=self.device), query_lens,

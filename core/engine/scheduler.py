@@ -15,6 +15,7 @@ class ScheduledRequest:
     num_new_tokens: int
     block_ids: list[int]
     samples: bool = False  # the step reaches the request's last known token: sample the next one
+    from_previous: bool = False  # its one input token is the one the step before samples, read on the device
 
     def __post_init__(self):
         self.samples = self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
@@ -95,8 +96,18 @@ class Scheduler:
             budget -= num_new
             i += 1
 
+        for s in out.scheduled:
+            s.request.num_computed_tokens += s.num_new_tokens
+        if out.preempted:
+            self.admission_blocked = False  # the preempted wait first; the next schedule sees the room
+        else:
+            self._admit(out, budget)
+        return out
+
+    def _admit(self, out: SchedulerOutput, budget: int):
+        """Waiting requests, oldest first, while the budget, the batch and the pool have room."""
         no_room = False
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting.peek()
             computed_blocks, num_computed = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_computed, budget)
@@ -106,18 +117,13 @@ class Scheduler:
                 break
             self.waiting.pop_request()
             request.status = RequestStatus.RUNNING
-            request.num_computed_tokens = num_computed
             if request.num_cached_tokens is None:
                 request.num_cached_tokens = num_computed
+            request.num_computed_tokens = num_computed + num_new
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_computed, num_new, block_ids))
             budget -= num_new
-
-        self.admission_blocked = (bool(self.waiting) and not out.preempted
-                                  and (no_room or len(self.running) >= self.max_num_seqs))
-        for s in out.scheduled:
-            s.request.num_computed_tokens += s.num_new_tokens
-        return out
+        self.admission_blocked = bool(self.waiting) and (no_room or len(self.running) >= self.max_num_seqs)
 
     def _preempt(self, request: Request):
         self.kv.free(request)
@@ -158,27 +164,72 @@ class Scheduler:
         return True
 
     def schedule_continuation(self, scheduler_output: SchedulerOutput, num_steps: int) -> SchedulerOutput | None:
-        """The next group of num_steps decode steps, scheduled while the current one (of num_steps,
-        `scheduler_output`) still runs: each request's input is the last token that group samples,
-        which the host does not know yet. None when the scheduler must see the current group's
-        tokens first: a waiting request could be admitted, a request nears max_model_len, or one
-        ends by length while others wait for its slot; or when the pool cannot hold the new steps
-        (blocks already added stay with their requests). The current group's `update` and this
-        one's may come in either order."""
+        """The next step (or group of num_steps decode steps), scheduled while the current one
+        (`scheduler_output`) still runs, so that the device never waits for the host between steps.
+        A request that samples in the current step decodes the token it samples, which the host
+        does not know yet (`from_previous`); a single step may also go on with chunked prompts and
+        admit waiting requests, as `schedule` would. None when the scheduler must see the current
+        step's tokens first (a request's sampling reads its output so far, or it nears
+        max_model_len) or the pool cannot hold the new step (blocks already added stay with their
+        requests). The current step's `update` and this one's may come in either order."""
+        if self.num_scheduler_steps > 1:
+            return self._decode_group_continuation(scheduler_output, num_steps)
+        budget = self.max_num_batched_tokens
+        decodes, chunks = [], []
+        for s in scheduler_output.scheduled:
+            request = s.request
+            if request.status != RequestStatus.RUNNING:
+                continue  # finished by a stop token in the step before, or aborted
+            if not s.samples:
+                chunks.append(request)  # its prompt goes on in the next chunk, known to the host
+                continue
+            if not self._continues_on_device(s) or self.max_model_len - request.num_tokens < 2:
+                return None
+            params = request.sampling_params
+            if params.max_tokens is None or params.max_tokens - request.num_output_tokens > 1:
+                decodes.append(request)  # one that ends by length in the current step is left out
+        out = SchedulerOutput()
+        for request in decodes:
+            block_ids = self.kv.allocate(request, 1)
+            if block_ids is None:
+                return None
+            scheduled = ScheduledRequest(request, request.num_computed_tokens, 1, block_ids, from_previous=True)
+            scheduled.samples = True
+            out.scheduled.append(scheduled)
+            budget -= 1
+        for request in chunks:
+            if budget <= 0:
+                break
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            block_ids = self.kv.allocate(request, num_new)
+            if block_ids is None:
+                return None
+            out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, block_ids))
+            budget -= num_new
+        for s in out.scheduled:
+            s.request.num_computed_tokens += s.num_new_tokens
+        self._admit(out, budget)
+        return out if out.scheduled else None
+
+    def _decode_group_continuation(self, scheduler_output: SchedulerOutput, num_steps: int
+                                   ) -> SchedulerOutput | None:
+        """Under multi-step decode, a decode group (or step) after the current one: only while no waiting
+        request could join, after plain decodes, and never when a request that ends by length in the
+        current group leaves a slot to fill (the sync path then picks the next group's size)."""
         if self.may_admit():
             return None
         requests = []
         for s in scheduler_output.scheduled:
             request, params = s.request, s.request.sampling_params
-            if num_steps == 1 and not self._continues_on_device(s):
+            if num_steps == 1 and not (s.num_new_tokens == 1 and s.samples and self._continues_on_device(s)):
                 return None
             if request.status != RequestStatus.RUNNING:
-                continue  # finished by a stop token in the group before, or aborted
+                continue
             room = self.max_model_len - request.num_tokens
             if room < 2 * num_steps:
                 return None
             left = params.max_tokens - request.num_output_tokens if params.max_tokens is not None else room
-            if left > num_steps:  # those that end by length in the running group are left out
+            if left > num_steps:
                 requests.append(request)
             elif self.waiting:
                 return None
@@ -189,7 +240,8 @@ class Scheduler:
             block_ids = self.kv.allocate(request, 2 * num_steps - 1)
             if block_ids is None:
                 return None
-            scheduled = ScheduledRequest(request, request.num_computed_tokens + num_steps - 1, 1, block_ids)
+            scheduled = ScheduledRequest(request, request.num_computed_tokens + num_steps - 1, 1, block_ids,
+                                         from_previous=True)
             scheduled.samples = True
             out.scheduled.append(scheduled)
         for request in requests:
@@ -198,12 +250,11 @@ class Scheduler:
 
     @staticmethod
     def _continues_on_device(s: ScheduledRequest) -> bool:
-        """A single step that the next can follow without its tokens on the host: a decode whose
+        """A request sampling in a step that the next can follow without its token on the host: its
         sampling reads nothing of the output so far (a grammar's bitmask waits for the update)."""
         params = s.request.sampling_params
-        return (s.num_new_tokens == 1 and s.samples and params.min_tokens <= s.request.num_output_tokens
-                and params.repetition_penalty == 1.0 and not params.presence_penalty
-                and not params.frequency_penalty)
+        return (params.min_tokens <= s.request.num_output_tokens and params.repetition_penalty == 1.0
+                and not params.presence_penalty and not params.frequency_penalty)
 
     def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[list[int]],
                after_first_step: bool = False) -> list[tuple[Request, list[int]]]:

@@ -111,6 +111,38 @@ def test_arrivals_and_preemption_while_a_group_runs_match_single_steps(tiny_mode
         assert out[rid] == expected[rid][:len(out[rid])]
 
 
+@pytest.mark.parametrize("cfg", [dict(max_num_batched_tokens=16),                            # chunked prompts
+                                 dict(max_num_batched_tokens=24, num_kv_blocks=10, block_size=8)])  # preemption
+def test_prompts_and_arrivals_join_the_step_launched_before_the_last_one_is_read(cfg, tiny_model_dirs):
+    """One step per launch (the default): while a step runs, the next is launched with the decodes of the
+    tokens it samples, read on the device, beside the next chunks of long prompts and newly admitted
+    requests. The tokens are those of synchronous steps."""
+    def arrivals():
+        greedy = dict(temperature=0, ignore_eos=True)
+        return {0: [Request("a", [5, 6, 7], SamplingParams(max_tokens=30, **greedy)),
+                    Request("b", list(range(10, 50)), SamplingParams(max_tokens=12, **greedy))],
+                2: [Request("c", list(range(10, 26)) + [4], SamplingParams(max_tokens=20, **greedy))],
+                4: [Request("d", [9, 9], SamplingParams(max_tokens=25, stop_token_ids=[188, 55], **greedy)),
+                    Request("e", [8] * 30, SamplingParams(max_tokens=18, temperature=1.0, seed=3,
+                                                           ignore_eos=True))],
+                9: [Request("f", [3, 1, 4, 1, 5], SamplingParams(max_tokens=6, min_tokens=4, **greedy))]}
+    model = str(tiny_model_dirs["qwen3"])
+    expected = _drive(LLM(model, max_model_len=80, async_scheduling=False, **cfg).engine.core, arrivals())
+    core = LLM(model, max_model_len=80, **cfg).engine.core
+    launch, mixed, joined = core.runner.launch, [], []
+
+    def counted(out, num_steps=1, previous=None, **kwargs):
+        if previous is not None:
+            kinds = {s.from_previous for s in out.scheduled}
+            mixed.append(kinds == {True, False})
+            joined.append(any(s.num_computed_tokens == 0 for s in out.scheduled))
+        return launch(out, num_steps, previous, **kwargs)
+
+    core.runner.launch = counted
+    assert _drive(core, arrivals()) == expected
+    assert any(mixed) and any(joined)
+
+
 @pytest.mark.parametrize("cfg", [dict(max_num_seqs=2),                       # the batch is full
                                  dict(num_kv_blocks=5, block_size=8)])       # the pool is full
 def test_a_backlog_that_cannot_be_admitted_still_decodes_in_groups(cfg, tiny_model_dirs):
