@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Downloads into .whl/ the server's packages that the GPU machine's image lacks, the openai client
-# its GPU server tests use, xgrammar, and jsonschema for the GPU tests (Python 3.12, x86-64).
+# its GPU server tests use, xgrammar, jsonschema for the GPU tests, and the packages the vLLM peer kit's
+# bundle lacks for structured outputs (Python 3.12, x86-64).
 # Install there with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -14,7 +15,9 @@ WHEELS=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pyda
         xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2  # structured outputs
         jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
         attrs==26.1.0  # the GPU structured-output tests validate with jsonschema
-        httptools==0.9.0 uvloop==0.23.0)  # the server's HTTP parser and event loop
+        httptools==0.9.0 uvloop==0.23.0  # the server's HTTP parser and event loop
+        lm-format-enforcer==0.11.3 interegular==0.3.3 outlines_core==0.2.14)  # imported by the vLLM peer's
+                                                    # structured outputs (benchmarks/peer_vllm_structured.py)
 mkdir -p .whl
 for wheel in "${WHEELS[@]}"; do
     # shellcheck disable=SC2086

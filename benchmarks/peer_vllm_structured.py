@@ -5,7 +5,9 @@ process on the GPU machine, dummy bf16 weights, a real tokenizer (a grammar need
     PYTHONPATH=/tmp/site:$PYTHONPATH python3 -m benchmarks.peer_vllm_structured --peer .peer --model qwen3-4b \
         --tokenizer .bench_tokenizer
 
-`/tmp/site` is the peer kit's vLLM bundle unpacked (its run_vllm_offline.sh does that). One record per timed
+`/tmp/site` is the peer kit's vLLM bundle unpacked (its run_vllm_offline.sh does that); vLLM's structured-output
+path also imports lm-format-enforcer and outlines_core, which the bundle lacks: `benchmarks/fetch_wheels.sh`
+puts them in .whl/ with the server's packages, so install those on the path too. One record per timed
 run (`structured_outputs`: none or all) and a last one with the constrained runs as fractions of the free.
 """
 import argparse
