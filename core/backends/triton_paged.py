@@ -19,4 +19,7 @@ class TritonAttentionBackend:
             store_kv_cache(k, v, kv_cache, metadata.slot_mapping)
         if metadata.is_decode_only:
             return paged_attention_decode(q, kv_cache, metadata, scale, workspace=self.decode_workspace)
+        if metadata.num_decodes:  # the decodes of a mixed batch by the split-KV decode kernel, not in query tiles
+            out = paged_attention_decode(q, kv_cache, metadata.decodes(), scale, workspace=self.decode_workspace)
+            return paged_attention_prefill(q, kv_cache, metadata.prefills(), scale, out=out)
         return paged_attention_prefill(q, kv_cache, metadata, scale)

@@ -6,12 +6,12 @@ import torch
 from corral.distributed.group import TensorParallelGroup
 from corral.kernels.attention_metadata import AttentionMetadata
 
-HEADER = 6  # tokens, sequences, blocks per sequence, sampled rows, max_query_len, max_seq_len
+HEADER = 7  # tokens, sequences, blocks per sequence, sampled rows, max_query_len, max_seq_len, num_decodes
 STOP = -1
 
 
 class StepBroadcast:
-    """Per forward, two broadcasts from rank 0: the sizes on the CPU group (six integers, so a rank can
+    """Per forward, two broadcasts from rank 0: the sizes on the CPU group (seven integers, so a rank can
     wait for the next step however long the engine idles), then every input packed in one int64
     tensor on the device group. Device inputs, not host ones: a multi-step decode's next input
     tokens exist only on rank 0's device."""
@@ -24,7 +24,7 @@ class StepBroadcast:
     def send(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
              sample_rows: torch.Tensor):
         header = [input_ids.shape[0], metadata.num_seqs, metadata.block_tables.shape[1], sample_rows.shape[0],
-                  metadata.max_query_len, metadata.max_seq_len]
+                  metadata.max_query_len, metadata.max_seq_len, metadata.num_decodes]
         try:
             self.group.broadcast(torch.tensor(header, dtype=torch.int64), on_cpu=True)
             packed = torch.cat([input_ids, positions, metadata.slot_mapping, metadata.query_start_loc.long(),
@@ -44,11 +44,12 @@ class StepBroadcast:
         header = self.group.broadcast(torch.empty(HEADER, dtype=torch.int64), on_cpu=True).tolist()
         if header[0] == STOP:
             return None
-        num_tokens, num_seqs, max_blocks, num_sampled, max_query_len, max_seq_len = header
+        num_tokens, num_seqs, max_blocks, num_sampled, max_query_len, max_seq_len, num_decodes = header
         sizes = [num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs, num_seqs * max_blocks, num_sampled]
         packed = self.group.broadcast(torch.empty(sum(sizes), dtype=torch.int64, device=self.device))
         ids, pos, slots, query_start, lens, tables, rows = packed.split(sizes)
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start.int(), seq_lens=lens.int(),
                                      block_tables=tables.view(num_seqs, max_blocks).int(),
-                                     max_query_len=max_query_len, max_seq_len=max_seq_len)
+                                     max_query_len=max_query_len, max_seq_len=max_seq_len,
+                                     num_decodes=num_decodes)
         return ids, pos, metadata, rows

@@ -53,6 +53,12 @@ class RunnerOutput:
     logprobs: list[list[tuple[int, float, int]] | None] | None = None  # per request: (token, logprob, rank)
 
 
+def _num_decodes(scheduled: list[ScheduledRequest]) -> int:
+    """The leading one-token queries of a mixed batch; 0 when it has none or holds nothing else."""
+    n = next((i for i, s in enumerate(scheduled) if s.num_new_tokens > 1), len(scheduled))
+    return n if n < len(scheduled) else 0
+
+
 class ModelRunner:
     """Turns a SchedulerOutput into one flat batch, runs the model and samples on the device."""
 
@@ -147,7 +153,7 @@ class ModelRunner:
         metadata = AttentionMetadata(slot_mapping=slot_mapping, query_start_loc=query_start.int(),
                                      seq_lens=lens.int(), block_tables=tables,
                                      max_query_len=max(s.num_new_tokens for s in scheduled),
-                                     max_seq_len=max(seq_lens))
+                                     max_seq_len=max(seq_lens), num_decodes=_num_decodes(scheduled))
         return ids, pos, metadata, rows
 
     def _forward(self, input_ids, positions, metadata, sample_rows) -> torch.Tensor:
@@ -171,9 +177,11 @@ class ModelRunner:
         device, so the host can prepare the next step while this one runs. With defer_sampling only
         the forward is enqueued, and `sample` finishes the step once the host has what the sampling
         needs (each grammar's token of the step before)."""
-        # longest sequences first: attention launches its programs in row order, and the longest
-        # first leave the short ones for the tail (docs/results/2026-11-b5-kernels.md)
-        scheduled = sorted(out.scheduled, key=lambda s: s.num_computed_tokens + s.num_new_tokens, reverse=True)
+        # decodes first, for the decode kernel (AttentionMetadata.num_decodes); then longest sequences first:
+        # attention launches its programs in row order, and the longest first leave the short ones for the
+        # tail (docs/results/2026-11-b5-kernels.md)
+        scheduled = sorted(out.scheduled, key=lambda s: (s.num_new_tokens > 1,
+                                                         -(s.num_computed_tokens + s.num_new_tokens)))
         input_ids, positions, metadata, sample_rows = self.prepare(scheduled, previous)
         requests = [s.request for s in scheduled if s.samples]
         row_of = {id(r): i for i, r in enumerate(requests)}

@@ -21,6 +21,19 @@ class AttentionMetadata:
     block_tables: torch.Tensor      # [B, max_blocks] int32, padded with 0
     max_query_len: int
     max_seq_len: int
+    num_decodes: int = 0            # a mixed batch lists its one-token queries first: this many sequences
+
+    def decodes(self) -> "AttentionMetadata":
+        """The leading num_decodes sequences (their query rows stay where they are in the batch)."""
+        n = self.num_decodes
+        return AttentionMetadata(self.slot_mapping, self.query_start_loc[:n + 1], self.seq_lens[:n],
+                                 self.block_tables[:n], 1, self.max_seq_len)
+
+    def prefills(self) -> "AttentionMetadata":
+        """The sequences after the leading num_decodes."""
+        n = self.num_decodes
+        return AttentionMetadata(self.slot_mapping, self.query_start_loc[n:], self.seq_lens[n:],
+                                 self.block_tables[n:], self.max_query_len, self.max_seq_len)
 
     @property
     def num_seqs(self) -> int:

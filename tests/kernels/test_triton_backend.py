@@ -7,14 +7,16 @@ from corral.kernels.kv_cache import store_kv_cache_ref
 from corral.kernels.paged_attention import paged_attention_ref
 
 
-@pytest.mark.parametrize("query_lens,seq_lens", [
-    ([1, 1, 1], [1, 30, 77]),           # decode only
-    ([12, 1, 40], [12, 50, 70]),        # prefill, decode and a chunk after a cached prefix
+@pytest.mark.parametrize("query_lens,seq_lens,num_decodes", [
+    ([1, 1, 1], [1, 30, 77], 0),            # decode only
+    ([12, 1, 40], [12, 50, 70], 0),         # prefill, decode and a chunk after a cached prefix, in one kernel
+    ([1, 1, 12, 40], [77, 30, 12, 70], 2),  # as the engine lays a mixed batch out: the decodes first, apart
 ])
-def test_forward_stores_then_attends(query_lens, seq_lens, make_batch):
+def test_forward_stores_then_attends(query_lens, seq_lens, num_decodes, make_batch):
     num_kv_heads, group, head_dim = 2, 4, 64
     cache, metadata = make_batch(query_lens, seq_lens, block_size=16, num_kv_heads=num_kv_heads,
                                  head_dim=head_dim, dtype=torch.bfloat16)
+    metadata.num_decodes = num_decodes
     tokens = sum(query_lens)
     qkv = torch.randn(tokens, (group + 2) * num_kv_heads, head_dim).to(cache.device, cache.dtype)
     q, k, v = qkv.split([group * num_kv_heads, num_kv_heads, num_kv_heads], dim=1)
