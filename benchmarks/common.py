@@ -34,11 +34,15 @@ def _git_commit() -> str | None:
         return None
 
 
-def model_dir(name: str, dtype: str = "bfloat16") -> str:
-    """A directory holding only config.json: the engine runs it with load_format='dummy'."""
+def model_dir(name: str, dtype: str = "bfloat16", tokenizer: str | None = None) -> str:
+    """A directory holding config.json, which the engine runs with load_format='dummy', and the
+    tokenizer files of the folder `tokenizer` if given (a grammar needs a real tokenizer)."""
+    import shutil
     path = Path(tempfile.gettempdir()) / "corral-bench" / name
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(dict(CONFIGS[name], torch_dtype=dtype)))
+    for f in Path(tokenizer).glob("tokenizer*") if tokenizer else ():
+        shutil.copy(f, path / f.name)
     return str(path)
 
 

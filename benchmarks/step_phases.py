@@ -2,10 +2,13 @@
 the batch it ran.
 
     python -m benchmarks.step_phases --model qwen3-0.6b
+    python -m benchmarks.step_phases --model qwen3-4b --structured-outputs all --tokenizer .bench_tokenizer
 
 Each engine step returns the tokens of one launched group (one step, or a multi-step decode group);
-its wall time is charged to that group. The scheduler's `schedule` and `update` are host work,
-hidden behind the device while an async continuation runs. For decode groups the KV bytes read
+its wall time is charged to that group. The scheduler's `schedule` and `update` (where grammars take
+their tokens), the deferred sampling (`sample`: a step's bitmasks filled, its sampler enqueued) and
+`schedule_continuation` are host work, hidden behind the device while an async continuation runs;
+`wait` is the host waiting for a step's tokens: near zero, the device waits for the host instead. For decode groups the KV bytes read
 are printed beside the time, so the achieved bandwidth shows how far each batch size is from the
 attention floor.
 """
@@ -19,7 +22,10 @@ from benchmarks.common import emit, environment, model_dir
 from benchmarks.throughput import b1_workload, warm_up
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
+from corral.engine.model_runner import InFlight
 from corral.engine.request import Request
+
+HOST_PHASES = ("schedule", "schedule_continuation", "update", "sample", "wait")
 
 BATCH_BINS = (1, 16, 64, 128, 192, 256, 513)
 
@@ -45,30 +51,37 @@ def main():
     ap.add_argument("--model", default="qwen3-0.6b")
     ap.add_argument("--num-scheduler-steps", type=int, default=1)
     ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
+    ap.add_argument("--structured-outputs", default="none", choices=["none", "all", "mixed"],
+                    help="B1 with every request (or every other one) constrained to a JSON schema")
+    ap.add_argument("--tokenizer", help="a folder whose tokenizer files the model folder gets (a grammar needs one)")
     args = ap.parse_args()
-    engine = EngineCore(EngineConfig(model_dir(args.model), load_format="dummy", max_model_len=4096,
+    directory = model_dir(args.model, tokenizer=args.tokenizer)
+    engine = EngineCore(EngineConfig(directory, load_format="dummy", max_model_len=4096,
                                      max_num_seqs=512, max_num_batched_tokens=16384,
                                      num_scheduler_steps=args.num_scheduler_steps,
                                      async_scheduling=args.async_scheduling))
     kv_bytes = engine._kv_bytes_per_token()
-    warm_up(engine)
+    warm_up(engine, structured=args.structured_outputs)
 
     clock, groups_launched = {}, []
-    engine.scheduler.schedule = traced(engine.scheduler.schedule, "schedule", clock)
-    engine.scheduler.update = traced(engine.scheduler.update, "update", clock)
+    for name in ("schedule", "schedule_continuation", "update"):
+        setattr(engine.scheduler, name, traced(getattr(engine.scheduler, name), name, clock))
+    engine.runner.sample = traced(engine.runner.sample, "sample", clock)
+    step_result = InFlight.step_result
+    InFlight.step_result = traced(step_result, "wait", clock)
     launch = engine.runner.launch
 
-    def launch_recorded(out, num_steps=1, previous=None):
+    def launch_recorded(out, num_steps=1, previous=None, **kwargs):
         decode = all(s.num_new_tokens == 1 for s in out.scheduled)
         context = sum(s.num_computed_tokens + s.num_new_tokens for s in out.scheduled)
         groups_launched.append(dict(
             num_steps=num_steps, decode=decode, num_seqs=len(out.scheduled), num_tokens=out.num_tokens,
             continuation=previous is not None,
             kv_read=kv_bytes * (num_steps * context + len(out.scheduled) * num_steps * (num_steps - 1) // 2)))
-        return launch(out, num_steps, previous)
+        return launch(out, num_steps, previous, **kwargs)
 
     engine.runner.launch = launch_recorded
-    prompts, params = b1_workload()
+    prompts, params = b1_workload(structured=args.structured_outputs)
     for i, (p, sp) in enumerate(zip(prompts, params)):
         engine.add_request(Request(str(i), p, sp))
     torch.cuda.synchronize()
@@ -77,36 +90,39 @@ def main():
         clock.clear()
         t = time.perf_counter()
         num_out += sum(len(o.new_token_ids) for o in engine.step())
-        walls.append((time.perf_counter() - t, clock.get("schedule", 0.0), clock.get("update", 0.0)))
+        walls.append((time.perf_counter() - t, {name: clock.get(name, 0.0) for name in HOST_PHASES}))
     wall = time.perf_counter() - wall_start
+    InFlight.step_result = step_result
 
     # step k returns the tokens of the k-th group launched (a continuation is launched one step early)
     groups = defaultdict(lambda: defaultdict(float))
-    for step, (step_wall, schedule, update) in zip(groups_launched, walls):
+    for step, (step_wall, phases) in zip(groups_launched, walls):
         g = groups["prefill+decode" if not step["decode"] else f"decode {batch_bin(step['num_seqs'])}"]
         g["engine_steps"] += 1
         g["continuations"] += step["continuation"]
         g["model_steps"] += step["num_steps"]
         g["wall"] += step_wall
-        g["schedule"] += schedule
-        g["update"] += update
+        for name, seconds in phases.items():
+            g[name] += seconds
         g["tokens"] += step["num_tokens"]
         g["kv_read"] += step["kv_read"]
     print(f"B1 {args.model}: {num_out} output tokens in {wall:.2f} s = {num_out / wall:,.0f} tok/s; "
           f"{len(walls)} engine steps, {sum(s['num_steps'] for s in groups_launched)} model steps")
     print(f"{'group':16s} {'steps':>6s} {'async':>6s} {'model':>6s} {'wall s':>7s} {'share':>6s} "
-          f"{'ms/model step':>13s} {'sched+update ms':>15s} {'KV GB':>7s} {'KV TB/s':>7s}")
+          f"{'ms/model step':>13s} {'host ms':>8s} {'wait ms':>8s} {'KV GB':>7s} {'KV TB/s':>7s}")
     for name in sorted(groups, key=lambda n: (n[0] != "p", int(n.split()[-1].split("-")[0]) if n[0] == "d" else 0)):
         g = groups[name]
         print(f"{name:16s} {int(g['engine_steps']):6d} {int(g['continuations']):6d} {int(g['model_steps']):6d} "
               f"{g['wall']:7.2f} {g['wall'] / wall:6.1%} {g['wall'] / g['model_steps'] * 1e3:13.3f} "
-              f"{(g['schedule'] + g['update']) / g['engine_steps'] * 1e3:15.3f} {g['kv_read'] / 1e9:7.1f} "
+              f"{sum(g[n] for n in HOST_PHASES[:-1]) / g['engine_steps'] * 1e3:8.3f} "
+              f"{g['wait'] / g['engine_steps'] * 1e3:8.3f} {g['kv_read'] / 1e9:7.1f} "
               f"{g['kv_read'] / g['wall'] / 1e12:7.2f}")
-    host = sum(g["schedule"] + g["update"] for g in groups.values())
-    print(f"schedule + update: {host:.2f} s ({host / wall:.1%}); with async scheduling the device runs meanwhile")
+    host = {name: sum(g[name] for g in groups.values()) for name in HOST_PHASES}
+    print("host s: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in host.items())
+          + "; with async scheduling the device runs meanwhile, except while the host waits")
     emit(dict(environment(), benchmark="B1-phases", model=args.model, seconds=round(wall, 2),
-              async_scheduling=args.async_scheduling,
-              output_tok_s=round(num_out / wall, 1), host_s=round(host, 2),
+              async_scheduling=args.async_scheduling, structured_outputs=args.structured_outputs,
+              output_tok_s=round(num_out / wall, 1), host_s={k: round(v, 2) for k, v in host.items()},
               groups={k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in groups.items()}))
 
 

@@ -94,12 +94,7 @@ def main():
     prompts, params = (b1_workload(structured=args.structured_outputs) if args.workload == "B1"
                        else b2_workload())
     roofline = b1_roofline(args.model, prompts, params) if args.workload == "B1" else {}
-    directory = model_dir(args.model)
-    if args.tokenizer:
-        import shutil
-        from pathlib import Path
-        for f in Path(args.tokenizer).glob("tokenizer*"):
-            shutil.copy(f, Path(directory) / f.name)
+    directory = model_dir(args.model, tokenizer=args.tokenizer)
     config = EngineConfig(directory, load_format="dummy", max_model_len=args.max_model_len,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
