@@ -3,7 +3,7 @@
 # 0.26.0's OpenAI server (one server per model, each at an equal share of the GPU), on the same GPU in one call,
 # driven by the same load client (the peer kit's load_client.py) on the same model folders (real configs, dummy
 # bf16 weights, the word-level tokenizer of the peer kit's bench_model_dir.py). With several models, one client
-# per model runs at once, each at $RATES, once every server is ready.
+# per model runs at once, rate by rate, once every server is ready.
 #   PEER=.peer NAME=qwen3-4b RATES=4,16,inf VARIANTS="steps8:num_scheduler_steps=8 steps1:num_scheduler_steps=1" \
 #       bash benchmarks/serve_side_by_side.sh
 #   PEER=.peer NAME=qwen3-4b,llama-2-7b RATES=4,inf bash benchmarks/serve_side_by_side.sh      # B6
@@ -39,18 +39,23 @@ ready() {
   done
   return 1
 }
-# load LABEL PORT...: one client per model (model i on port i), all at once
+# load LABEL PORT...: one client per model (model i on port i), all at once, one rate at a time so that the
+# models' loads overlap; each client warms its server up before the first rate only
 load() {
   local label=$1; shift
-  local i=0 pids=()
-  for name in "${NAMES[@]}"; do
-    local port=${@:$((i + 1)):1}
-    timeout $(( $(left) - 30 )) python3 "$PEER/load_client.py" --url http://127.0.0.1:$port --model "$name" \
-        --rates "$RATES" --num-requests "$NUM_REQUESTS" --label "$label" --jsonl "$OUT/b4.jsonl" ${CLIENT_ARGS:-} \
-        2>> "$OUT/client_$name.log" | cut -c1-400 &
-    pids+=($!); i=$((i + 1))
+  local warmup=()
+  for rate in ${RATES//,/ }; do
+    local i=0 pids=()
+    for name in "${NAMES[@]}"; do
+      local port=${@:$((i + 1)):1}
+      timeout $(( $(left) - 30 )) python3 "$PEER/load_client.py" --url http://127.0.0.1:$port --model "$name" \
+          --rates "$rate" --num-requests "$NUM_REQUESTS" --label "$label" --jsonl "$OUT/b4.jsonl" ${CLIENT_ARGS:-} \
+          "${warmup[@]}" 2>> "$OUT/client_$name.log" | cut -c1-400 &
+      pids+=($!); i=$((i + 1))
+    done
+    wait "${pids[@]}"
+    warmup=(--warmup 0)
   done
-  wait "${pids[@]}"
 }
 stop() {
   kill -TERM -- -"$1" 2>/dev/null; for _ in $(seq 1 30); do kill -0 "$1" 2>/dev/null || break; sleep 1; done
