@@ -8,9 +8,9 @@ Each engine step returns the tokens of one launched group (one step, or a multi-
 its wall time is charged to that group. The scheduler's `schedule` and `update` (where grammars take
 their tokens), the deferred sampling (`sample`: a step's bitmasks filled, its sampler enqueued) and
 `schedule_continuation` are host work, hidden behind the device while an async continuation runs;
-`wait` is the host waiting for a step's tokens: near zero, the device waits for the host instead. For decode groups the KV bytes read
-are printed beside the time, so the achieved bandwidth shows how far each batch size is from the
-attention floor.
+`wait` is the host waiting for a step's tokens: near zero, the device waits for the host instead.
+For decode groups the KV bytes read are printed beside the time, so the achieved bandwidth shows
+how far each batch size is from the attention floor.
 """
 import argparse
 import time

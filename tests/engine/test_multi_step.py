@@ -143,6 +143,39 @@ def test_prompts_and_arrivals_join_the_step_launched_before_the_last_one_is_read
     assert any(mixed) and any(joined)
 
 
+def test_grammars_of_requests_joining_the_step_launched_ahead_hold_as_in_synchronous_steps(tiny_model_dirs):
+    """Constrained requests (regex, choice, JSON schema) arriving while other requests decode and prompts
+    go in chunks: each step's bitmask still follows the token sampled just before it."""
+    from corral.sampling_params import StructuredOutputsParams
+    grammars = [StructuredOutputsParams(regex="[a-z]{2,6} [0-9]{1,3}"),
+                StructuredOutputsParams(choice=["Paris", "Beijing", "hello world"]),
+                StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}},
+                                              "required": ["a"]})]
+
+    def arrivals():
+        out = {}
+        for i in range(12):
+            params = SamplingParams(max_tokens=(3, 8, 20)[i % 3], temperature=(0, 1.0)[i % 2], seed=i,
+                                    structured_outputs=grammars[i % 3] if i % 4 != 3 else None)
+            prompt = [(7 * i + j) % 500 + 3 for j in range(1 + 8 * (i % 4))]
+            out.setdefault(i // 2 * 2, []).append(Request(f"r{i}", prompt, params))
+        return out
+    model = str(tiny_model_dirs["qwen3"])
+    cfg = dict(max_num_batched_tokens=16, max_model_len=64)
+    expected = _drive(LLM(model, async_scheduling=False, **cfg).engine.core, arrivals())
+    core = LLM(model, **cfg).engine.core
+    launch, deferred_mixed = core.runner.launch, []
+
+    def counted(out, num_steps=1, previous=None, **kwargs):
+        if previous is not None and kwargs.get("defer_sampling"):
+            deferred_mixed.append({s.from_previous for s in out.scheduled} == {True, False})
+        return launch(out, num_steps, previous, **kwargs)
+
+    core.runner.launch = counted
+    assert _drive(core, arrivals()) == expected
+    assert any(deferred_mixed)
+
+
 @pytest.mark.parametrize("cfg", [dict(max_num_seqs=2),                       # the batch is full
                                  dict(num_kv_blocks=5, block_size=8)])       # the pool is full
 def test_a_backlog_that_cannot_be_admitted_still_decodes_in_groups(cfg, tiny_model_dirs):
