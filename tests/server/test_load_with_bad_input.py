@@ -68,10 +68,14 @@ async def abuse(client: httpx.AsyncClient, model: str, rounds: int) -> list[int]
 def test_256_streams_across_three_models_survive_bad_requests_of_every_kind(server, served_models):
     async def run():
         limits = httpx.Limits(max_connections=NUM_STREAMS + 16, max_keepalive_connections=NUM_STREAMS + 16)
+        # the bad requests each on a fresh connection: on a reused keep-alive one, the server closing it for
+        # idleness just as the next request goes out is a ReadError on the client's side (HTTP's own race)
         async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"},
-                                     limits=limits, timeout=600) as client:
+                                     limits=limits, timeout=600) as client, \
+                httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_keepalive_connections=0),
+                                  timeout=600) as attacker:
             streams = [stream(client, served_models[i % len(served_models)], i) for i in range(NUM_STREAMS)]
-            attacks = [abuse(client, model, rounds=3) for model in served_models]
+            attacks = [abuse(attacker, model, rounds=3) for model in served_models]
             return await asyncio.gather(asyncio.gather(*streams), asyncio.gather(*attacks))
 
     before = rss_bytes()
