@@ -124,7 +124,9 @@ class KVCacheManager:
         return block_ids
 
     def free(self, request: Request):
-        """Release a request's blocks, tail first, so its last blocks are evicted first."""
+        """Release a request's blocks, tail first, so its last blocks are evicted first. A step launched ahead
+        may still write them (a request that stopped or was aborted while it ran): the next owner's steps
+        are launched after it on the same CUDA stream, so they run after its writes."""
         blocks = self.req_blocks.pop(request.request_id, [])
         self.req_keys.pop(request.request_id, None)
         self.req_block_ids.pop(request.request_id, None)
