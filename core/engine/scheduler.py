@@ -174,37 +174,31 @@ class Scheduler:
         requests). The current step's `update` and this one's may come in either order."""
         if self.num_scheduler_steps > 1:
             return self._decode_group_continuation(scheduler_output, num_steps)
-        budget = self.max_num_batched_tokens
-        decodes, chunks = [], []
+        sampling = set()  # the requests whose next input is the token the current step samples
         for s in scheduler_output.scheduled:
-            request = s.request
-            if request.status != RequestStatus.RUNNING:
-                continue  # finished by a stop token in the step before, or aborted
-            if not s.samples:
-                chunks.append(request)  # its prompt goes on in the next chunk, known to the host
-                continue
-            if not self._continues_on_device(s) or self.max_model_len - request.num_tokens < 2:
-                return None
-            params = request.sampling_params
-            if params.max_tokens is None or params.max_tokens - request.num_output_tokens > 1:
-                decodes.append(request)  # one that ends by length in the current step is left out
-        out = SchedulerOutput()
-        for request in decodes:
-            block_ids = self.kv.allocate(request, 1)
-            if block_ids is None:
-                return None
-            scheduled = ScheduledRequest(request, request.num_computed_tokens, 1, block_ids, from_previous=True)
-            scheduled.samples = True
-            out.scheduled.append(scheduled)
-            budget -= 1
-        for request in chunks:
+            if s.samples and s.request.status == RequestStatus.RUNNING:
+                if not self._continues_on_device(s) or self.max_model_len - s.request.num_tokens < 2:
+                    return None
+                sampling.add(s.request.request_id)
+        out, budget = SchedulerOutput(), self.max_num_batched_tokens
+        for request in self.running:  # as `schedule` does, with the tokens in flight counted in
             if budget <= 0:
                 break
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            from_previous = request.request_id in sampling
+            if from_previous:
+                params = request.sampling_params
+                if params.max_tokens is not None and params.max_tokens - request.num_output_tokens <= 1:
+                    continue  # it ends by length in the current step
+                num_new = 1
+            else:  # the next chunk of its prompt, or a token the host has
+                num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             block_ids = self.kv.allocate(request, num_new)
             if block_ids is None:
                 return None
-            out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, block_ids))
+            scheduled = ScheduledRequest(request, request.num_computed_tokens, num_new, block_ids,
+                                         from_previous=from_previous)
+            scheduled.samples |= from_previous
+            out.scheduled.append(scheduled)
             budget -= num_new
         for s in out.scheduled:
             s.request.num_computed_tokens += s.num_new_tokens
