@@ -24,7 +24,21 @@ def http_protocol(header_timeout: float):
 
 class HeaderTimer:
     """Closes a connection whose next request's headers are not complete `header_timeout` seconds after
-    it opened or after that request's first byte."""
+    it opened or after that request's first byte. Mixed in before a uvicorn protocol, which says when a
+    request's head begins and ends."""
+
+    def __init__(self, *args, header_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self._header_timer = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._start_header_timer()
+
+    def connection_lost(self, exc):
+        self._cancel_header_timer()
+        super().connection_lost(exc)
 
     def _start_header_timer(self):
         if self._header_timer is None:
@@ -44,15 +58,6 @@ class HeaderTimer:
 
 
 class HeaderTimeoutH11Protocol(HeaderTimer, H11Protocol):
-    def __init__(self, *args, header_timeout: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.header_timeout = header_timeout
-        self._header_timer = None
-
-    def connection_made(self, transport):
-        super().connection_made(transport)
-        self._start_header_timer()
-
     def data_received(self, data: bytes):
         if self.conn.their_state == h11.IDLE:  # the bytes of a new request's head
             self._start_header_timer()
@@ -60,22 +65,9 @@ class HeaderTimeoutH11Protocol(HeaderTimer, H11Protocol):
         if self.conn.their_state != h11.IDLE:
             self._cancel_header_timer()
 
-    def connection_lost(self, exc):
-        self._cancel_header_timer()
-        super().connection_lost(exc)
-
 
 if HttpToolsProtocol is not None:
     class HeaderTimeoutHttpToolsProtocol(HeaderTimer, HttpToolsProtocol):
-        def __init__(self, *args, header_timeout: float, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.header_timeout = header_timeout
-            self._header_timer = None
-
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._start_header_timer()
-
         def on_message_begin(self):  # the parser met a request's first byte
             self._start_header_timer()
             super().on_message_begin()
@@ -83,7 +75,3 @@ if HttpToolsProtocol is not None:
         def on_headers_complete(self):
             self._cancel_header_timer()
             super().on_headers_complete()
-
-        def connection_lost(self, exc):
-            self._cancel_header_timer()
-            super().connection_lost(exc)
