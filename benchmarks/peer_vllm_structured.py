@@ -1,8 +1,9 @@
 """vLLM's side of `benchmarks.run b1json`: B1 through `vllm.LLM` free, then with every request held to B1's
 JSON schema (benchmarks.throughput.LONG_ARRAY, xgrammar, no free whitespace as corral compiles it), in one
-process on the GPU machine, dummy bf16 weights, a real tokenizer (a grammar needs one).
+process on the GPU machine, dummy bf16 weights, the model folder corral's B1 uses (benchmarks.common.model_dir)
+with a real tokenizer (a grammar needs one).
 
-    PYTHONPATH=/tmp/site:$PYTHONPATH python3 -m benchmarks.peer_vllm_structured --peer .peer --model qwen3-4b \
+    PYTHONPATH=/tmp/site:$PYTHONPATH python3 -m benchmarks.peer_vllm_structured --model qwen3-4b \
         --tokenizer .bench_tokenizer
 
 `/tmp/site` is the peer kit's vLLM bundle unpacked (its run_vllm_offline.sh does that); vLLM's structured-output
@@ -12,27 +13,15 @@ run (`structured_outputs`: none or all) and a last one with the constrained runs
 """
 import argparse
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.common import emit, environment
+from benchmarks.common import emit, environment, model_dir
 from benchmarks.throughput import LONG_ARRAY, b1_workload
-
-
-def model_folder(peer: Path, name: str, tokenizer: Path) -> str:
-    folder = Path("/tmp/vllm-structured") / name
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(peer / "models" / name / "config.json", folder / "config.json")
-    for f in tokenizer.glob("tokenizer*"):
-        shutil.copy(f, folder / f.name)
-    return str(folder)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--peer", default=".peer", help="the peer kit's folder (its models/ give the configs)")
     ap.add_argument("--model", default="qwen3-4b")
     ap.add_argument("--tokenizer", default=".bench_tokenizer")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each, alternating free and constrained")
@@ -54,7 +43,7 @@ def main():
     held = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m, detokenize=False,
                            structured_outputs=schema) for m in max_tokens]
     start = time.perf_counter()
-    llm = LLM(model=model_folder(Path(args.peer), args.model, Path(args.tokenizer)), load_format="dummy",
+    llm = LLM(model=model_dir(args.model, tokenizer=args.tokenizer), load_format="dummy",
               dtype="bfloat16", max_model_len=4096, gpu_memory_utilization=0.9, seed=0)
     base = dict(environment(), benchmark="B1-peer-vllm", model=args.model, vllm=vllm.__version__,
                 init_s=round(time.perf_counter() - start, 1))
