@@ -1,5 +1,5 @@
 """vLLM's side of `benchmarks.run b1json`: B1 through `vllm.LLM` free, then with every request held to B1's
-JSON schema (benchmarks.throughput.LONG_ARRAY, xgrammar, no free whitespace as corral compiles it), in one
+JSON schema (benchmarks.throughput.B1_SCHEMAS, xgrammar, no free whitespace as corral compiles it), in one
 process on the GPU machine, dummy bf16 weights, the model folder corral's B1 uses (benchmarks.common.model_dir)
 with a real tokenizer (a grammar needs one).
 
@@ -17,13 +17,14 @@ import sys
 import time
 
 from benchmarks.common import emit, environment, model_dir
-from benchmarks.throughput import LONG_ARRAY, b1_workload
+from benchmarks.throughput import B1_SCHEMAS, b1_workload
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3-4b")
     ap.add_argument("--tokenizer", default=".bench_tokenizer")
+    ap.add_argument("--schema", default="text", choices=sorted(B1_SCHEMAS))
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each, alternating free and constrained")
     args = ap.parse_args()
     for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
@@ -38,7 +39,7 @@ def main():
     prompts, params = b1_workload()
     max_tokens = [p.max_tokens for p in params]
     inputs = [{"prompt_token_ids": p} for p in prompts]
-    schema = StructuredOutputsParams(json=LONG_ARRAY.json, disable_any_whitespace=True)
+    schema = StructuredOutputsParams(json=B1_SCHEMAS[args.schema], disable_any_whitespace=True)
     free = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m, detokenize=False) for m in max_tokens]
     held = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m, detokenize=False,
                            structured_outputs=schema) for m in max_tokens]
@@ -46,7 +47,7 @@ def main():
     llm = LLM(model=model_dir(args.model, tokenizer=args.tokenizer), load_format="dummy",
               dtype="bfloat16", max_model_len=4096, gpu_memory_utilization=0.9, seed=0)
     base = dict(environment(), benchmark="B1-peer-vllm", model=args.model, vllm=vllm.__version__,
-                init_s=round(time.perf_counter() - start, 1))
+                init_s=round(time.perf_counter() - start, 1), schema=args.schema)
     warm_prompts, warm_params = b1_workload(num_requests=32, seed=1)
     for constrained in (False, True):  # the grammar's compile and the bitmask kernels before any timed run
         llm.generate([{"prompt_token_ids": p} for p in warm_prompts],

@@ -15,6 +15,8 @@ STEPS = {
     "b1eager": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--enforce-eager", "--model"],
     "b1json": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--structured-outputs", "all",
                "--tokenizer", ".bench_tokenizer", "--repeat", "3", "--model"],  # three timed runs: they varied
+    "b1jsonarray": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--structured-outputs", "all",
+                    "--schema", "array", "--tokenizer", ".bench_tokenizer", "--model"],
     "b1mixed": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--structured-outputs", "mixed",
                 "--tokenizer", ".bench_tokenizer", "--model"],
     "b1profile": [sys.executable, "-m", "benchmarks.throughput", "--workload", "B1", "--profile", "--model"],

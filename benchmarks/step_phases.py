@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks.common import emit, environment, model_dir
-from benchmarks.throughput import b1_workload, warm_up
+from benchmarks.throughput import B1_SCHEMAS, b1_workload, warm_up
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.model_runner import InFlight
@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
     ap.add_argument("--structured-outputs", default="none", choices=["none", "all", "mixed"],
                     help="B1 with every request (or every other one) constrained to a JSON schema")
+    ap.add_argument("--schema", default="text", choices=sorted(B1_SCHEMAS), help="the JSON schema of B1_SCHEMAS")
     ap.add_argument("--tokenizer", help="a folder whose tokenizer files the model folder gets (a grammar needs one)")
     args = ap.parse_args()
     directory = model_dir(args.model, tokenizer=args.tokenizer)
@@ -61,7 +62,7 @@ def main():
                                      num_scheduler_steps=args.num_scheduler_steps,
                                      async_scheduling=args.async_scheduling))
     kv_bytes = engine._kv_bytes_per_token()
-    warm_up(engine, structured=args.structured_outputs)
+    warm_up(engine, structured=args.structured_outputs, schema=args.schema)
 
     clock, groups_launched = {}, []
     for name in ("schedule", "schedule_continuation", "update"):
@@ -81,7 +82,7 @@ def main():
         return launch(out, num_steps, previous, **kwargs)
 
     engine.runner.launch = launch_recorded
-    prompts, params = b1_workload(structured=args.structured_outputs)
+    prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema)
     for i, (p, sp) in enumerate(zip(prompts, params)):
         engine.add_request(Request(str(i), p, sp))
     torch.cuda.synchronize()
@@ -121,7 +122,7 @@ def main():
     print("host s: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in host.items())
           + "; with async scheduling the device runs meanwhile, except while the host waits")
     emit(dict(environment(), benchmark="B1-phases", model=args.model, seconds=round(wall, 2),
-              async_scheduling=args.async_scheduling, structured_outputs=args.structured_outputs,
+              async_scheduling=args.async_scheduling, structured_outputs=args.structured_outputs, schema=args.schema,
               output_tok_s=round(num_out / wall, 1), host_s={k: round(v, 2) for k, v in host.items()},
               groups={k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in groups.items()}))
 
