@@ -206,7 +206,7 @@ class ModelRunner:
         if self.structured_output is not None:  # filled on the host while the device runs the forward
             if (grammar := self.structured_output.bitmask(requests, pinned=on_gpu)) is not None:
                 sampling.grammar_bitmask = grammar[0].to(self.device, non_blocking=True)
-                sampling.grammar_rows = grammar[1]
+                sampling.grammar_rows, sampling.grammar_vocab_size = grammar[1], grammar[2]
         result = self.sampler(logits, sampling)
         steps = [result.sampled_token_ids]
         # each step's tokens go to pinned host memory as soon as that step ends, so they can stream one by one

@@ -36,6 +36,7 @@ class SamplingMetadata:
     max_num_logprobs: int | None = None
     grammar_bitmask: torch.Tensor | None = None  # [B, ceil(V / 32)] int32: bit t of row i allows token t
     grammar_rows: list[int] | None = None  # the rows it constrains
+    grammar_vocab_size: int | None = None  # the tokens the bitmask covers; the logits past them are no token
 
     @classmethod
     def build(cls, requests: list[Request], vocab_size: int, device: torch.device) -> "SamplingMetadata":
@@ -112,7 +113,8 @@ class Sampler:
         if metadata.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         if metadata.grammar_bitmask is not None:
-            apply_grammar_bitmask(logits, metadata.grammar_bitmask, metadata.grammar_rows)
+            apply_grammar_bitmask(logits, metadata.grammar_bitmask, metadata.grammar_rows,
+                                  metadata.grammar_vocab_size or logits.shape[-1])
         logits = process_logits(logits, metadata)
         if self._one_pass(logits, metadata):
             from corral.kernels.sampling import gumbel_argmax
@@ -129,11 +131,14 @@ class Sampler:
                 and md.min_p is None and not md.generators and logits.numel() < 2**31)
 
 
-def apply_grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]):
-    """Tokens a row's grammar does not allow become -inf, in place (xgrammar's kernel on the GPU)."""
+def apply_grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int], vocab_size: int):
+    """Tokens a row's grammar does not allow become -inf, in place (xgrammar's kernel on the GPU): those
+    the bitmask's first `vocab_size` bits forbid, and every logit past them (the model's padding ids)."""
     from xgrammar import apply_token_bitmask_inplace
-    apply_token_bitmask_inplace(logits, bitmask, vocab_size=logits.shape[-1],
-                                indices=rows if len(rows) < logits.shape[0] else None)
+    every_row = len(rows) == logits.shape[0]
+    apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=None if every_row else rows)
+    if vocab_size < logits.shape[-1]:
+        logits[slice(None) if every_row else rows, vocab_size:] = float("-inf")
 
 
 def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:

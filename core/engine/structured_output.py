@@ -32,12 +32,17 @@ class GrammarError(ValueError):
 
 class StructuredOutputCompiler:
     """Compiles StructuredOutputsParams for one tokenizer. `vocab_size` is the model's (its logits'
-    width), which may pass the tokenizer's own length."""
+    width), which may pass the tokenizer's own length.
+
+    xgrammar's token table, and so its bitmasks, stop at the tokenizer's last id (`table_size`): xgrammar
+    counts every id past the tokenizer's as a special token and pays for each on every token a matcher
+    takes. The sampler masks the logits past the table instead (apply_grammar_bitmask)."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: list[int]):
         import xgrammar as xgr
         self._xgr = xgr
-        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+        self.table_size = min(vocab_size, max([len(tokenizer), *(t + 1 for t in stop_token_ids)]))
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.table_size,
                                                        stop_token_ids=sorted(stop_token_ids) or None)
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self._cache: OrderedDict = OrderedDict()
@@ -161,9 +166,10 @@ class StructuredOutputManager:
         for done in [self._advance_pool.submit(advance_all, share) for share in shares]:
             done.result()
 
-    def bitmask(self, requests, pinned: bool) -> tuple[object, list[int]] | None:
-        """The bitmask of `requests` (rows in that order) and the rows it constrains; None if none.
-        A grammar that has ended constrains nothing: its request's token is dropped."""
+    def bitmask(self, requests, pinned: bool) -> tuple[object, list[int], int] | None:
+        """The bitmask of `requests` (rows in that order), the rows it constrains and the tokens it
+        covers (the grammars' table: logits past it are no token); None if none. A grammar that has
+        ended constrains nothing: its request's token is dropped."""
         rows = [i for i, r in enumerate(requests) if r.grammar is not None and not r.grammar.ended]
         if not rows:
             return None
@@ -177,4 +183,4 @@ class StructuredOutputManager:
         bitmask = self._buffers[self._next_buffer][:len(requests)]
         self._next_buffer ^= 1
         self._batch.batch_fill_next_token_bitmask([requests[i].grammar.matcher for i in rows], bitmask, rows)
-        return bitmask, rows
+        return bitmask, rows, self.compiler.table_size

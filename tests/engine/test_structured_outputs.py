@@ -161,30 +161,56 @@ def test_structured_outputs_take_exactly_one_kind():
 
 
 @pytest.mark.parametrize("rows", [[0, 2], [0, 1, 2, 3]])
-def test_the_bitmask_masks_exactly_the_tokens_its_bits_forbid(rows):
+@pytest.mark.parametrize("table", [100, 70])
+def test_the_bitmask_masks_exactly_the_tokens_its_bits_forbid_and_the_padding_past_its_table(rows, table):
     torch.manual_seed(0)
     vocab = 100
     logits = torch.randn(4, vocab)
-    bitmask = torch.randint(-2**31, 2**31 - 1, (4, (vocab + 31) // 32), dtype=torch.int32)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (4, (table + 31) // 32), dtype=torch.int32)
     masked = logits.clone()
-    apply_grammar_bitmask(masked, bitmask, rows)
+    apply_grammar_bitmask(masked, bitmask, rows, table)
     for i in range(4):
         for t in range(vocab):
-            allowed = i not in rows or (int(bitmask[i, t // 32]) >> (t % 32)) & 1
+            allowed = i not in rows or (t < table and (int(bitmask[i, t // 32]) >> (t % 32)) & 1)
             assert masked[i, t] == (logits[i, t] if allowed else float("-inf"))
+
+
+def test_the_grammar_table_stops_at_the_tokenizer_s_last_id_when_the_logits_are_wider(tiny_model_dirs):
+    """xgrammar treats ids past the tokenizer's as special tokens and pays for each on every token taken
+    (benchmarks.grammar_accept): a model whose logits are padded gets a table of the tokenizer's size."""
+    from corral.engine.structured_output import StructuredOutputManager
+    from corral.engine.tokenizer import load_tokenizer
+    size = len(load_tokenizer(str(tiny_model_dirs["qwen3"])))
+    manager = StructuredOutputManager(str(tiny_model_dirs["qwen3"]), 4096)
+    assert size < 4096 and manager.compiler.table_size == manager.compiler.info.vocab_size == size
+    assert manager.compiler.allocate_bitmask(2).shape == (2, (size + 31) // 32)
+
+
+def test_constrained_outputs_of_a_model_with_padded_logits_validate_and_take_no_padding_id(tmp_path):
+    from tests.tiny_models import build_model
+    from corral.engine.tokenizer import load_tokenizer
+    directory = build_model("llama", tmp_path / "padded", vocab_size=2048)
+    size = len(load_tokenizer(str(directory)))
+    llm = LLM(str(directory), max_model_len=512)
+    params = [SamplingParams(temperature=1.0, max_tokens=120, seed=seed, structured_outputs={"json": SCHEMAS[name]})
+              for name in sorted(SCHEMAS) for seed in range(3)]
+    for output, p in zip(llm.generate([[5, 6, 7]] * len(params), params), params):
+        assert max(output.outputs[0].token_ids) < size < 2048
+        jsonschema.validate(json.loads(output.outputs[0].text), p.structured_outputs.json)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_bitmask_applied_on_the_gpu_masks_as_on_the_cpu(dtype):
     torch.manual_seed(0)
-    vocab, rows = 151936, [0, 3, 5]
+    vocab, rows, table = 151936, [0, 3, 5], 151669  # Qwen3's logits and tokenizer
     logits = torch.randn(8, vocab, dtype=dtype)
-    bitmask = torch.randint(-2**31, 2**31 - 1, (8, (vocab + 31) // 32), dtype=torch.int32)
-    on_cpu, on_gpu = logits.clone(), logits.cuda()
-    apply_grammar_bitmask(on_cpu, bitmask, rows)
-    apply_grammar_bitmask(on_gpu, bitmask.cuda(), rows)
-    assert torch.equal(on_gpu.cpu(), on_cpu)
+    for width in (vocab, table):
+        bitmask = torch.randint(-2**31, 2**31 - 1, (8, (width + 31) // 32), dtype=torch.int32)
+        on_cpu, on_gpu = logits.clone(), logits.cuda()
+        apply_grammar_bitmask(on_cpu, bitmask, rows, width)
+        apply_grammar_bitmask(on_gpu, bitmask.cuda(), rows, width)
+        assert torch.equal(on_gpu.cpu(), on_cpu)
 
 
 @pytest.mark.gpu
@@ -226,7 +252,7 @@ def test_the_bitmask_filled_into_pinned_buffers_is_xgrammar_s_own(tiny_model_dir
     requests = [Request(f"r{i}", [1], params) for i in range(4)]
     for r in requests:
         manager.init_request(r)
-    pinned, rows = manager.bitmask(requests, pinned=True)
+    pinned, rows, _ = manager.bitmask(requests, pinned=True)
     plain = xgr.allocate_token_bitmask(4, manager.compiler.info.vocab_size)
     for i, r in enumerate(requests):
         r.grammar.matcher.fill_next_token_bitmask(plain, i)
