@@ -61,12 +61,12 @@ class EngineCore:
                                                            self.pooler_config.prefix_cacheable)
         self.kv_cache_manager = KVCacheManager(self.num_blocks, config.block_size, prefix_caching, self.kv_memory,
                                                config.kv_grant_blocks)
-        self.structured_output = StructuredOutputManager(config.model, self.model_config.vocab_size)
         self.scheduler = Scheduler(self.kv_cache_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.max_model_len, config.num_scheduler_steps, self.structured_output.advance)
+                                   config.max_model_len, config.num_scheduler_steps)
         self.in_flight: tuple[SchedulerOutput, int, InFlight] | None = None  # launched, not yet read
         self.current: tuple[SchedulerOutput, int, InFlight] | None = None  # being read, step by step
         self.current_step = 0
+        self.structured_output = StructuredOutputManager(config.model, self.model_config.vocab_size)
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed, self.structured_output,
                                   self.workers.steps if self.workers else None)

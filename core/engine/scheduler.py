@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 from corral.engine.kv_cache_manager import KVCacheManager
 from corral.engine.request import Request, RequestStatus
 from corral.engine.request_queue import FCFSQueue
-from corral.engine.structured_output import advance_all
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,8 @@ class Scheduler:
     """
 
     def __init__(self, kv_cache_manager: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, num_scheduler_steps: int = 1, advance_grammars=advance_all):
-        """`advance_grammars` gives the grammars of a step's requests their new tokens, all at once."""
+                 max_model_len: int, num_scheduler_steps: int = 1):
         self.kv = kv_cache_manager
-        self.advance_grammars = advance_grammars
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -260,22 +257,21 @@ class Scheduler:
         a multi-step decode, whose extra steps computed the KV of all but the last token; a group read
         step by step comes as one token each, `after_first_step` for all but the first, whose step
         computed the KV of the token before."""
-        updated, taken = [], []
+        updated = []
         samplers = [s.request for s in scheduler_output.scheduled if s.samples]
         for request, token_ids in zip(samplers, sampled_token_ids, strict=True):
             if request.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             num_accepted, status = self._first_stop(request, token_ids)
-            taken.append((request, token_ids, token_ids[:num_accepted], status))
-        self.advance_grammars([(request.grammar, appended) for request, _, appended, _ in taken
-                               if request.grammar is not None])
-        for request, token_ids, appended, status in taken:
-            if request.grammar is not None and request.grammar.ended:
-                status = status or RequestStatus.FINISHED_STOPPED
-                if request.grammar.rejected is not None:  # never, while the sampler applies the bitmask
-                    logger.error("request %s: its grammar does not allow the sampled token %d; the request "
-                                 "ends there (the token bitmask was not applied)", request.request_id,
-                                 request.grammar.rejected)
+            appended = token_ids[:num_accepted]
+            if request.grammar is not None:
+                request.grammar.advance(appended)
+                if request.grammar.ended:
+                    status = status or RequestStatus.FINISHED_STOPPED
+                    if request.grammar.rejected is not None:  # never, while the sampler applies the bitmask
+                        logger.error("request %s: its grammar does not allow the sampled token %d; the request "
+                                     "ends there (the token bitmask was not applied)", request.request_id,
+                                     request.grammar.rejected)
             request.append_output_tokens(appended)
             if status is None:
                 request.num_computed_tokens += len(token_ids) - 1 + after_first_step

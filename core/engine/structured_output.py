@@ -6,7 +6,6 @@ a batch."""
 import concurrent.futures
 import json
 import logging
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -20,10 +19,6 @@ logger = logging.getLogger(__name__)
 MAX_GRAMMAR_BYTES = 256 << 10
 COMPILE_TIMEOUT = 10.0
 CACHE_SIZE = 512  # compiled grammars kept per process, least recently used dropped first
-# xgrammar's matchers take tokens with the GIL released (some 20 us a token): a step's grammars are
-# advanced on this many threads once there are enough of them to pay for the hand-off
-ADVANCE_THREADS = max(1, min(4, (os.cpu_count() or 1) - 1))
-ADVANCE_PARALLEL_MIN = 32
 
 
 class GrammarError(ValueError):
@@ -125,11 +120,6 @@ class Grammar:
             self.ended = self.matcher.is_terminated()
 
 
-def advance_all(advances: list[tuple[Grammar, list[int]]]):
-    for grammar, token_ids in advances:
-        grammar.advance(token_ids)
-
-
 class StructuredOutputManager:
     """The engine's side: a Grammar for each constrained request, and each step's bitmask, filled by
     xgrammar's threads into one of two pinned buffers (the other may still be on its way to the device)."""
@@ -140,7 +130,6 @@ class StructuredOutputManager:
         self._batch = None
         self._buffers: list = []
         self._next_buffer = 0
-        self._advance_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def compiler(self) -> StructuredOutputCompiler:
@@ -155,16 +144,6 @@ class StructuredOutputManager:
         params = request.sampling_params.structured_outputs
         if params is not None and request.grammar is None:
             request.grammar = Grammar(self.compiler.matcher(params))
-
-    def advance(self, advances: list[tuple[Grammar, list[int]]]):
-        """Each grammar takes its request's new tokens: on ADVANCE_THREADS threads for a large batch."""
-        if len(advances) < ADVANCE_PARALLEL_MIN or ADVANCE_THREADS == 1:
-            return advance_all(advances)
-        if self._advance_pool is None:
-            self._advance_pool = concurrent.futures.ThreadPoolExecutor(ADVANCE_THREADS, thread_name_prefix="grammar")
-        shares = [advances[i::ADVANCE_THREADS] for i in range(ADVANCE_THREADS)]
-        for done in [self._advance_pool.submit(advance_all, share) for share in shares]:
-            done.result()
 
     def bitmask(self, requests, pinned: bool) -> tuple[object, list[int], int] | None:
         """The bitmask of `requests` (rows in that order), the rows it constrains and the tokens it

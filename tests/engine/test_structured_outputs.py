@@ -3,7 +3,6 @@
 the sampler's bitmask masks exactly the tokens a reference unpacking of the bits says."""
 import json
 import re
-import threading
 
 import jsonschema
 import pytest
@@ -103,27 +102,6 @@ def test_constrained_steps_launched_ahead_of_the_host_give_the_same_outputs(tiny
         outputs[async_scheduling] = [o.outputs[0].token_ids for o in llm.generate([[5, 6, 7]] * 4, params)]
         assert any(p is not None for p in launches) == async_scheduling
     assert outputs[True] == outputs[False]
-
-
-def test_grammars_advanced_on_threads_give_the_outputs_of_grammars_advanced_one_by_one(tiny_model_dirs, monkeypatch):
-    """A large batch's grammars take their tokens on several threads (xgrammar lets go of the GIL); each
-    request's output is the one it gets when every grammar is advanced in turn on the engine's thread."""
-    import corral.engine.structured_output as structured_output
-    params = [SamplingParams(temperature=1.0, max_tokens=80, seed=seed,
-                             structured_outputs={"json": SCHEMAS[sorted(SCHEMAS)[seed % len(SCHEMAS)]]})
-              for seed in range(40)]
-    outputs = {}
-    for threads in (1, 3):
-        monkeypatch.setattr(structured_output, "ADVANCE_THREADS", threads)
-        llm = LLM(str(tiny_model_dirs["qwen3"]), max_model_len=512)
-        threads_used = set()
-        advance_all = structured_output.advance_all
-        monkeypatch.setattr(structured_output, "advance_all",
-                            lambda advances: threads_used.add(threading.current_thread().name) or advance_all(advances))
-        outputs[threads] = [o.outputs[0].token_ids for o in llm.generate([[5, 6, 7]] * len(params), params)]
-        monkeypatch.undo()
-        assert len({name for name in threads_used if name.startswith("grammar")}) == (3 if threads > 1 else 0)
-    assert outputs[3] == outputs[1]
 
 
 def test_a_token_the_grammar_rejects_ends_the_request_and_is_logged(tiny_model_dirs, caplog):
