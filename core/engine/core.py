@@ -14,6 +14,7 @@ from corral.engine.pooling import PoolingRunner
 from corral.engine.request import Request, RequestStatus
 from corral.engine.scheduler import Scheduler, SchedulerOutput
 from corral.engine.structured_output import StructuredOutputManager
+from corral.engine.token_history import TokenHistory
 from corral.engine.virtual_memory import CudaDriverError
 from corral.engine.virtual_weights import VirtualWeights
 from corral.engine.worker import build_rank, kv_bytes_per_token
@@ -69,7 +70,8 @@ class EngineCore:
         self.structured_output = StructuredOutputManager(config.model, self.model_config.vocab_size)
         self.runner = ModelRunner(model, kv_caches, backend, config.block_size, self.device,
                                   self.model_config.vocab_size, config.seed, self.structured_output,
-                                  self.workers.steps if self.workers else None)
+                                  self.workers.steps if self.workers else None,
+                                  TokenHistory(config.max_model_len, self.device))
         self.pooling = PoolingRunner(self.runner, self.pooler_config) if self.pooler_config else None
         if (self.device.type == "cuda" and not config.enforce_eager and backend.name == "triton"
                 and self.pooling is None):  # graphs are for decode steps

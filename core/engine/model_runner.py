@@ -9,6 +9,7 @@ from corral.kernels.attention_metadata import AttentionMetadata
 from corral.engine.sampler import Sampler, SamplingMetadata
 from corral.engine.scheduler import ScheduledRequest, SchedulerOutput
 from corral.engine.structured_output import StructuredOutputManager
+from corral.engine.token_history import TokenHistory
 from corral.layers.attention import Attention, ForwardContext
 from corral.layers.linear import Linear
 
@@ -64,9 +65,13 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
                  block_size: int, device: torch.device, vocab_size: int, seed: int = 0,
-                 structured_output: StructuredOutputManager | None = None, steps: StepBroadcast | None = None):
-        """`steps`: rank 0 of a tensor-parallel engine sends each forward's inputs to the other ranks."""
+                 structured_output: StructuredOutputManager | None = None, steps: StepBroadcast | None = None,
+                 history: TokenHistory | None = None):
+        """`steps`: rank 0 of a tensor-parallel engine sends each forward's inputs to the other ranks.
+        `history`: where penalized requests' tokens stay on the device (without it, a penalized request's
+        step must not be launched before the host has the step before's token)."""
         self.model = model
+        self.history = history
         self.steps = steps
         self.structured_output = structured_output
         self.backend = backend
@@ -184,13 +189,14 @@ class ModelRunner:
                                                          -(s.num_computed_tokens + s.num_new_tokens)))
         input_ids, positions, metadata, sample_rows = self.prepare(scheduled, previous)
         requests = [s.request for s in scheduled if s.samples]
+        num_tokens = [s.num_computed_tokens + s.num_new_tokens for s in scheduled if s.samples]
         row_of = {id(r): i for i, r in enumerate(requests)}
         rows = [row_of[id(s.request)] for s in out.scheduled if s.samples]
         logits = self._forward(input_ids, positions, metadata, sample_rows)
         if not requests:
             return InFlight([], torch.empty(0, 1, dtype=torch.long), torch.empty(0, 1, dtype=torch.long), None, None)
         launched = InFlight(requests, None, None, None, None, rows,
-                            pending=(logits, positions, metadata, sample_rows, num_steps))
+                            pending=(logits, positions, metadata, sample_rows, num_steps, num_tokens))
         if not defer_sampling:
             self.sample(launched)
         return launched
@@ -198,16 +204,18 @@ class ModelRunner:
     @torch.inference_mode()
     def sample(self, launched: InFlight):
         """Enqueue the sampling of a launched forward (and the further steps of a multi-step group)."""
-        logits, positions, metadata, sample_rows, num_steps = launched.pending
+        logits, positions, metadata, sample_rows, num_steps, num_tokens = launched.pending
         launched.pending = None
         requests = launched.requests
-        sampling = SamplingMetadata.build(requests, self.vocab_size, self.device)
+        sampling = SamplingMetadata.build(requests, self.vocab_size, self.device, num_tokens, self.history)
         on_gpu = self.device.type == "cuda"
         if self.structured_output is not None:  # filled on the host while the device runs the forward
             if (grammar := self.structured_output.bitmask(requests, pinned=on_gpu)) is not None:
                 sampling.grammar_bitmask = grammar[0].to(self.device, non_blocking=True)
                 sampling.grammar_rows, sampling.grammar_vocab_size = grammar[1], grammar[2]
         result = self.sampler(logits, sampling)
+        if sampling.history_rows is not None:
+            self.history.record(sampling.history_rows, num_tokens, result.sampled_token_ids)
         steps = [result.sampled_token_ids]
         # each step's tokens go to pinned host memory as soon as that step ends, so they can stream one by one
         host = torch.empty((num_steps, len(requests)), dtype=steps[0].dtype, pin_memory=True) if on_gpu else None

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import torch
 
 from corral.engine.request import Request
+from corral.engine.token_history import TokenHistory
 
 GREEDY_EPS = 1e-5
 
@@ -12,8 +13,7 @@ GREEDY_EPS = 1e-5
 class SamplingMetadata:
     """One step's sampling parameters as [B] tensors, row i for requests[i].
 
-    Optional fields are None when no row uses them, so the sampler skips that work. Token-id
-    matrices are padded with vocab_size. Logit bias and min_tokens are sparse (row, token) pairs:
+    Optional fields are None when no row uses them, so the sampler skips that work. Logit bias and min_tokens are sparse (row, token) pairs:
     `logit_bias_index` [2, N] with `logit_bias` [N], and `min_tokens_index` [2, M] for the stop
     tokens to mask.
     """
@@ -27,8 +27,12 @@ class SamplingMetadata:
     repetition_penalty: torch.Tensor | None = None
     presence_penalty: torch.Tensor | None = None
     frequency_penalty: torch.Tensor | None = None
-    prompt_token_ids: torch.Tensor | None = None
-    output_token_ids: torch.Tensor | None = None
+    # penalties: each row's token ids so far ([B, L]: the prompt's first, then the outputs'; ids past
+    # num_tokens are not the row's), from the host or from the device's TokenHistory
+    penalty_token_ids: torch.Tensor | None = None
+    prompt_lens: torch.Tensor | None = None
+    num_tokens: torch.Tensor | None = None
+    history_rows: list[int] | None = None  # each row's TokenHistory row, where the sampled token goes
     logit_bias_index: torch.Tensor | None = None
     logit_bias: torch.Tensor | None = None
     min_tokens_index: torch.Tensor | None = None
@@ -39,7 +43,12 @@ class SamplingMetadata:
     grammar_vocab_size: int | None = None  # the tokens the bitmask covers; the logits past them are no token
 
     @classmethod
-    def build(cls, requests: list[Request], vocab_size: int, device: torch.device) -> "SamplingMetadata":
+    def build(cls, requests: list[Request], vocab_size: int, device: torch.device,
+              num_tokens: list[int] | None = None, history: TokenHistory | None = None) -> "SamplingMetadata":
+        """`num_tokens`: each row's tokens so far, the one it samples after (default: those the host
+        has; a step launched ahead of the host has one more). With `history`, penalties read the ids
+        on the device, where the sampler left the last one."""
+        num_tokens = [r.num_tokens for r in requests] if num_tokens is None else num_tokens
         params = [r.sampling_params for r in requests]
         greedy = [p.greedy for p in params]
         rows = list(zip(params, greedy))
@@ -55,8 +64,10 @@ class SamplingMetadata:
         any_penalty = repetition is not None or presence is not None or frequency is not None
 
         bias = [(i, t, v) for i, p in enumerate(params) for t, v in p.logit_bias.items() if t < vocab_size]
-        masked = [(i, t) for i, r in enumerate(requests) if r.num_output_tokens < r.sampling_params.min_tokens
+        masked = [(i, t) for i, (r, n) in enumerate(zip(requests, num_tokens))
+                  if n - r.num_prompt_tokens < r.sampling_params.min_tokens
                   for t in _stop_token_ids(r) if t < vocab_size]
+        penalty = cls._penalty_tokens(requests, num_tokens, params, history, device) if any_penalty else (None,) * 4
 
         generators = {}
         for i, (r, g) in enumerate(zip(requests, greedy)):
@@ -76,10 +87,7 @@ class SamplingMetadata:
             repetition_penalty=repetition,
             presence_penalty=presence,
             frequency_penalty=frequency,
-            prompt_token_ids=(None if repetition is None else
-                              _padded([r.prompt_token_ids for r in requests], vocab_size, device)),
-            output_token_ids=(None if not any_penalty else
-                              _padded([r.output_token_ids for r in requests], vocab_size, device)),
+            penalty_token_ids=penalty[0], prompt_lens=penalty[1], num_tokens=penalty[2], history_rows=penalty[3],
             logit_bias_index=(_tensor([[i for i, _, _ in bias], [t for _, t, _ in bias]], torch.int64, device)
                               if bias else None),
             logit_bias=_tensor([v for _, _, v in bias], torch.float32, device) if bias else None,
@@ -87,6 +95,20 @@ class SamplingMetadata:
             generators=generators,
             max_num_logprobs=max(wanted) if wanted else None,
         )
+
+    @staticmethod
+    def _penalty_tokens(requests, num_tokens, params, history, device):
+        penalized = [p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+                     for p in params]
+        prompt_lens = [r.num_prompt_tokens if wanted else 0 for r, wanted in zip(requests, penalized)]
+        lens = [n if wanted else 0 for n, wanted in zip(num_tokens, penalized)]
+        rows = None
+        if history is None:
+            ids = _padded([r.all_token_ids[:n] for r, n in zip(requests, lens)], 0, device)
+        else:
+            rows = history.rows(requests, num_tokens, penalized)
+            ids = history.tokens[_tensor(rows, torch.int64, device), :max(lens)].long()
+        return ids, _tensor(prompt_lens, torch.int64, device), _tensor(lens, torch.int64, device), rows
 
 
 @dataclass(slots=True)
@@ -144,14 +166,14 @@ def apply_grammar_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: lis
 def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
     """Logit bias, min_tokens masking and penalties on a float32 copy; `logits` itself when none apply."""
     md = metadata
-    if md.logit_bias is None and md.min_tokens_index is None and md.output_token_ids is None:
+    if md.logit_bias is None and md.min_tokens_index is None and md.penalty_token_ids is None:
         return logits
     logits = logits.to(torch.float32, copy=True)
     if md.logit_bias is not None:
         logits.index_put_(tuple(md.logit_bias_index), md.logit_bias, accumulate=True)
     if md.min_tokens_index is not None:
         logits[md.min_tokens_index[0], md.min_tokens_index[1]] = float("-inf")
-    if md.output_token_ids is not None:
+    if md.penalty_token_ids is not None:
         logits = apply_penalties(logits, md)
     return logits
 
@@ -161,11 +183,16 @@ def apply_penalties(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.T
     the others), then frequency and presence penalties over output tokens."""
     md = metadata
     num_rows, vocab_size = logits.shape
+    column = torch.arange(md.penalty_token_ids.shape[1], device=logits.device)
+    in_prompt = column < md.prompt_lens[:, None]
+    taken = column < md.num_tokens[:, None]
+    outputs = torch.where(taken & ~in_prompt, md.penalty_token_ids, vocab_size)  # vocab_size: no token
     counts = torch.zeros(num_rows, vocab_size + 1, dtype=torch.int64, device=logits.device)
-    counts = counts.scatter_add_(1, md.output_token_ids, torch.ones_like(md.output_token_ids))[:, :vocab_size]
+    counts = counts.scatter_add_(1, outputs, torch.ones_like(outputs))[:, :vocab_size]
     if md.repetition_penalty is not None:
+        prompt = torch.where(taken & in_prompt, md.penalty_token_ids, vocab_size)
         seen = torch.zeros(num_rows, vocab_size + 1, dtype=torch.bool, device=logits.device)
-        seen = seen.scatter_(1, md.prompt_token_ids, True)[:, :vocab_size] | (counts > 0)
+        seen = seen.scatter_(1, prompt, True)[:, :vocab_size] | (counts > 0)
         penalty = torch.where(seen, md.repetition_penalty[:, None], 1.0)
         logits = torch.where(logits > 0, logits / penalty, logits * penalty)
     if md.frequency_penalty is not None:

@@ -168,8 +168,8 @@ class Scheduler:
         (`scheduler_output`) still runs, so that the device never waits for the host between steps.
         A request that samples in the current step decodes the token it samples, which the host
         does not know yet (`from_previous`); a single step may also go on with chunked prompts and
-        admit waiting requests, as `schedule` would. None when the scheduler must see the current
-        step's tokens first (a request's sampling reads its output so far, or it nears
+        admit waiting requests, as `schedule` would (penalties read the token on the device: TokenHistory).
+        None when the scheduler must see the current step's tokens first (a request nears
         max_model_len) or the pool cannot hold the new step (blocks already added stay with their
         requests). The current step's `update` and this one's may come in either order."""
         if self.num_scheduler_steps > 1:
@@ -177,7 +177,7 @@ class Scheduler:
         sampling = set()  # the requests whose next input is the token the current step samples
         for s in scheduler_output.scheduled:
             if s.samples and s.request.status == RequestStatus.RUNNING:
-                if not self._continues_on_device(s) or self.max_model_len - s.request.num_tokens < 2:
+                if self.max_model_len - s.request.num_tokens < 2:
                     return None
                 sampling.add(s.request.request_id)
         out, budget = SchedulerOutput(), self.max_num_batched_tokens
@@ -215,7 +215,7 @@ class Scheduler:
         requests = []
         for s in scheduler_output.scheduled:
             request, params = s.request, s.request.sampling_params
-            if num_steps == 1 and not (s.num_new_tokens == 1 and s.samples and self._continues_on_device(s)):
+            if num_steps == 1 and not (s.num_new_tokens == 1 and s.samples):
                 return None
             if request.status != RequestStatus.RUNNING:
                 continue
@@ -241,14 +241,6 @@ class Scheduler:
         for request in requests:
             request.num_computed_tokens += 1
         return out
-
-    @staticmethod
-    def _continues_on_device(s: ScheduledRequest) -> bool:
-        """A request sampling in a step that the next can follow without its token on the host: its
-        sampling reads nothing of the output so far (a grammar's bitmask waits for the update)."""
-        params = s.request.sampling_params
-        return (params.min_tokens <= s.request.num_output_tokens and params.repetition_penalty == 1.0
-                and not params.presence_penalty and not params.frequency_penalty)
 
     def update(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[list[int]],
                after_first_step: bool = False) -> list[tuple[Request, list[int]]]:

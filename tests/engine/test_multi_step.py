@@ -198,3 +198,38 @@ def test_a_backlog_that_cannot_be_admitted_still_decodes_in_groups(cfg, tiny_mod
     core.runner.launch = counted
     assert _drive(core, arrivals()) == expected
     assert max(groups_while_waiting) == 4
+
+
+@pytest.mark.parametrize("cfg", [dict(max_num_batched_tokens=16),                            # chunked prompts
+                                 dict(max_num_batched_tokens=24, num_kv_blocks=10, block_size=8)])  # preemption
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_penalized_requests_go_on_in_steps_launched_ahead_with_the_tokens_of_synchronous_steps(cfg, device,
+                                                                                                tiny_model_dirs):
+    """Repetition, presence and frequency penalties and min_tokens read the output so far; the token a
+    running step samples reaches them on the device (TokenHistory), so their requests go on in steps
+    launched before it is read, beside free requests, and sample what synchronous steps sample."""
+    cfg = dict(cfg, device=device, dtype="float32")
+    def arrivals():
+        penalties = [dict(repetition_penalty=1.8), dict(presence_penalty=1.5), dict(frequency_penalty=2.0),
+                     dict(repetition_penalty=0.7, frequency_penalty=-0.5, presence_penalty=0.4), {}]
+        out = {}
+        for i in range(10):
+            params = SamplingParams(max_tokens=(9, 17, 26)[i % 3], temperature=(0, 1.0)[i % 2], seed=i,
+                                    min_tokens=(0, 6)[i % 4 == 1], ignore_eos=i % 3 != 0, **penalties[i % 5])
+            prompt = [(11 * i + j) % 300 + 3 for j in range(1 + 9 * (i % 4))]
+            out.setdefault(i // 2 * 3, []).append(Request(f"r{i}", prompt, params))
+        return out
+    model = str(tiny_model_dirs["llama"])
+    expected = _drive(LLM(model, max_model_len=80, async_scheduling=False, **cfg).engine.core, arrivals())
+    core = LLM(model, max_model_len=80, **cfg).engine.core
+    launch, penalized_ahead = core.runner.launch, []
+
+    def counted(out, num_steps=1, previous=None, **kwargs):
+        if previous is not None:
+            penalized_ahead.append(any(s.from_previous and s.request.sampling_params.repetition_penalty != 1.0
+                                       for s in out.scheduled))
+        return launch(out, num_steps, previous, **kwargs)
+
+    core.runner.launch = counted
+    assert _drive(core, arrivals()) == expected
+    assert sum(penalized_ahead) > 5

@@ -94,7 +94,7 @@ def test_greedy_rows_take_the_argmax_of_the_logits():
 def test_all_greedy_batch_without_extras_builds_no_optional_tensors():
     md = SamplingMetadata.build([make_request(temperature=0.0, top_k=5, top_p=0.5, seed=3)], VOCAB, CPU)
     optional = [md.top_k, md.top_p, md.min_p, md.repetition_penalty, md.presence_penalty,
-                md.frequency_penalty, md.prompt_token_ids, md.output_token_ids, md.logit_bias,
+                md.frequency_penalty, md.penalty_token_ids, md.prompt_lens, md.num_tokens, md.logit_bias,
                 md.min_tokens_index, md.max_num_logprobs]
     assert md.all_greedy and all(x is None for x in optional) and md.generators == {}
 
@@ -240,3 +240,36 @@ def test_half_precision_logits_are_sampled_like_float32():
     again = sample([requests[0], make_request(temperature=0.7, seed=1, logprobs=1)], logits.float())
     assert torch.equal(out.sampled_token_ids, again.sampled_token_ids)
     assert out.logprobs.dtype == torch.float32
+
+
+def test_penalties_read_from_the_device_s_token_history_match_the_host_s_and_see_a_token_not_yet_on_the_host():
+    from corral.engine.request import RequestStatus
+    from corral.engine.token_history import TokenHistory
+    history = TokenHistory(max_model_len=32, device=CPU, num_rows=2)
+    settings = [dict(prompt=(1, 5, 9), output=(9, 12), repetition_penalty=1.7), dict(prompt=(3,), temperature=0.5),
+                dict(prompt=(7,), output=(7, 7, 8), frequency_penalty=0.9, presence_penalty=0.4),
+                dict(prompt=(2, 3, 2), min_tokens=4, eos=(0,), repetition_penalty=0.6, presence_penalty=-1.0)]
+    requests = [Request(f"r{i}", list(s.pop("prompt")), SamplingParams(**{k: v for k, v in s.items()
+                                                                          if k not in ("output", "eos")}),
+                        eos_token_ids=frozenset(s.get("eos", ())), output_token_ids=list(s.get("output", ())))
+                for i, s in enumerate(settings)]
+    logits = random_logits(len(requests))
+
+    def processed(num_tokens=None, with_history=True):
+        md = SamplingMetadata.build(requests, VOCAB, CPU, num_tokens, history if with_history else None)
+        return md, process_logits(logits, md)
+
+    md, from_history = processed()
+    assert torch.equal(from_history, processed(with_history=False)[1])
+    assert len(history.owners) > 2 and md.history_rows[1] == 0  # grown; the free request has no row
+    sampled = torch.tensor([12, 40, 8, 2])
+    history.record(md.history_rows, [r.num_tokens for r in requests], sampled)
+    _, ahead = processed([r.num_tokens + 1 for r in requests])  # a step launched before the host has them
+    for request, token in zip(requests, sampled.tolist()):
+        request.append_output_tokens([token])
+    assert torch.equal(ahead, processed(with_history=False)[1])
+    requests[0].status = RequestStatus.FINISHED_STOPPED
+    rows = len(history.owners)
+    requests[0] = Request("late", [4, 4], SamplingParams(frequency_penalty=1.0))
+    history.rows(requests, [r.num_tokens for r in requests], [True, False, True, True])
+    assert len(history.owners) == rows  # a finished request's row serves the next one
