@@ -104,6 +104,8 @@ class SamplingMetadata:
         lens = [n if wanted else 0 for n, wanted in zip(num_tokens, penalized)]
         rows = None
         if history is None:
+            if any(n > r.num_tokens for r, n in zip(requests, lens)):
+                raise RuntimeError("a penalized step launched before the host has its tokens needs a TokenHistory")
             ids = _padded([r.all_token_ids[:n] for r, n in zip(requests, lens)], 0, device)
         else:
             rows = history.rows(requests, num_tokens, penalized)

@@ -36,7 +36,8 @@ class StructuredOutputCompiler:
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: list[int]):
         import xgrammar as xgr
         self._xgr = xgr
-        self.table_size = min(vocab_size, max([len(tokenizer), *(t + 1 for t in stop_token_ids)]))
+        last_id = max(tokenizer.get_vocab().values(), default=-1)  # past len(tokenizer) where ids have gaps
+        self.table_size = min(vocab_size, max([len(tokenizer), last_id + 1, *(t + 1 for t in stop_token_ids)]))
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.table_size,
                                                        stop_token_ids=sorted(stop_token_ids) or None)
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)

@@ -23,13 +23,16 @@ class TokenHistory:
         the host writes those it has and the row lacks (a new request's prompt)."""
         if self.tokens is None:
             self.tokens = torch.zeros(self.num_rows, self.max_model_len, dtype=torch.int32, device=self.device)
+        in_step = {id(r) for r in requests}  # their rows stay theirs, finished or not: this step records into them
         rows = []
         for request, n, wanted in zip(requests, num_tokens, penalized):
             if not wanted:
                 rows.append(0)
                 continue
-            row = self._row(request)
+            row = self._row(request, in_step)
             if self.known[row] < n:
+                if request.num_tokens < n:
+                    raise RuntimeError(f"request {request.request_id}: its row lacks tokens the host does not have")
                 ids = request.all_token_ids[self.known[row]:n]
                 self.tokens[row, self.known[row]:n] = torch.tensor(ids, dtype=torch.int32).to(self.device,
                                                                                            non_blocking=True)
@@ -48,15 +51,16 @@ class TokenHistory:
         for i in picked:
             self.known[rows[i]] = num_tokens[i] + 1
 
-    def _row(self, request: Request) -> int:
+    def _row(self, request: Request, in_step: set[int]) -> int:
         row = self.row_of.get(request.request_id)
         if row is not None and self.owners[row] is request:
             return row
         free = next((r for r in range(1, len(self.owners)) if self.owners[r] is None), None)
         if free is None:
             for r, owner in enumerate(self.owners):
-                if owner is not None and owner.status.finished:
-                    self.row_of.pop(owner.request_id, None)
+                if owner is not None and owner.status.finished and id(owner) not in in_step:
+                    if self.row_of.get(owner.request_id) == r:  # not a later request of the same id
+                        del self.row_of[owner.request_id]
                     self.owners[r] = None
             free = next((r for r in range(1, len(self.owners)) if self.owners[r] is None), None)
         if free is None:

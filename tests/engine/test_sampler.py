@@ -273,3 +273,26 @@ def test_penalties_read_from_the_device_s_token_history_match_the_host_s_and_see
     requests[0] = Request("late", [4, 4], SamplingParams(frequency_penalty=1.0))
     history.rows(requests, [r.num_tokens for r in requests], [True, False, True, True])
     assert len(history.owners) == rows  # a finished request's row serves the next one
+
+
+def test_a_history_row_stays_with_its_request_through_reclaims_and_a_reused_request_id():
+    from corral.engine.request import RequestStatus
+    from corral.engine.token_history import TokenHistory
+    history = TokenHistory(max_model_len=16, device=CPU, num_rows=4)
+    penalized = dict(repetition_penalty=1.2)
+    old = Request("x", [1, 2], SamplingParams(**penalized))
+    history.rows([old], [2], [True])
+    old.status = RequestStatus.FINISHED_STOPPED
+    again = Request("x", [3, 4, 5], SamplingParams(**penalized))  # a caller reusing a finished request's id
+    (row,) = history.rows([again], [3], [True])
+    history.record([row], [3], torch.tensor([6]))
+    others = [Request(f"o{i}", [7], SamplingParams(**penalized)) for i in range(2)]
+    history.rows(others, [1, 1], [True, True])  # every row taken: the finished "x" gives its row back
+    assert history.rows([again], [4], [True]) == [row]  # the sampled 6 is in it, which the host lacks
+    assert history.tokens[row, :4].tolist() == [3, 4, 5, 6]
+    # a request that finished in the update just before its step's sampling still owns its row in that step
+    for r in others:
+        r.status = RequestStatus.FINISHED_STOPPED
+    newcomer = Request("n", [8, 9], SamplingParams(**penalized))
+    rows = history.rows(others + [newcomer], [1, 1, 2], [True] * 3)
+    assert len(set(rows)) == 3 and 0 not in rows
