@@ -16,7 +16,7 @@ class TokenHistory:
         self.tokens: torch.Tensor | None = None  # [rows, max_model_len], from the first penalized request on
         self.owners: list[Request | None] = [None] * num_rows
         self.known = [0] * num_rows  # leading ids of each row written, by the host or by the sampler
-        self.row_of: dict[str, int] = {}
+        self.row_of: dict[int, int] = {}  # by id() of a request: its owner entry keeps that id its own
 
     def rows(self, requests: list[Request], num_tokens: list[int], penalized: list[bool]) -> list[int]:
         """The row of each request (0 where not `penalized`), each holding its first `num_tokens` ids:
@@ -52,22 +52,22 @@ class TokenHistory:
             self.known[rows[i]] = num_tokens[i] + 1
 
     def _row(self, request: Request, in_step: set[int]) -> int:
-        row = self.row_of.get(request.request_id)
-        if row is not None and self.owners[row] is request:
+        if (row := self.row_of.get(id(request))) is not None:
             return row
-        free = next((r for r in range(1, len(self.owners)) if self.owners[r] is None), None)
-        if free is None:
+        if (free := self._free_row()) is None:
             for r, owner in enumerate(self.owners):
                 if owner is not None and owner.status.finished and id(owner) not in in_step:
-                    if self.row_of.get(owner.request_id) == r:  # not a later request of the same id
-                        del self.row_of[owner.request_id]
+                    del self.row_of[id(owner)]
                     self.owners[r] = None
-            free = next((r for r in range(1, len(self.owners)) if self.owners[r] is None), None)
+            free = self._free_row()
         if free is None:
             free = len(self.owners)
             self.tokens = torch.cat([self.tokens, torch.zeros_like(self.tokens)])
             self.owners += [None] * len(self.owners)
             self.known += [0] * len(self.known)
         self.owners[free], self.known[free] = request, 0
-        self.row_of[request.request_id] = free
+        self.row_of[id(request)] = free
         return free
+
+    def _free_row(self) -> int | None:
+        return next((r for r in range(1, len(self.owners)) if self.owners[r] is None), None)
