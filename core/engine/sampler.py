@@ -13,9 +13,9 @@ GREEDY_EPS = 1e-5
 class SamplingMetadata:
     """One step's sampling parameters as [B] tensors, row i for requests[i].
 
-    Optional fields are None when no row uses them, so the sampler skips that work. Logit bias and min_tokens are sparse (row, token) pairs:
-    `logit_bias_index` [2, N] with `logit_bias` [N], and `min_tokens_index` [2, M] for the stop
-    tokens to mask.
+    Optional fields are None when no row uses them, so the sampler skips that work. Logit bias and
+    min_tokens are sparse (row, token) pairs: `logit_bias_index` [2, N] with `logit_bias` [N], and
+    `min_tokens_index` [2, M] for the stop tokens to mask.
     """
 
     temperature: torch.Tensor
