@@ -208,6 +208,8 @@ def test_penalized_requests_go_on_in_steps_launched_ahead_with_the_tokens_of_syn
     """Repetition, presence and frequency penalties and min_tokens read the output so far; the token a
     running step samples reaches them on the device (TokenHistory), so their requests go on in steps
     launched before it is read, beside free requests, and sample what synchronous steps sample."""
+    if device == "cuda" and cfg.get("block_size") == 8:  # the Triton kernels take blocks of 16 or more
+        cfg = dict(cfg, block_size=16, num_kv_blocks=5)
     cfg = dict(cfg, device=device, dtype="float32")
     def arrivals():
         penalties = [dict(repetition_penalty=1.8), dict(presence_penalty=1.5), dict(frequency_penalty=2.0),
