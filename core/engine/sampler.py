@@ -174,7 +174,12 @@ def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
     if md.logit_bias is not None:
         logits.index_put_(tuple(md.logit_bias_index), md.logit_bias, accumulate=True)
     if md.min_tokens_index is not None:
-        logits[md.min_tokens_index[0], md.min_tokens_index[1]] = float("-inf")
+        rows, tokens = md.min_tokens_index
+        kept = logits[rows, tokens] if md.grammar_bitmask is not None else None
+        logits[rows, tokens] = float("-inf")
+        if kept is not None:  # a grammar that can only end ends the request, min_tokens or not
+            ended = (logits[rows] == float("-inf")).all(dim=-1)
+            logits[rows, tokens] = torch.where(ended, kept, float("-inf"))
     if md.penalty_token_ids is not None:
         logits = apply_penalties(logits, md)
     return logits

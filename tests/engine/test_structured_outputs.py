@@ -117,6 +117,17 @@ def test_a_token_the_grammar_rejects_ends_the_request_and_is_logged(tiny_model_d
     assert len(rejected) == 3
 
 
+def test_a_grammar_that_can_only_end_ends_the_request_before_its_min_tokens(llm, caplog):
+    """min_tokens holds back the stop tokens, but once the grammar allows nothing else the request stops
+    on its complete output (before, every logit was -inf and the grammar rejected the token sampled)."""
+    params = [SamplingParams(temperature=1.0, seed=seed, max_tokens=30, min_tokens=20,
+                             structured_outputs={"choice": ["yes", "no"]}) for seed in range(4)]
+    with caplog.at_level("ERROR", logger="corral.engine.scheduler"):
+        outputs = [o.outputs[0] for o in llm.generate([[5, 6, 7]] * 4, params)]
+    assert all(o.text in ("yes", "no") and o.finish_reason == "stop" for o in outputs), outputs
+    assert not [r for r in caplog.records if "does not allow" in r.getMessage()]
+
+
 @pytest.mark.parametrize("spec, match", [
     ({"json": "{not json"}, "cannot compile the json"),
     ({"json": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}, "cannot compile the json"),
