@@ -79,6 +79,8 @@ def sleep(core) -> Slept:
     while core.has_unfinished_requests():  # a step launched ahead for requests since aborted
         core.step()
     start = time.perf_counter()
+    if core.runner.history is not None:
+        core.runner.history.release()
     if core.config.kv_grant_blocks is not None:  # elastic KV wakes with its initial grant, as the server rejoins it
         core.kv_cache_manager.set_grant(core.config.kv_grant_blocks)
     if core.weights_memory is not None and core.kv_memory is not None:

@@ -51,6 +51,14 @@ class TokenHistory:
         for i in picked:
             self.known[rows[i]] = num_tokens[i] + 1
 
+    def release(self):
+        """Drop the device rows of an idle engine (no step holds them); the next penalized request
+        allocates them again."""
+        self.tokens = None
+        self.owners = [None] * self.num_rows
+        self.known = [0] * self.num_rows
+        self.row_of.clear()
+
     def _row(self, request: Request, in_step: set[int]) -> int:
         if (row := self.row_of.get(id(request))) is not None:
             return row

@@ -235,3 +235,19 @@ def test_penalized_requests_go_on_in_steps_launched_ahead_with_the_tokens_of_syn
     core.runner.launch = counted
     assert _drive(core, arrivals()) == expected
     assert sum(penalized_ahead) > 5
+
+
+def test_sleep_drops_the_token_history_and_penalized_requests_after_wake_sample_as_before(tiny_model_dirs):
+    """Penalized requests' token ids live on the device (TokenHistory); a sleeping engine holds none of
+    them, and after waking the rows are made again from the host's ids."""
+    llm = LLM(str(tiny_model_dirs["qwen3"]), max_model_len=80)
+    params = [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, repetition_penalty=1.8),
+              SamplingParams(max_tokens=20, temperature=1.0, seed=5, ignore_eos=True, frequency_penalty=1.5)]
+    prompts = [[5, 6, 7, 5, 6], [9, 9, 3]]
+    before = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    core = llm.engine.core
+    assert core.runner.history.tokens is not None
+    core.sleep()
+    assert core.runner.history.tokens is None and not core.runner.history.row_of
+    core.wake()
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == before
