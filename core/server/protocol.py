@@ -172,14 +172,31 @@ class ContentPart(OpenAIBase):
     text: str | None = None
 
 
+class FunctionCall(OpenAIBase):
+    model_config = ConfigDict(strict=True, extra="allow")
+    name: str
+    arguments: str | dict[str, Any] | None = None  # JSON text (OpenAI), an object (Ollama)
+
+
+class ToolCallParam(OpenAIBase):
+    """A call in an assistant turn the client sends back."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIBase):
-    model_config = ConfigDict(strict=True, extra="allow")  # tool_calls, name, ... reach the template
+    model_config = ConfigDict(strict=True, extra="allow")  # name, ... reach the template
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None  # vLLM's newer name for reasoning_content
+    tool_calls: list[ToolCallParam] | None = None
+    tool_call_id: str | None = None
 
-    _text = field_validator("content", "reasoning_content", "reasoning")(unicode_text)
+    _text = field_validator("content", "reasoning_content", "reasoning", "tool_calls", "tool_call_id")(unicode_text)
 
     @model_validator(mode="after")
     def _extra_text(self):

@@ -59,6 +59,22 @@ def test_out_of_range_values_get_400_naming_the_parameter(http, still_serving, b
     assert error["param"] == param
 
 
+@pytest.mark.parametrize("turn, param", [
+    ({"role": "assistant", "tool_calls": "get_weather"}, "messages.0.tool_calls"),
+    ({"role": "assistant", "tool_calls": [None]}, "messages.0.tool_calls.0"),
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": "get_weather"}]},
+     "messages.0.tool_calls.0.function"),
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"arguments": "{}"}}]},
+     "messages.0.tool_calls.0.function.name"),
+    ({"role": "tool", "tool_call_id": ["c1"], "content": "sunny"}, "messages.0.tool_call_id"),
+])
+def test_malformed_tool_turns_get_400_naming_the_field(http, still_serving, turn, param):
+    body = {**GOOD, "messages": [turn, {"role": "user", "content": "And tomorrow?"}]}
+    assert error_of(http.post(CHAT, json=body), 400)["param"] == param
+    r = http.post("/tokenize", json={"model": "tiny-llama", "messages": body["messages"]})
+    assert error_of(r, 400)["param"] == param
+
+
 def test_malformed_json_gets_400(http, still_serving):
     r = http.post(CHAT, content=b'{"model": "tiny-llama", "messages": [', headers={"content-type": "application/json"})
     error = error_of(r, 400)

@@ -314,6 +314,8 @@ def test_name_and_tag_forms_resolve_to_the_served_model(client):
     ({"messages": MESSAGES, "keep_alive": "soon"}, "keep_alive"),
     ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
     ({"messages": [{"role": "robot", "content": "Hi"}]}, "role"),
+    ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": "get_weather"}]}, *MESSAGES]},
+     "messages.0.tool_calls.0.function"),
 ])
 def test_bad_requests_get_400_with_an_error_string(server, request_body, words):
     response = httpx.post(server.url + "/api/chat", json={"model": "tiny-llama", **request_body},
