@@ -284,9 +284,12 @@ class ChatCompletionRequest(SamplingFields):
             if isinstance(message.content, list):
                 texts = []
                 for part in message.content:
-                    if part.type != "text" or part.text is None:
+                    if part.type != "text":
                         raise BadRequestError(f"messages[{i}].content: only text parts are supported, got a "
                                               f"{part.type!r} part", param=f"messages.{i}.content")
+                    if part.text is None:
+                        raise BadRequestError(f"messages[{i}].content: a text part needs its text",
+                                              param=f"messages.{i}.content")
                     texts.append(part.text)
                 m["content"] = "\n".join(texts)
             elif message.content is None:
@@ -323,7 +326,7 @@ class CompletionRequest(SamplingFields):
 class TokenizeRequest(OpenAIBase):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool | None = None
     add_generation_prompt: bool | None = True
     chat_template_kwargs: dict[str, Any] | None = None

@@ -75,6 +75,17 @@ def test_malformed_tool_turns_get_400_naming_the_field(http, still_serving, turn
     assert error_of(r, 400)["param"] == param
 
 
+def test_tokenize_with_no_messages_gets_400(http, still_serving):
+    error = error_of(http.post("/tokenize", json={"model": "tiny-llama", "messages": []}), 400)
+    assert error["param"] == "messages"
+
+
+def test_a_text_part_without_its_text_gets_400_saying_so(http, still_serving):
+    body = {**GOOD, "messages": [{"role": "user", "content": [{"type": "text"}]}]}
+    error = error_of(http.post(CHAT, json=body), 400)
+    assert error["param"] == "messages.0.content" and "needs its text" in error["message"]
+
+
 def test_malformed_json_gets_400(http, still_serving):
     r = http.post(CHAT, content=b'{"model": "tiny-llama", "messages": [', headers={"content-type": "application/json"})
     error = error_of(r, 400)
