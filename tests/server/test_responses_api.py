@@ -323,6 +323,8 @@ def test_the_store_keeps_the_most_recently_used_responses():
     ({"input": [{"type": "image_generation_call", "id": "x"}]}, "input.0.type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "input.0.content.0"),
     ({"input": [{"role": "robot", "content": "Hi"}]}, "input.0.role"),
+    ({"input": [{"type": ["message"], "role": "user", "content": "Hi"}]}, "input.0.type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input.0.content.0.text"),
     ({"input": []}, "input"),
     ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),

@@ -194,7 +194,7 @@ def responses_error(error: BadRequestError):
 
 def _input_item(i: int, raw: dict) -> dict:
     kind = raw.get("type", "message")
-    model = ITEMS.get(kind)
+    model = ITEMS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise BadRequestError(f"input[{i}] is a {kind!r} item; this server takes {', '.join(ITEMS)} items",
                               param=f"input.{i}.type")
@@ -223,9 +223,11 @@ def _texts(content: str | list[Part], param: str) -> list[str]:
         return [content]
     texts = []
     for j, part in enumerate(content):
-        if part.type not in TEXT_PARTS or part.text is None:
+        if part.type not in TEXT_PARTS:
             raise BadRequestError(f"{param}[{j}] is a {part.type!r} part; this server takes text parts "
                                   f"({', '.join(TEXT_PARTS)})", param=f"{param}.{j}")
+        if part.text is None:
+            raise BadRequestError(f"{param}[{j}] is a {part.type!r} part without its text", param=f"{param}.{j}.text")
         texts.append(part.text)
     return texts
 
