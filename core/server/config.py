@@ -13,6 +13,7 @@ own table > flag > environment > the file's [defaults] table > default.
     keep_alive = "10m"
     sampling = { temperature = 0.6, top_p = 0.95 }
 """
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -365,6 +366,8 @@ def parse_duration(value) -> float | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isnan(value):
+            raise ConfigError("keep_alive: NaN is not a duration; use seconds or a duration such as 30s, 5m, 1h")
         return None if value < 0 else float(value)
     text = str(value).strip().lower()
     if re.fullmatch(r"-?\d+(\.\d+)?", text):

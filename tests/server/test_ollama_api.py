@@ -296,6 +296,21 @@ def test_a_duration_keep_alive_shows_in_ps(client):
     client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive=-1)
 
 
+def test_a_keep_alive_past_year_9999_shows_in_ps_as_never(client):
+    client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive=1e300)
+    entry = next(m for m in client.ps().models if m.model == "tiny-qwen3:latest")
+    assert entry.expires_at.year == 9999
+    client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive=-1)
+
+
+def test_a_nan_keep_alive_gets_400(server, client):
+    body = '{"model": "tiny-qwen3", "messages": [{"role": "user", "content": "Hi"}], "keep_alive": NaN}'
+    response = httpx.post(server.url + "/api/chat", content=body, timeout=60,
+                          headers={"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"})
+    assert response.status_code == 400 and "keep_alive" in response.json()["error"], response.text
+    client.ps()
+
+
 def test_an_unknown_model_is_404_with_ollama_s_words(client):
     with pytest.raises(ollama.ResponseError) as e:
         client.chat("no-such-model:7b", messages=MESSAGES)

@@ -125,7 +125,10 @@ def expires_at(client: EngineClient, keep_alive: float | None) -> datetime:
     if keep_alive is None:
         return NEVER
     idle = 0.0 if client.num_pending else time.monotonic() - client.last_used
-    return datetime.now(timezone.utc) + timedelta(seconds=max(keep_alive - idle, 0.0))
+    try:
+        return datetime.now(timezone.utc) + timedelta(seconds=max(keep_alive - idle, 0.0))
+    except OverflowError:  # a keep_alive past year 9999 (or infinite) is as good as never
+        return NEVER
 
 
 def on_gpu(client: EngineClient) -> bool:
