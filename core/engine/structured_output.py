@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 MAX_GRAMMAR_BYTES = 256 << 10
 COMPILE_TIMEOUT = 10.0
 CACHE_SIZE = 512  # compiled grammars kept per process, least recently used dropped first
+XGRAMMAR_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[06:26:34] /project/cpp/x.cc:5082: "
 
 
 class GrammarError(ValueError):
@@ -77,6 +78,7 @@ class StructuredOutputCompiler:
             return self.compiler.compile_grammar(text)
         except (ValueError, RuntimeError, re.error) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first_line = XGRAMMAR_LOG_PREFIX.sub("", first_line)  # its build machine's source path
             raise GrammarError(f"cannot compile the {kind}: {first_line}") from None
 
     def check(self, params: StructuredOutputsParams, timeout: float = COMPILE_TIMEOUT):

@@ -87,3 +87,4 @@ def test_a_grammar_that_cannot_be_compiled_gets_400_naming_the_field(openai_clie
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.chat.completions.create(model="tiny-qwen3", messages=MESSAGES, max_tokens=5, extra_body=extra)
     assert info.value.body["param"] == param
+    assert not re.search(r"\.cc:\d+|/project/", info.value.body["message"])  # no source path of xgrammar's build
