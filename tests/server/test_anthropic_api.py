@@ -312,6 +312,14 @@ def test_a_missing_max_tokens_is_a_bad_request(client):
     assert "max_tokens" in anthropic_error(info, "invalid_request_error")
 
 
+@pytest.mark.parametrize("temperature", [1.5, -0.1])
+def test_a_temperature_outside_anthropic_s_0_to_1_is_a_bad_request(client, temperature):
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.post("/v1/messages", body={"model": "tiny-llama", "messages": HELLO, "max_tokens": 3,
+                                          "temperature": temperature}, cast_to=anthropic.types.Message)
+    assert "temperature" in anthropic_error(info, "invalid_request_error")
+
+
 def test_an_unknown_model_is_not_found(client):
     with pytest.raises(anthropic.NotFoundError) as info:
         client.messages.create(model="claude-sonnet-4-5", messages=HELLO, max_tokens=5)

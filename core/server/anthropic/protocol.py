@@ -108,7 +108,7 @@ class CountTokensRequest(AnthropicBase):
 class MessagesRequest(CountTokensRequest):
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
-    temperature: float | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)  # Anthropic's range, not OpenAI's [0, 2]
     top_p: float | None = None
     top_k: int | None = None
     metadata: dict[str, Any] | None = None
