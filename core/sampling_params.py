@@ -24,7 +24,8 @@ class StructuredOutputsParams:
             raise SamplingParamsError("structured_outputs", "structured_outputs takes exactly one of json, regex, "
                                       f"choice, grammar or json_object; got {', '.join(given) or 'none'}")
         if self.choice is not None:
-            if not self.choice or not all(isinstance(c, str) and c for c in self.choice):
+            listed = not isinstance(self.choice, str) and self.choice
+            if not listed or not all(isinstance(c, str) and c for c in self.choice):
                 raise SamplingParamsError("structured_outputs", "choice must be a list of non-empty strings")
             object.__setattr__(self, "choice", tuple(self.choice))
         for name in ("regex", "grammar"):

@@ -147,6 +147,8 @@ def test_structured_outputs_take_exactly_one_kind():
         StructuredOutputsParams()
     with pytest.raises(SamplingParamsError, match="choice"):
         StructuredOutputsParams(choice=[])
+    with pytest.raises(SamplingParamsError, match="choice must be a list"):  # not the choice of its letters
+        StructuredOutputsParams(choice="yes")
 
 
 @pytest.mark.parametrize("rows", [[0, 2], [0, 1, 2, 3]])

@@ -94,7 +94,7 @@ def _unsupported(kind: str, where: str, role: str) -> BadRequestError:
     if kind in ("image", "document"):
         message = f"{where}: {kind} blocks are not supported; corral serves text models"
     else:
-        message = f"{where}: a {kind} block cannot be part of a {role} turn"
+        message = f"{where}: a {kind} block cannot be part of {'an' if role == 'assistant' else 'a'} {role} turn"
     return BadRequestError(message, param=where)
 
 
