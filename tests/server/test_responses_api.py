@@ -342,6 +342,13 @@ def test_bad_input_gets_a_400_naming_the_parameter(client, extra, param):
     assert e.value.body["param"] == param, e.value.body
 
 
+def test_an_error_of_the_chat_path_names_the_responses_parameter_in_its_message(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="tiny-llama", input="Hi", max_output_tokens=0)
+    message = e.value.body["message"]
+    assert "max_output_tokens" in message and "max_tokens" not in message and "completion" not in message, message
+
+
 def test_an_unknown_response_id_gets_a_404_in_openai_s_shape(server):
     r = httpx.get(f"{server.url}/v1/responses/resp_nope", headers={"Authorization": f"Bearer {KEYS[0]}"})
     assert r.status_code == 404

@@ -1,5 +1,6 @@
 """The Responses API's request body and input items, checked at the boundary, and the chat request they
 become: the chat path renders, generates and parses it. Unknown fields are ignored, as on the other routes."""
+import re
 import uuid
 from typing import Any, Literal
 
@@ -189,6 +190,7 @@ def responses_error(error: BadRequestError):
         head, dot, rest = error.param.partition(".")
         if head in PARAMS:
             error.param = PARAMS[head] if head == "messages" or not dot else f"{PARAMS[head]}.{rest}"
+            error.message = re.sub(rf"\b{head}\b", PARAMS[head], error.message)
     return error
 
 
