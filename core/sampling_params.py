@@ -24,7 +24,7 @@ class StructuredOutputsParams:
             raise SamplingParamsError("structured_outputs", "structured_outputs takes exactly one of json, regex, "
                                       f"choice, grammar or json_object; got {', '.join(given) or 'none'}")
         if self.choice is not None:
-            listed = not isinstance(self.choice, str) and self.choice
+            listed = isinstance(self.choice, (list, tuple)) and self.choice
             if not listed or not all(isinstance(c, str) and c for c in self.choice):
                 raise SamplingParamsError("structured_outputs", "choice must be a list of non-empty strings")
             object.__setattr__(self, "choice", tuple(self.choice))

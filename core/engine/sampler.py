@@ -178,7 +178,7 @@ def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
         kept = logits[rows, tokens] if md.grammar_bitmask is not None else None
         logits[rows, tokens] = float("-inf")
         if kept is not None:  # a grammar that can only end ends the request, min_tokens or not
-            ended = (logits[rows] == float("-inf")).all(dim=-1)
+            ended = (logits == float("-inf")).all(dim=-1)[rows]
             logits[rows, tokens] = torch.where(ended, kept, float("-inf"))
     if md.penalty_token_ids is not None:
         logits = apply_penalties(logits, md)

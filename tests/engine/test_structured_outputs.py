@@ -124,7 +124,9 @@ def test_a_grammar_that_can_only_end_ends_the_request_before_its_min_tokens(llm,
                              structured_outputs={"choice": ["yes", "no"]}) for seed in range(4)]
     with caplog.at_level("ERROR", logger="corral.engine.scheduler"):
         outputs = [o.outputs[0] for o in llm.generate([[5, 6, 7]] * 4, params)]
-    assert all(o.text in ("yes", "no") and o.finish_reason == "stop" for o in outputs), outputs
+    eos = llm.get_tokenizer().eos_token_id
+    assert all(o.text in ("yes", "no") and o.finish_reason == "stop" and o.token_ids[-1] == eos
+               for o in outputs), outputs
     assert not [r for r in caplog.records if "does not allow" in r.getMessage()]
 
 
@@ -149,6 +151,8 @@ def test_structured_outputs_take_exactly_one_kind():
         StructuredOutputsParams(choice=[])
     with pytest.raises(SamplingParamsError, match="choice must be a list"):  # not the choice of its letters
         StructuredOutputsParams(choice="yes")
+    with pytest.raises(SamplingParamsError, match="choice must be a list"):  # nor of its keys
+        StructuredOutputsParams(choice={"yes": 1, "no": 2})
 
 
 @pytest.mark.parametrize("rows", [[0, 2], [0, 1, 2, 3]])
