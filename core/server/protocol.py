@@ -5,10 +5,10 @@ server config's `sampling` section, then SamplingParams' own. Unknown fields are
 """
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corral.sampling_params import SamplingParams, SamplingParamsError, StructuredOutputsParams
-from corral.server.errors import BadRequestError
+from corral.server.errors import BadRequestError, validation_error
 from corral.server.tool_calling import ToolPlan, template_arguments
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -283,13 +283,13 @@ class ChatCompletionRequest(SamplingFields):
             m = message.model_dump(exclude_none=True)
             if isinstance(message.content, list):
                 texts = []
-                for part in message.content:
+                for j, part in enumerate(message.content):
                     if part.type != "text":
                         raise BadRequestError(f"messages[{i}].content: only text parts are supported, got a "
                                               f"{part.type!r} part", param=f"messages.{i}.content")
                     if part.text is None:
-                        raise BadRequestError(f"messages[{i}].content: a text part needs its text",
-                                              param=f"messages.{i}.content")
+                        raise BadRequestError(f"messages[{i}].content[{j}]: a text part needs its text",
+                                              param=f"messages.{i}.content.{j}.text")
                     texts.append(part.text)
                 m["content"] = "\n".join(texts)
             elif message.content is None:
@@ -326,7 +326,7 @@ class CompletionRequest(SamplingFields):
 class TokenizeRequest(OpenAIBase):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool | None = True
     chat_template_kwargs: dict[str, Any] | None = None
@@ -342,10 +342,14 @@ class TokenizeRequest(OpenAIBase):
             raise BadRequestError("give exactly one of prompt and messages", param="prompt")
         if self.messages is None:
             return None
-        return ChatCompletionRequest(model=self.model, messages=self.messages,
-                                     chat_template_kwargs=self.chat_template_kwargs, chat_template=self.chat_template,
-                                     add_generation_prompt=self.add_generation_prompt, tools=self.tools,
-                                     tool_choice=self.tool_choice)
+        try:
+            return ChatCompletionRequest(model=self.model, messages=self.messages,
+                                         chat_template_kwargs=self.chat_template_kwargs,
+                                         chat_template=self.chat_template,
+                                         add_generation_prompt=self.add_generation_prompt, tools=self.tools,
+                                         tool_choice=self.tool_choice)
+        except ValidationError as e:  # the chat request's own checks, as on /v1/chat/completions
+            raise validation_error(list(e.errors())) from None
 
 
 class DetokenizeRequest(OpenAIBase):

@@ -1,4 +1,5 @@
 """Bad input gets an OpenAI-style error with the right status, and the server keeps serving."""
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -80,10 +81,20 @@ def test_tokenize_with_no_messages_gets_400(http, still_serving):
     assert error["param"] == "messages"
 
 
+def test_tokenize_refuses_what_the_chat_route_refuses(http, still_serving):
+    """/tokenize builds the chat request, so every check of the chat route holds there too (here a tool's
+    name holding a lone surrogate, which JSON can carry and text cannot)."""
+    body = json.dumps({"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}],
+                       "tools": [{"type": "function", "function": {"name": "\ud800", "parameters": {}}}]})
+    headers = {"content-type": "application/json"}
+    on_chat = error_of(http.post(CHAT, content=body, headers=headers), 400)
+    assert error_of(http.post("/tokenize", content=body, headers=headers), 400)["param"] == on_chat["param"] == "tools"
+
+
 def test_a_text_part_without_its_text_gets_400_saying_so(http, still_serving):
     body = {**GOOD, "messages": [{"role": "user", "content": [{"type": "text"}]}]}
     error = error_of(http.post(CHAT, json=body), 400)
-    assert error["param"] == "messages.0.content" and "needs its text" in error["message"]
+    assert error["param"] == "messages.0.content.0.text" and "needs its text" in error["message"]
 
 
 def test_malformed_json_gets_400(http, still_serving):
