@@ -365,9 +365,7 @@ def parse_duration(value) -> float | None:
     """Ollama's keep_alive: "5m", "1h30m", "45s", seconds as a number; negative means never unload."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isnan(value):
-            raise ConfigError("keep_alive: NaN is not a duration; use seconds or a duration such as 30s, 5m, 1h")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
         return None if value < 0 else float(value)
     text = str(value).strip().lower()
     if re.fullmatch(r"-?\d+(\.\d+)?", text):

@@ -172,7 +172,7 @@ class ContentPart(OpenAIBase):
     text: str | None = None
 
 
-class FunctionCall(OpenAIBase):
+class ToolCallFunction(OpenAIBase):
     model_config = ConfigDict(strict=True, extra="allow")
     name: str
     arguments: str | dict[str, Any] | None = None  # JSON text (OpenAI), an object (Ollama)
@@ -184,7 +184,7 @@ class ToolCallParam(OpenAIBase):
     model_config = ConfigDict(strict=True, extra="allow")
     id: str | None = None
     type: str = "function"
-    function: FunctionCall
+    function: ToolCallFunction
 
 
 class ChatMessage(OpenAIBase):
@@ -200,7 +200,7 @@ class ChatMessage(OpenAIBase):
 
     @model_validator(mode="after")
     def _extra_text(self):
-        unicode_text(self.model_extra)  # name, tool_calls, ... reach the template too
+        unicode_text(self.model_extra)  # name and other extra fields reach the template too
         return self
 
 

@@ -114,9 +114,9 @@ def generic_messages(messages: list[dict], plan: ToolPlan | None) -> list[dict]:
         if m["role"] == "assistant" and m.get("tool_calls"):
             calls = []
             for call in m["tool_calls"]:
-                function = call.get("function") or {}
-                names[call.get("id")] = function.get("name")
-                calls.append({"name": function.get("name"), "arguments": function.get("arguments", {})})
+                function = call["function"]
+                names[call.get("id")] = function["name"]
+                calls.append({"name": function["name"], "arguments": function.get("arguments", {})})
             text = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
             m = {k: v for k, v in m.items() if k != "tool_calls"}
             m["content"] = f"{m['content']}\n\n{text}" if m.get("content") else text
@@ -143,11 +143,11 @@ def template_arguments(messages: list[dict]) -> list[dict]:
     OpenAI sends them as JSON text. Arguments that are not a JSON object stay text."""
     out = []
     for m in messages:
-        if m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list):
+        if m.get("role") == "assistant" and m.get("tool_calls"):
             m = copy.deepcopy(m)
             for call in m["tool_calls"]:
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                function = call["function"]
+                if isinstance(function.get("arguments"), str):
                     try:
                         arguments = json.loads(function["arguments"])
                     except ValueError:

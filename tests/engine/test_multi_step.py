@@ -201,15 +201,13 @@ def test_a_backlog_that_cannot_be_admitted_still_decodes_in_groups(cfg, tiny_mod
 
 
 @pytest.mark.parametrize("cfg", [dict(max_num_batched_tokens=16),                            # chunked prompts
-                                 dict(max_num_batched_tokens=24, num_kv_blocks=10, block_size=8)])  # preemption
+                                 dict(max_num_batched_tokens=24, num_kv_blocks=5, block_size=16)])  # preemption
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_penalized_requests_go_on_in_steps_launched_ahead_with_the_tokens_of_synchronous_steps(cfg, device,
                                                                                                 tiny_model_dirs):
     """Repetition, presence and frequency penalties and min_tokens read the output so far; the token a
     running step samples reaches them on the device (TokenHistory), so their requests go on in steps
     launched before it is read, beside free requests, and sample what synchronous steps sample."""
-    if device == "cuda" and cfg.get("block_size") == 8:  # the Triton kernels take blocks of 16 or more
-        cfg = dict(cfg, block_size=16, num_kv_blocks=5)
     cfg = dict(cfg, device=device, dtype="float32")
     def arrivals():
         penalties = [dict(repetition_penalty=1.8), dict(presence_penalty=1.5), dict(frequency_penalty=2.0),
@@ -235,6 +233,7 @@ def test_penalized_requests_go_on_in_steps_launched_ahead_with_the_tokens_of_syn
     core.runner.launch = counted
     assert _drive(core, arrivals()) == expected
     assert sum(penalized_ahead) > 5
+    assert (core.scheduler.num_preemptions > 0) == ("num_kv_blocks" in cfg)
 
 
 def test_sleep_drops_the_token_history_and_penalized_requests_after_wake_sample_as_before(tiny_model_dirs):

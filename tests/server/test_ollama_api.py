@@ -298,9 +298,11 @@ def test_a_duration_keep_alive_shows_in_ps(client):
 
 def test_a_keep_alive_past_year_9999_shows_in_ps_as_never(client):
     client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive=1e300)
-    entry = next(m for m in client.ps().models if m.model == "tiny-qwen3:latest")
-    assert entry.expires_at.year == 9999
-    client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive=-1)
+    try:
+        entry = next(m for m in client.ps().models if m.model == "tiny-qwen3:latest")
+        assert entry.expires_at.year == 9999
+    finally:
+        client.chat("tiny-qwen3", messages=MESSAGES, options={"num_predict": 1}, keep_alive=-1)
 
 
 def test_a_nan_keep_alive_gets_400(server, client):

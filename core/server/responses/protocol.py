@@ -190,7 +190,9 @@ def responses_error(error: BadRequestError):
         head, dot, rest = error.param.partition(".")
         if head in PARAMS:
             error.param = PARAMS[head] if head == "messages" or not dot else f"{PARAMS[head]}.{rest}"
-            error.message = re.sub(rf"\b{head}\b", PARAMS[head], error.message)
+            # a message's index in the chat request is not its input item's (instructions, history, folded calls)
+            named = r"\bmessages(?:\.\d+|\[\d+\])?" if head == "messages" else rf"\b{head}\b"
+            error.message = re.sub(named, PARAMS[head], error.message, count=1)
     return error
 
 
