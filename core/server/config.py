@@ -142,7 +142,7 @@ def load_file(path: str | Path) -> dict:
                 import tomli as tomllib
             data = tomllib.loads(text)
     except Exception as e:
-        raise ConfigError(f"cannot parse {path}: {e}") from e
+        raise ConfigError(f"cannot parse {path}: {_one_line(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table of sections")
     unknown = set(data) - {"server", "defaults", "models"}
@@ -151,17 +151,25 @@ def load_file(path: str | Path) -> dict:
     return data
 
 
+def _one_line(error: Exception) -> str:
+    """A parser's error in one line: YAML's spans several (the problem, then the text under a caret)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} (at line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
 def build_config(models: list[str] | None = None, file: str | Path | None = None, server: dict | None = None,
                  model_defaults: dict | None = None, served_names: list[str] | None = None,
                  env: Mapping[str, str] | None = None) -> ServerConfig:
     """`server` and `model_defaults` hold the flags that were given (None values are ignored)."""
     env = env if env is not None else {}
     data = load_file(file) if file else {}
-    server_values = _checked(data.get("server") or {}, SERVER_KEYS, "[server]")
+    server_values = _checked(data.get("server"), SERVER_KEYS, "[server]")
     server_values.update({key: env[var] for var, key in ENV_SERVER.items() if env.get(var)})
     server_values.update({k: v for k, v in (server or {}).items() if v is not None})
 
-    defaults = _checked(data.get("defaults") or {}, MODEL_KEYS - {"model", "name", "aliases"}, "[defaults]")
+    defaults = _checked(data.get("defaults"), MODEL_KEYS - {"model", "name", "aliases"}, "[defaults]")
     defaults.update({key: env[var] for var, key in ENV_MODEL.items() if env.get(var)})
     defaults.update({k: v for k, v in (model_defaults or {}).items() if v is not None})
 
@@ -318,7 +326,10 @@ def _check_names(specs: list[ModelSpec]):
         raise ConfigError(f"two models are served under one name: {spec_names}")
 
 
-def _checked(values: dict, allowed: set[str], label: str) -> dict:
+def _checked(values, allowed: set[str], label: str) -> dict:
+    values = {} if values is None else values  # `[server]` with nothing in it, in YAML
+    if not isinstance(values, dict):
+        raise ConfigError(f"{label} must be a table of settings, got {values!r}")
     values = {ALIASES.get(k, k).replace("-", "_"): v for k, v in values.items()}
     unknown = set(values) - allowed
     if unknown:

@@ -1,4 +1,6 @@
 """What `corral serve` serves: flags, the seed deployment's environment names and config files."""
+import re
+
 import pytest
 
 from corral.cli import build_parser, main
@@ -148,6 +150,20 @@ def test_bad_config_files_name_the_problem(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         build_config(file=path)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.toml", "server = 5\n", r"\[server\] must be a table of settings, got 5"),
+    ("bad.toml", "server = []\n", r"\[server\] must be a table of settings, got \[\]"),
+    ("bad.yaml", "defaults: [1]\n", r"\[defaults\] must be a table of settings"),
+    ("bad.yaml", "models:\n  a: {model: [b\n", r"cannot parse .*bad.yaml: .*\(at line 3, column 1\)"),
+])
+def test_a_section_that_is_not_a_table_or_broken_yaml_is_one_line_naming_it(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["serve", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(message, err), err
 
 
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
