@@ -62,3 +62,30 @@ def test_python_dash_m_corral_cli_gives_the_same_one_line_errors():
     assert done.returncode == 1
     assert done.stderr.startswith("corral: error: that would uninstall corral itself")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["ps", "--host", "bad host"], {}, "corral: error: --host: 'bad host' is not a host name or an IP address"),
+    (["stop", "m", "--host", "http://x"], {}, "corral: error: --host: 'http://x' is not a host name"),
+    (["run", "m", "hi"], {"CORRAL_HOST": "[::1"}, "corral: error: CORRAL_HOST: '[::1' is not a host name"),
+    (["ps"], {"CORRAL_PORT": "abc"}, "corral: error: CORRAL_PORT must be a port number from 1 to 65535, got 'abc'"),
+    (["ps"], {"CORRAL_PORT": "70000"}, "corral: error: CORRAL_PORT must be a port number from 1 to 65535"),
+])
+def test_a_bad_server_address_is_one_line_naming_the_flag_or_variable(argv, env, expected, monkeypatch, capsys):
+    """`--host 'bad host'` was a traceback, `--host http://x` said only 'Invalid IPv6 URL', and `corral run`
+    quietly loaded the model in this process instead."""
+    for name in ("CORRAL_HOST", "CORRAL_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65536", "eighty"])
+def test_a_port_flag_out_of_range_is_a_usage_error(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ps", f"--port={port}"])
+    assert exit_info.value.code == 2
+    assert f"argument --port: must be a port number from 1 to 65535, got '{port}'" in capsys.readouterr().err

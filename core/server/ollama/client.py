@@ -1,8 +1,11 @@
 """A running corral's Ollama API as the CLI uses it (`corral run`, `corral ps`, `corral stop`): at --host /
 --port, else CORRAL_HOST / CORRAL_PORT, else `corral serve`'s defaults; with CORRAL_API_KEY when set. The
 standard library only, so the CLI needs nothing the server does."""
+import argparse
+import ipaddress
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +20,29 @@ class ServerError(RuntimeError):
 
 def add_server_flags(parser):
     parser.add_argument("--host", help="the server's address (default: $CORRAL_HOST, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="the server's port (default: $CORRAL_PORT, else 8000)")
+    parser.add_argument("--port", type=port_number, help="the server's port (default: $CORRAL_PORT, else 8000)")
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535 (argparse puts the flag's name before this error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return port
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is not a host name or an IP address (http://x, 'a b', [::1), or None."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+            return None
+        except ValueError:
+            return f"{host!r} is not a host name or an IP address (give --port apart, and no scheme)"
+    return None if re.fullmatch(r"[\w.-]+", host) else f"{host!r} is not a host name or an IP address"
 
 
 class OllamaAPI:
@@ -31,8 +56,17 @@ class OllamaAPI:
         from corral.server.config import ServerConfig
         env = os.environ if env is None else env
         defaults = {f.name: f.default for f in fields(ServerConfig)}
-        host = args.host or env.get("CORRAL_HOST") or defaults["host"]
-        port = args.port or int(env.get("CORRAL_PORT") or defaults["port"])
+        host, where = (args.host, "--host") if args.host else (env.get("CORRAL_HOST"), "CORRAL_HOST")
+        if not host:
+            host = defaults["host"]
+        elif problem := host_problem(host):
+            raise ValueError(f"{where}: {problem}")
+        port = args.port
+        if port is None:
+            try:
+                port = port_number(env.get("CORRAL_PORT") or str(defaults["port"]))
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"CORRAL_PORT {e}") from None
         return cls(host, port, env.get("CORRAL_API_KEY"))
 
     def running(self) -> bool:
