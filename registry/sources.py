@@ -22,6 +22,7 @@ serves (offline too) until then, and stays as it was when the update fails.
 import contextlib
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,12 @@ class ModelRef:
 def _split_revision(text: str) -> tuple[str, str | None]:
     repo, sep, revision = text.partition("@")
     return repo, (revision or None) if sep else None
+
+
+def _is_repo_id(repo: str) -> bool:
+    """Name or Org/Name, each part of letters, digits, '-', '_' and '.' but not '.' or '..' alone."""
+    parts = repo.split("/")
+    return len(parts) <= 2 and all(re.fullmatch(r"[\w.-]+", p) and p not in (".", "..") for p in parts)
 
 
 def _is_gguf(text: str) -> bool:
@@ -98,6 +105,8 @@ def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
         if scheme in ("local", "gguf"):
             return _local_ref(rest)
         repo, revision = _split_revision(rest) if scheme != "pypi" else (rest, None)
+        if scheme in ("hf", "ms") and not _is_repo_id(repo):
+            raise UnknownModelError(f"{text!r}: {repo!r} is not a repository id (Org/Name)")
         return ModelRef(scheme, repo, revision, text=text)
     if text.startswith(("/", "./", "../", "~", ".\\")) or text.lower().endswith(".gguf"):
         return _local_ref(text)
@@ -108,7 +117,10 @@ def parse_ref(text: str, manifests: ManifestRegistry | None = None) -> ModelRef:
     if Path(text).exists():
         return _local_ref(text)
     repo, revision = _split_revision(text)
-    if repo.count("/") == 1 and all(repo.split("/")):
+    if sep and "/" not in scheme and "/" in rest:  # zz:Org/Name; qwen3:5b is a name, for suggestions below
+        raise UnknownModelError(f"{text!r}: unknown source prefix {scheme + ':'!r}; use hf:, ms:, pypi:, local:, "
+                                "gguf: or none")
+    if repo.count("/") == 1 and _is_repo_id(repo):
         return ModelRef("", repo, revision, text=text)
     manifests.get(text)  # raises with suggestions
     raise AssertionError("unreachable")

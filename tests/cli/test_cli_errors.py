@@ -89,3 +89,12 @@ def test_a_port_flag_out_of_range_is_a_usage_error(port, capsys):
         main(["ps", f"--port={port}"])
     assert exit_info.value.code == 2
     assert f"argument --port: must be a port number from 1 to 65535, got '{port}'" in capsys.readouterr().err
+
+
+def test_pull_of_an_unknown_source_prefix_is_one_line_without_asking_a_hub(capsys, monkeypatch, tmp_path):
+    """It was taken for the hub id 'zz:Org/Name': a wait on every hub, then 'cannot reach' each of them."""
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # were it asked, the error would name it
+    assert main(["pull", "zz:Org/Name"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("corral: error: 'zz:Org/Name': unknown source prefix 'zz:'") and len(err.splitlines()) == 1

@@ -88,6 +88,23 @@ def test_references_parse(text, scheme, repo, revision, user_dir):
     assert (ref.scheme, ref.id, ref.revision) == (scheme, repo, revision)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("zz:Org/Name", "unknown source prefix 'zz:'"),
+    ("hf:../..", "'../..' is not a repository id"),
+    ("hf:a/b/c/d", "'a/b/c/d' is not a repository id"),
+    ("ms:Org/Na me", "'Org/Na me' is not a repository id"),
+])
+def test_a_malformed_hub_id_or_an_unknown_prefix_is_refused_before_any_hub_is_asked(text, message, user_dir):
+    """zz:Org/Name was taken for the hub id 'zz:Org/Name' and hf:../.. went to the hub as it was."""
+    with pytest.raises(UnknownModelError, match=message):
+        parse_ref(text, ManifestRegistry.load(user_dir))
+
+
+def test_a_misspelt_name_with_a_tag_still_gets_suggestions(user_dir):
+    with pytest.raises(UnknownModelError, match="did you mean"):
+        parse_ref("qwen3:5b", ManifestRegistry.load(user_dir))
+
+
 def test_source_option_and_environment(monkeypatch):
     monkeypatch.delenv("CORRAL_SOURCE", raising=False)
     assert normalize_source(None) == "auto" and normalize_source("modelscope") == "ms"
