@@ -207,6 +207,11 @@ def build_config(models: list[str] | None = None, file: str | Path | None = None
         raise ConfigError(f"max_loaded_models must be >= 1, got {config.max_loaded_models}")
     if config.max_stored_responses < 0:
         raise ConfigError(f"max_stored_responses must be >= 0, got {config.max_stored_responses}")
+    for key in ("timeout_keep_alive", "header_timeout", "shutdown_timeout", "request_load_timeout"):
+        if not (math.isfinite(seconds := getattr(config, key)) and seconds >= 0):
+            raise ConfigError(f"{key} must be a number of seconds >= 0, got {seconds}")
+    if config.limit_concurrency < 1:
+        raise ConfigError(f"limit_concurrency must be >= 1, got {config.limit_concurrency}")
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be in [1, 65535], got {config.port}")
     return config

@@ -166,6 +166,18 @@ def test_a_section_that_is_not_a_table_or_broken_yaml_is_one_line_naming_it(tmp_
     assert err.count("\n") == 0 and re.search(message, err), err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--timeout-keep-alive", "nan"], "timeout_keep_alive must be a number of seconds >= 0, got nan"),
+    (["--header-timeout", "-1"], "header_timeout must be a number of seconds >= 0, got -1.0"),
+    (["--shutdown-timeout", "inf"], "shutdown_timeout must be a number of seconds >= 0, got inf"),
+    (["--limit-concurrency", "0"], "limit_concurrency must be >= 1, got 0"),
+])
+def test_a_server_timeout_or_connection_limit_out_of_range_is_refused_naming_it(argv, message):
+    """--timeout-keep-alive nan used to start a server."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_server_config(serve_args("/models/q", *argv), {})
+
+
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     assert main(["serve", "--config", str(tmp_path / "missing.toml")]) == 1
     err = capsys.readouterr().err.strip()
