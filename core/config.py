@@ -16,6 +16,20 @@ class ConfigError(ValueError):
     pass
 
 
+def read_hf_config(model_dir: str | Path) -> dict:
+    """A model directory's config.json, refused in one line when it is missing or not a JSON object."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{model_dir} is not a model directory (no config.json)")
+    try:
+        hf_config = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{model_dir}: config.json is not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise ConfigError(f"{model_dir}: config.json is not a JSON object")
+    return hf_config
+
+
 def device_problem(device: str) -> str | None:
     """Why `device` cannot hold a model on this machine, or None."""
     try:
@@ -110,9 +124,7 @@ class EngineConfig(EngineArgs):
 
     def __post_init__(self):
         path = Path(self.model)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{self.model} is not a model directory (no config.json)")
-        self.hf_config = json.loads((path / "config.json").read_text())
+        self.hf_config = read_hf_config(path)
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if problem := device_problem(self.device):

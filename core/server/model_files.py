@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.config import read_hf_config
 from corral.engine.input_processor import InputProcessor
 from corral.model_config import positions_of
 from corral.pooling_params import pooler_config
@@ -25,7 +26,7 @@ class ModelFiles:
 
     @classmethod
     def read(cls, model_dir: Path, spec: ModelSpec, plugin_manager=None) -> "ModelFiles":
-        hf_config = json.loads((model_dir / "config.json").read_text())
+        hf_config = read_hf_config(model_dir)
         pooler = pooler_config(model_dir, hf_config, spec.task, spec.pooling, spec.normalize)
         inputs = InputProcessor.from_model_dir(model_dir, served_max_model_len(spec, hf_config),
                                                hf_config.get("vocab_size"), spec.sampling, pooler)

@@ -123,6 +123,14 @@ def test_a_directory_without_config_is_rejected(tmp_path):
         LLM(str(tmp_path))
 
 
+@pytest.mark.parametrize("text, match", [("{not json", "config.json is not valid JSON"),
+                                         ("[1, 2]", "config.json is not a JSON object")])
+def test_a_config_json_that_is_not_a_json_object_is_rejected_naming_the_file(tmp_path, text, match):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        LLM(str(tmp_path))
+
+
 def test_a_kv_pool_smaller_than_max_model_len_says_how_much_is_needed(tiny_model_dirs):
     with pytest.raises(ConfigError, match="less than max_model_len 1024"):
         LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=4, max_model_len=1024)
