@@ -17,9 +17,13 @@ class RenderTimeout(ChatTemplateError):
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as e:
-        raise ValueError(f"cannot load the tokenizer of {model_dir}: {e}") from e
+        raise ValueError(f"cannot load the tokenizer of {model_dir}: {' '.join(str(e).split())}") from e
+    if len(tokenizer) < 2:  # transformers makes an empty tokenizer for a known model_type without its files
+        raise ValueError(f"cannot load the tokenizer of {model_dir}: it has no tokenizer files "
+                         "(tokenizer.json, tokenizer.model or vocab.json)")
+    return tokenizer
 
 
 def eos_token_ids(model_dir: str | Path, tokenizer) -> frozenset[int]:

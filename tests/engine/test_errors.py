@@ -131,6 +131,15 @@ def test_a_config_json_that_is_not_a_json_object_is_rejected_naming_the_file(tmp
         LLM(str(tmp_path))
 
 
+def test_a_model_directory_without_tokenizer_files_is_rejected(tiny_model_dirs, tmp_path):
+    """transformers builds an empty tokenizer from config.json's model_type alone; serving with it would
+    answer every prompt with nothing."""
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dirs["qwen3"] / name, tmp_path / name)
+    with pytest.raises(ValueError, match="no tokenizer files"):
+        LLM(str(tmp_path))
+
+
 def test_a_kv_pool_smaller_than_max_model_len_says_how_much_is_needed(tiny_model_dirs):
     with pytest.raises(ConfigError, match="less than max_model_len 1024"):
         LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=4, max_model_len=1024)
