@@ -2,7 +2,7 @@
 import torch
 
 from corral.kernels.attention_metadata import AttentionMetadata
-from corral.kernels.decode_attention import DecodeWorkspace, paged_attention_decode
+from corral.kernels.decode_attention import DecodeWorkspace, default_split, paged_attention_decode
 from corral.kernels.kv_cache import store_kv_cache
 from corral.kernels.paged_attention import paged_attention_prefill
 
@@ -19,7 +19,9 @@ class TritonAttentionBackend:
             store_kv_cache(k, v, kv_cache, metadata.slot_mapping)
         if metadata.is_decode_only:
             return paged_attention_decode(q, kv_cache, metadata, scale, workspace=self.decode_workspace)
-        if metadata.num_decodes:  # the decodes of a mixed batch by the split-KV decode kernel, not in query tiles
+        # a mixed batch's decodes go to the decode kernel where it splits their keys; unsplit (many decodes), it
+        # would do what the varlen kernel's tiles do for them, in a second launch after the prompts' tiles
+        if metadata.num_decodes and default_split(metadata.num_decodes, kv_cache.shape[3]).num_splits > 1:
             out = paged_attention_decode(q, kv_cache, metadata.decodes(), scale, workspace=self.decode_workspace)
             return paged_attention_prefill(q, kv_cache, metadata.prefills(), scale, out=out)
         return paged_attention_prefill(q, kv_cache, metadata, scale)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from corral.backends import triton_paged
 from corral.backends.base import get_backend
 from corral.kernels.kv_cache import store_kv_cache_ref
 from corral.kernels.paged_attention import paged_attention_ref
@@ -11,8 +12,9 @@ from corral.kernels.paged_attention import paged_attention_ref
     ([1, 1, 1], [1, 30, 77], 0),            # decode only
     ([12, 1, 40], [12, 50, 70], 0),         # prefill, decode and a chunk after a cached prefix, in one kernel
     ([1, 1, 12, 40], [77, 30, 12, 70], 2),  # as the engine lays a mixed batch out: the decodes first, apart
+    ([1] * 256 + [12], [3] * 256 + [20], 256),  # so many decodes the decode kernel would not split: one kernel
 ])
-def test_forward_stores_then_attends(query_lens, seq_lens, num_decodes, make_batch):
+def test_forward_stores_then_attends(query_lens, seq_lens, num_decodes, make_batch, monkeypatch):
     num_kv_heads, group, head_dim = 2, 4, 64
     cache, metadata = make_batch(query_lens, seq_lens, block_size=16, num_kv_heads=num_kv_heads,
                                  head_dim=head_dim, dtype=torch.bfloat16)
@@ -25,9 +27,15 @@ def test_forward_stores_then_attends(query_lens, seq_lens, num_decodes, make_bat
     expected = paged_attention_ref(q, expected_cache, metadata, 0.125)
 
     backend = get_backend("triton", cache.device)
+    decode_launches = []
+    decode = triton_paged.paged_attention_decode
+    monkeypatch.setattr(triton_paged, "paged_attention_decode",
+                        lambda *a, **k: decode_launches.append(1) or decode(*a, **k))
     out = backend.forward(q, k, v, cache, metadata, 0.125)
 
     assert backend.name == "triton"
+    decode_only = max(query_lens) == 1
+    assert len(decode_launches) == (decode_only or 0 < num_decodes < 256)  # 256 x 2 KV heads: unsplit
     torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0)
     torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
 
