@@ -54,7 +54,9 @@ def _attend_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, head_off, start, kv_end
     return m_new, l_i, acc
 
 
-@triton.jit
+# A mixed batch's prompts are a slice of the step's metadata (AttentionMetadata.prefills), whose start moves
+# step by step: specialized on the alignment of those pointers, each new offset would compile again mid-serve.
+@triton.jit(do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr"])
 def _varlen_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_blk, stride_row, stride_kvh, stride_bt,

@@ -1,4 +1,9 @@
 """TritonAttentionBackend: store the new K/V, then attend, as the torch reference does."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,6 +43,39 @@ def test_forward_stores_then_attends(query_lens, seq_lens, num_decodes, make_bat
     assert len(decode_launches) == (decode_only or 0 < num_decodes < 256)  # 256 x 2 KV heads: unsplit
     torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0)
     torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+
+
+# Each launch's specialization key as triton's JIT computes it (tests/kernels/gpu_compile.py), for mixed batches of
+# 5 to 8 decodes (one split rule for all): the prompts' metadata is a slice starting at the first prompt, at a
+# different address each time.
+MIXED_BATCH_KEYS = """
+import torch
+from corral.backends.base import get_backend
+from corral.kernels.attention_metadata import AttentionMetadata
+from tests.kernels.gpu_compile import record_launches
+
+def step(num_decodes):
+    query_lens = [1] * num_decodes + [8, 8]
+    starts = torch.tensor([0] + query_lens).cumsum(0).int()
+    tokens, num_seqs = int(starts[-1]), len(query_lens)
+    metadata = AttentionMetadata(torch.arange(tokens), starts, torch.tensor([40] * num_decodes + [8, 8]).int(),
+                                 torch.arange(num_seqs * 5).int().view(num_seqs, 5), max_query_len=8,
+                                 max_seq_len=40, num_decodes=num_decodes)
+    q, k, v = (torch.randn(tokens, h, 64).bfloat16() for h in (8, 2, 2))
+    cache = torch.zeros(2, num_seqs * 5, 16, 2, 64).bfloat16()
+    return lambda: get_backend("triton", torch.device("cpu")).forward(q, k, v, cache, metadata, 0.125)
+
+launches = record_launches([step(n) for n in range(5, 9)])
+print(sorted(name for _, name, *_ in launches))
+"""
+
+
+def test_a_mixed_batch_compiles_each_kernel_once_whatever_its_number_of_decodes():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", MIXED_BATCH_KEYS], cwd=Path(__file__).resolve().parents[2],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-2] == "['_decode_kernel', '_store_kv_cache_kernel', '_varlen_kernel']"
 
 
 def test_an_unknown_backend_lists_the_choices(device):
