@@ -81,9 +81,9 @@ class EngineCore:
         if self.workers is not None:
             self.workers.serve(on_worker_failure)
         self.startup.engine = time.perf_counter() - started
-        logger.info("engine ready in %.1f s (weights %.1f s, memory profile %.1f s, KV cache %.1f s, CUDA graphs "
-                    "%.1f s)", self.startup.engine, self.startup.weights, self.startup.memory_profile,
-                    self.startup.kv_cache, self.startup.cuda_graphs)
+        logger.info("engine ready in %.1f s (weights %.1f s, memory profile %.1f s, kernels %.1f s, KV cache %.1f s, "
+                    "CUDA graphs %.1f s)", self.startup.engine, self.startup.weights, self.startup.memory_profile,
+                    self.startup.kernels, self.startup.kv_cache, self.startup.cuda_graphs)
 
     def _move_weights(self, model) -> VirtualWeights | None:
         try:

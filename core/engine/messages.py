@@ -52,6 +52,7 @@ class StartupTimes:
 
     weights: float = 0.0         # the model built in its dtype and its checkpoint read into it (or dummy filled)
     memory_profile: float = 0.0  # the profiling forward that sizes the KV cache (CUDA)
+    kernels: float = 0.0         # small steps run once, so that Triton compiles their kernels before requests come
     kv_cache: float = 0.0        # the KV cache allocated, or mapped through virtual memory
     cuda_graphs: float = 0.0     # decode steps captured (and the weights moved into virtual memory before)
     engine: float = 0.0          # the whole engine, from its config read to ready

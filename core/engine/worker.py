@@ -23,7 +23,7 @@ from corral.engine.memory import does_not_fit_message, kv_cache_budget
 from corral.engine.messages import StartupTimes
 from corral.engine.model_runner import ModelRunner
 from corral.engine.pooling import as_embedding_model
-from corral.engine.profiling import profile_peak_memory
+from corral.engine.profiling import profile_peak_memory, warm_up_kernels
 from corral.layers.rotary import shared_rope_tables
 from corral.model_config import ModelConfig
 from corral.model_loader import load_weights
@@ -77,6 +77,10 @@ def build_rank(config: EngineConfig, model_config: ModelConfig, model_cls, devic
     num_blocks = group.min(num_kv_blocks(config, model_config, device, peak))
     times.memory_profile = time.perf_counter() - start
     check_kv_capacity(config, model_config, num_blocks)
+    if device.type == "cuda" and backend.name == "triton":
+        start = time.perf_counter()
+        warm_up_kernels(model, backend, config, model_config)
+        times.kernels = time.perf_counter() - start
     start = time.perf_counter()
     virtual = group.size == 1 and virtual_memory.available(device)
     kv_caches, kv_memory = allocate_kv_caches(config, model_config, num_blocks, device, virtual)

@@ -49,7 +49,7 @@ def _merge_slices(part_out_ptr, part_lse_ptr, row0, h_ok, num_slices,
     return acc / tl.where(total > 0, total, 1.0)[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # an eager step's block table is as wide as its longest sequence
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, part_out_ptr, part_lse_ptr, counters_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale, max_splits, target_split_len,

@@ -55,8 +55,10 @@ def _attend_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, head_off, start, kv_end
 
 
 # A mixed batch's prompts are a slice of the step's metadata (AttentionMetadata.prefills), whose start moves
-# step by step: specialized on the alignment of those pointers, each new offset would compile again mid-serve.
-@triton.jit(do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr"])
+# step by step, and its block table's width is its longest sequence's: specialized on the alignment of those
+# pointers or on that width, a running server would compile new variants as they come.
+@triton.jit(do_not_specialize=["stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr"])
 def _varlen_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_blk, stride_row, stride_kvh, stride_bt,

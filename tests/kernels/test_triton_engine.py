@@ -1,6 +1,7 @@
 """The engine on the Triton attention backend (the interpreter on a CPU): mixed batches, whose decodes go
 to the decode kernel and whose prompt chunks go to the varlen kernel, give the torch backend's tokens."""
 from corral import LLM, SamplingParams
+from corral.engine.profiling import warm_up_kernels
 
 
 def test_mixed_batches_on_the_triton_backend_give_the_torch_backends_tokens(tiny_model_dirs):
@@ -21,3 +22,19 @@ def test_mixed_batches_on_the_triton_backend_give_the_torch_backends_tokens(tiny
     actual = llm.generate(prompts, params)
     assert any(mixed)
     assert [o.outputs[0].token_ids for o in actual] == [o.outputs[0].token_ids for o in expected]
+
+
+def test_the_kernel_warm_up_runs_on_caches_of_its_own_and_leaves_the_engine_as_it_was(tiny_model_dirs):
+    from corral.layers.attention import Attention
+    llm = LLM(str(tiny_model_dirs["llama"]), attention_backend="triton", max_model_len=128)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    prompts = [[5, 6, 7] * 6, list(range(10, 40))]
+    before = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    core = llm.engine.core
+    layers = [m for m in core.runner.model.modules() if isinstance(m, Attention)]
+    caches = [layer.kv_cache for layer in layers]
+    warm_up_kernels(core.runner.model, core.runner.backend, core.config, core.model_config)
+    assert all(layer.kv_cache is cache for layer, cache in zip(layers, caches))
+    # the prompts' blocks are prefix-cache hits now: their K/V is read back as the first run left it
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == before
+    assert core.kv_cache_manager.num_hit_tokens > 0

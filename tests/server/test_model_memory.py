@@ -215,7 +215,7 @@ def test_load_endpoint_loads_and_health_shows_states_and_memory(server, http):
     loaded = http.post("/v1/models/tiny-c/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "ready" and loaded.json()["memory_bytes"] > 0
     startup = loaded.json()["startup_seconds"]  # what the engine's start took, part by part
-    parts = ("weights", "memory_profile", "kv_cache", "cuda_graphs")
+    parts = ("weights", "memory_profile", "kernels", "kv_cache", "cuda_graphs")
     assert set(startup) == {*parts, "engine"} and startup["weights"] > 0
     assert startup["engine"] >= sum(startup[p] for p in parts) - 0.005
     health = http.get("/health").json()["models"]
