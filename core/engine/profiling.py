@@ -4,6 +4,7 @@ from corral.backends.base import AttentionBackend
 from corral.kernels.attention_metadata import AttentionMetadata
 from corral.config import EngineConfig
 from corral.engine.sampler import Sampler, SamplingMetadata
+from corral.kernels.decode_attention import default_split
 from corral.layers.attention import Attention, ForwardContext
 from corral.model_config import ModelConfig
 
@@ -41,13 +42,15 @@ def warm_up_batches(config: EngineConfig, num_kv_heads: int) -> list[tuple[list[
     """(query lengths, sequence lengths, decodes first) of the small steps whose kernels neither the profiling
     step nor the CUDA graphs compile: a decode beside a prompt of each length up to 32 (the varlen kernel's
     tile height follows the longest query, and a few decodes take the split decode kernel), and a prompt
-    alone (one sampled row). Without CUDA graphs, decode-only steps of every split rule's batch size too.
-    Triton compiles a kernel for each such shape the first time it meets it: at start rather than while
-    requests wait."""
+    alone (one sampled row). Without CUDA graphs, a decode-only step of the smallest batch size of each of
+    default_split's rules too. Triton compiles a kernel for each such shape the first time it meets it: at
+    start rather than while requests wait."""
     batches = [([1, n], [40, n], 1) for n in (2, 4, 8, 16, 32)] + [([8], [8], 0)]
     if config.enforce_eager:
-        sizes = [1 << i for i in range(12) if 1 << i <= config.max_num_seqs and (1 << i) * num_kv_heads <= 1024]
-        batches += [([1] * n, [40] * n, 0) for n in sizes]
+        splits = {}
+        for n in range(1, config.max_num_seqs + 1):
+            splits.setdefault(default_split(n, num_kv_heads), n)
+        batches += [([1] * n, [40] * n, 0) for n in splits.values()]
     return batches
 
 
