@@ -33,17 +33,18 @@ def step(metadata, num_blocks, num_sampled):
         q, k, v = torch.zeros(tokens, num_q_heads + 2 * num_kv_heads, 128).bfloat16().split(
             [num_q_heads, num_kv_heads, num_kv_heads], dim=1)
         backend.forward(q, k, v, cache, metadata, 0.088)
-        gumbel_argmax(torch.zeros(num_sampled, 1000), torch.ones(num_sampled), seed=random.getrandbits(31))
+        if num_sampled:
+            gumbel_argmax(torch.zeros(num_sampled, 1000), torch.ones(num_sampled), seed=random.getrandbits(31))
     return launch
 
-def batch(query_lens, seq_lens, num_decodes=0):
+def batch(query_lens, seq_lens, num_decodes=0, sampled=True):
     _, metadata, num_blocks = step_batch(query_lens, seq_lens, 16, cpu, num_decodes)
-    return step(metadata, num_blocks, len(query_lens))
+    return step(metadata, num_blocks, len(query_lens) if sampled else 0)
 
 _, _, profile, profile_blocks = profiling_batch(config, 1000, cpu)
 start = [step(profile, profile_blocks, min(config.max_num_seqs, 8192))]
-if not eager:  # the CUDA graphs
-    start += [batch([1] * n, [40] * n) for n in batch_size_buckets(config.max_num_seqs)]
+if not eager:  # the CUDA graphs: their capture samples nothing
+    start += [batch([1] * n, [40] * n, sampled=False) for n in batch_size_buckets(config.max_num_seqs)]
 if warm_up:
     start += [batch(*b) for b in warm_up_batches(config, num_kv_heads)]
 
