@@ -27,7 +27,9 @@ class StepBroadcast:
                   metadata.max_query_len, metadata.max_seq_len, metadata.num_decodes]
         try:
             self.group.broadcast(torch.tensor(header, dtype=torch.int64), on_cpu=True)
-            packed = torch.cat([input_ids, positions, metadata.slot_mapping, metadata.query_start_loc.long(),
+            # positions first and slots at twice the token count: the Triton kernels that read them in place
+            # (rotary, the KV store) then see 16-byte aligned pointers whatever the count, as on rank 0
+            packed = torch.cat([positions, input_ids, metadata.slot_mapping, metadata.query_start_loc.long(),
                                 metadata.seq_lens.long(), metadata.block_tables.long().flatten(),
                                 sample_rows.long()])
             self.group.broadcast(packed)
@@ -47,7 +49,7 @@ class StepBroadcast:
         num_tokens, num_seqs, max_blocks, num_sampled, max_query_len, max_seq_len, num_decodes = header
         sizes = [num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs, num_seqs * max_blocks, num_sampled]
         packed = self.group.broadcast(torch.empty(sum(sizes), dtype=torch.int64, device=self.device))
-        ids, pos, slots, query_start, lens, tables, rows = packed.split(sizes)
+        pos, ids, slots, query_start, lens, tables, rows = packed.split(sizes)
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start.int(), seq_lens=lens.int(),
                                      block_tables=tables.view(num_seqs, max_blocks).int(),
                                      max_query_len=max_query_len, max_seq_len=max_seq_len,

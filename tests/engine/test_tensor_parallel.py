@@ -171,3 +171,35 @@ def test_two_gpus_give_the_greedy_tokens_of_one(awkward_models):
     one = LLM(model, dtype="float32", device="cuda").generate(prompts, params)
     two = LLM(model, dtype="float32", device="cuda", tensor_parallel_size=2).generate(prompts, params)
     assert [o.outputs[0].token_ids for o in two] == [o.outputs[0].token_ids for o in one]
+
+
+class Loopback:
+    """A group whose broadcasts hand what one rank sent to the next receive, in order."""
+
+    def __init__(self):
+        self.sent, self.receiving = [], False
+
+    def broadcast(self, x: torch.Tensor, on_cpu: bool = False) -> torch.Tensor:
+        if self.receiving:
+            x.copy_(self.sent.pop(0))
+        else:
+            self.sent.append(x.clone())
+        return x
+
+
+@pytest.mark.parametrize("num_tokens", [5, 6])
+def test_a_worker_rank_receives_each_step_input_as_sent_with_the_kernels_pointers_aligned(num_tokens):
+    from corral.distributed.step_broadcast import StepBroadcast
+    from corral.engine.profiling import step_batch
+    positions, metadata, _ = step_batch([1, num_tokens - 1], [30, num_tokens - 1], 16, torch.device("cpu"), 1)
+    input_ids = torch.arange(100, 100 + num_tokens)
+    group = Loopback()
+    StepBroadcast(group, torch.device("cpu")).send(input_ids, positions, metadata, torch.tensor([0, num_tokens - 1]))
+    group.receiving = True
+    ids, pos, received, rows = StepBroadcast(group, torch.device("cpu")).receive()
+    assert ids.tolist() == input_ids.tolist() and pos.tolist() == positions.tolist()
+    assert rows.tolist() == [0, num_tokens - 1]
+    assert received.slot_mapping.tolist() == metadata.slot_mapping.tolist()
+    assert received.block_tables.tolist() == metadata.block_tables.tolist() and received.num_decodes == 1
+    # read in place by Triton (rotary, the KV store), which compiles a variant per 16-byte alignment
+    assert pos.data_ptr() % 16 == 0 and received.slot_mapping.data_ptr() % 16 == 0
