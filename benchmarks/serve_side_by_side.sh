@@ -8,7 +8,8 @@
 #       bash benchmarks/serve_side_by_side.sh
 #   PEER=.peer NAME=qwen3-4b,llama-2-7b RATES=4,inf bash benchmarks/serve_side_by_side.sh      # B6
 # A variant is LABEL:KEY=VALUE[,KEY=VALUE]: lines added to each model's section of the serve config.
-# CLIENT_ARGS are added to each client's arguments. VLLM=0 skips vLLM. Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
+# CLIENT_ARGS are added to each client's arguments; REQUESTS_JSONL=FILE also writes each request's timings there
+# (benchmarks/request_timeline.py). VLLM=0 skips vLLM. Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
 # vllm_MODEL.log, client logs.
 set -u
 START=$(date +%s)
@@ -43,12 +44,13 @@ ready() {
 # models' loads overlap; each client warms its server up before the first rate only
 load() {
   local label=$1; shift
-  local warmup=()
+  local warmup=() client=("$PEER/load_client.py")
+  [ -n "${REQUESTS_JSONL:-}" ] && client=(-m benchmarks.request_timeline "$PEER")
   for rate in ${RATES//,/ }; do
     local i=0 pids=()
     for name in "${NAMES[@]}"; do
       local port=${@:$((i + 1)):1}
-      timeout $(( $(left) - 30 )) python3 "$PEER/load_client.py" --url http://127.0.0.1:$port --model "$name" \
+      timeout $(( $(left) - 30 )) python3 "${client[@]}" --url http://127.0.0.1:$port --model "$name" \
           --rates "$rate" --num-requests "$NUM_REQUESTS" --label "$label" --jsonl "$OUT/b4.jsonl" ${CLIENT_ARGS:-} \
           "${warmup[@]}" 2>> "$OUT/client_$name.log" | cut -c1-400 &
       pids+=($!); i=$((i + 1))
