@@ -2,6 +2,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run on the CPU through the interpreter when there is no GPU. Set here, before any test module can
+# import triton (its driver is chosen on first import), whatever order the suite's directories are collected in.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # helper modules that assert get pytest's assertion messages, as they did when they lived in test modules
 pytest.register_assert_rewrite("tests.models.helpers", "tests.server.helpers")

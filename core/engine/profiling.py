@@ -4,7 +4,6 @@ from corral.backends.base import AttentionBackend
 from corral.kernels.attention_metadata import AttentionMetadata
 from corral.config import EngineConfig
 from corral.engine.sampler import Sampler, SamplingMetadata
-from corral.kernels.decode_attention import default_split
 from corral.layers.attention import Attention, ForwardContext
 from corral.model_config import ModelConfig
 
@@ -47,6 +46,7 @@ def warm_up_batches(config: EngineConfig, num_kv_heads: int) -> list[tuple[list[
     start rather than while requests wait."""
     batches = [([1, n], [40, n], 1) for n in (2, 4, 8, 16, 32)] + [([8], [8], 0)]
     if config.enforce_eager:
+        from corral.kernels.decode_attention import default_split  # triton: CUDA engines only
         splits = {}
         for n in range(1, config.max_num_seqs + 1):
             splits.setdefault(default_split(n, num_kv_heads), n)

@@ -1,13 +1,7 @@
 import os
 
+import pytest
 import torch
-
-# Triton kernels run on the CPU through the interpreter when there is no GPU; this must be set
-# before triton is first imported.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 
 def _patch_interpreter_bf16_dot():
