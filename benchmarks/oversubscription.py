@@ -25,14 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from benchmarks.checkpoints import write_checkpoint
 from benchmarks.common import emit, environment
 from benchmarks.configs import num_params
 from benchmarks.served_models import ModelsLog, memory_budget
-from benchmarks.serving import Result, Server, make_prompts, one_request, prepare_model, run, warm_up
+from benchmarks.serving import Result, Server, make_prompts, new_client, one_request, prepare_model, run, warm_up
 
 POLICIES = ("sleep", "unload")
 
@@ -88,8 +87,7 @@ async def drive(url: str, arrivals: list[Arrival], prompts: list[list[int]], out
     """Sends each request at its arrival time; the results, the state log and the seconds it all took."""
     log, stop = ModelsLog(), asyncio.Event()
     follower = asyncio.create_task(log.follow(url, poll_interval, stop))
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
+    async with new_client() as client:
         start, tasks = time.perf_counter(), []
         for arrival, prompt in zip(arrivals, prompts):
             await asyncio.sleep(max(0.0, start + arrival.at - time.perf_counter()))

@@ -8,8 +8,8 @@
 #       bash benchmarks/serve_side_by_side.sh
 #   PEER=.peer NAME=qwen3-4b,llama-2-7b RATES=4,inf bash benchmarks/serve_side_by_side.sh      # B6
 # A variant is LABEL:KEY=VALUE[,KEY=VALUE]: lines added to each model's section of the serve config.
-# CLIENT_ARGS are added to each client's arguments; REQUESTS_JSONL=FILE also writes each request's timings there
-# (benchmarks/request_timeline.py). VLLM=0 skips vLLM. Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
+# CLIENT_ARGS are added to each client's arguments; REQUESTS_JSONL=FILE also writes each request's timings there,
+# and KEEPALIVE=0 sends each request on a connection of its own (benchmarks/peer_load_client.py says why). VLLM=0 skips vLLM. Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
 # vllm_MODEL.log, client logs.
 set -u
 START=$(date +%s)
@@ -45,7 +45,7 @@ ready() {
 load() {
   local label=$1; shift
   local warmup=() client=("$PEER/load_client.py")
-  [ -n "${REQUESTS_JSONL:-}" ] && client=(-m benchmarks.request_timeline "$PEER")
+  [ -n "${REQUESTS_JSONL:-}${KEEPALIVE:-}" ] && client=(-m benchmarks.peer_load_client "$PEER")
   for rate in ${RATES//,/ }; do
     local i=0 pids=()
     for name in "${NAMES[@]}"; do

@@ -203,10 +203,16 @@ def summarize(results: list[Result], seconds: float) -> dict:
             "tokens_per_chunk": round(out / sum(len(r.itl) + 1 for r in ok), 2)}
 
 
+def new_client() -> httpx.AsyncClient:
+    """Each request on a connection of its own: reusing kept-alive connections, requests that start as others
+    finish can wait in httpx's pool before they are sent (benchmarks/peer_load_client.py has the figures)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    return httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits)
+
+
 async def measure(url: str, models: list[str], rate: float, count: int, args, seed: int) -> dict[str, dict]:
     """One load per model, all at once; returns each model's summary (and the client's CPU share)."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
+    async with new_client() as client:
         cpu, start = time.process_time(), time.perf_counter()
 
         async def load(i, model):
@@ -222,7 +228,7 @@ async def measure(url: str, models: list[str], rate: float, count: int, args, se
 
 async def warm_up(url: str, model: str, args):
     """Compiles the Triton specializations the runs will meet: 48 requests of 1..48 output tokens at once."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None)) as client:
+    async with new_client() as client:
         results = await run_load(client, url, model, make_prompts(48, args, 999),
                                  [n + 1 for n in range(48)], math.inf, 48, 0)
     if errors := [r.error for r in results if r.error]:
