@@ -54,33 +54,44 @@ def warm_up_batches(config: EngineConfig, num_kv_heads: int) -> list[tuple[list[
     return batches
 
 
+def _attach_kv_caches(layers: list[Attention], num_blocks: int, config: EngineConfig,
+                      device: torch.device) -> list[torch.Tensor]:
+    """Fresh KV caches of num_blocks blocks on the attention layers (this rank's heads), returned."""
+    caches = [torch.zeros(2, num_blocks, config.block_size, layer.num_kv_heads, layer.head_dim,
+                          dtype=config.torch_dtype, device=device) for layer in layers]
+    for layer, cache in zip(layers, caches):
+        layer.kv_cache = cache
+    return caches
+
+
+def _forward_and_sample(model: torch.nn.Module, backend: AttentionBackend, input_ids: torch.Tensor,
+                        positions: torch.Tensor, metadata: AttentionMetadata, rows):
+    """A synthetic step's forward, then its `rows` sampled on the sampler's one-pass path (an embedding model
+    has no lm_head: it pools the hidden states)."""
+    hidden = model(input_ids, positions, ForwardContext(metadata, backend))
+    if getattr(model, "lm_head", True) is not None:
+        logits = model.compute_logits(hidden[rows])
+        temperature = torch.ones(logits.shape[0], device=logits.device)
+        Sampler()(logits, SamplingMetadata(temperature=temperature, all_greedy=False, all_random=True))
+
+
 @torch.inference_mode()
 def profile_peak_memory(model: torch.nn.Module, backend: AttentionBackend, config: EngineConfig,
                         model_config: ModelConfig) -> int:
     """Peak bytes this process's tensors reach in a forward of the largest step (profiling_batch),
     max_num_seqs rows of logits sampled."""
     device = torch.device(config.device)
-    mc = model_config
-    input_ids, positions, metadata, num_blocks = profiling_batch(config, mc.vocab_size, device)
+    input_ids, positions, metadata, num_blocks = profiling_batch(config, model_config.vocab_size, device)
     layers = [m for m in model.modules() if isinstance(m, Attention)]
-    caches = [torch.empty(2, num_blocks, config.block_size, layer.num_kv_heads, layer.head_dim,  # this rank's heads
-                          dtype=config.torch_dtype, device=device) for layer in layers]
-    for layer, cache in zip(layers, caches):
-        layer.kv_cache = cache
+    caches = _attach_kv_caches(layers, num_blocks, config, device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    hidden = model(input_ids, positions, ForwardContext(metadata, backend))
-    rows = min(config.max_num_seqs, input_ids.shape[0])
-    logits = None
-    if getattr(model, "lm_head", True) is not None:  # an embedding model has none: it pools the hidden states
-        logits = model.compute_logits(hidden[:rows])
-        temperature = torch.ones(rows, device=device)
-        Sampler()(logits, SamplingMetadata(temperature=temperature, all_greedy=False, all_random=True))
+    _forward_and_sample(model, backend, input_ids, positions, metadata, slice(config.max_num_seqs))
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - sum(c.numel() * c.element_size() for c in caches)
     for layer in layers:
         layer.kv_cache = None
-    del caches, hidden, logits
+    del caches
     torch.cuda.empty_cache()
     return peak
 
@@ -95,16 +106,9 @@ def warm_up_kernels(model: torch.nn.Module, backend: AttentionBackend, config: E
     own_caches = [layer.kv_cache for layer in layers]
     for query_lens, seq_lens, num_decodes in warm_up_batches(config, layers[0].num_kv_heads if layers else 1):
         positions, metadata, num_blocks = step_batch(query_lens, seq_lens, config.block_size, device, num_decodes)
-        for layer in layers:
-            layer.kv_cache = torch.zeros(2, num_blocks, config.block_size, layer.num_kv_heads, layer.head_dim,
-                                         dtype=config.torch_dtype, device=device)
+        _attach_kv_caches(layers, num_blocks, config, device)
         input_ids = torch.randint(0, model_config.vocab_size, positions.shape, device=device)
-        hidden = model(input_ids, positions, ForwardContext(metadata, backend))
-        if getattr(model, "lm_head", True) is not None:
-            rows = metadata.query_start_loc[1:].long() - 1
-            logits = model.compute_logits(hidden[rows])
-            Sampler()(logits, SamplingMetadata(temperature=torch.ones(len(query_lens), device=device),
-                                               all_greedy=False, all_random=True))
+        _forward_and_sample(model, backend, input_ids, positions, metadata, metadata.query_start_loc[1:].long() - 1)
     for layer, cache in zip(layers, own_caches):
         layer.kv_cache = cache
     if device.type == "cuda":
