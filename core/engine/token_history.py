@@ -13,10 +13,7 @@ class TokenHistory:
         self.max_model_len = max_model_len
         self.device = device
         self.num_rows = num_rows
-        self.tokens: torch.Tensor | None = None  # [rows, max_model_len], from the first penalized request on
-        self.owners: list[Request | None] = [None] * num_rows
-        self.known = [0] * num_rows  # leading ids of each row written, by the host or by the sampler
-        self.row_of: dict[int, int] = {}  # by id() of a request: its owner entry keeps that id its own
+        self.release()
 
     def rows(self, requests: list[Request], num_tokens: list[int], penalized: list[bool]) -> list[int]:
         """The row of each request (0 where not `penalized`), each holding its first `num_tokens` ids:
@@ -54,10 +51,10 @@ class TokenHistory:
     def release(self):
         """Drop the device rows of an idle engine (no step holds them); the next penalized request
         allocates them again."""
-        self.tokens = None
-        self.owners = [None] * self.num_rows
-        self.known = [0] * self.num_rows
-        self.row_of.clear()
+        self.tokens: torch.Tensor | None = None  # [rows, max_model_len], from the first penalized request on
+        self.owners: list[Request | None] = [None] * self.num_rows
+        self.known = [0] * self.num_rows  # leading ids of each row written, by the host or by the sampler
+        self.row_of: dict[int, int] = {}  # by id() of a request: its owner entry keeps that id its own
 
     def _row(self, request: Request, in_step: set[int]) -> int:
         if (row := self.row_of.get(id(request))) is not None:
