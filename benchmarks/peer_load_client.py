@@ -25,12 +25,7 @@ def main():
     import load_client
     args = load_client.build_parser().parse_args()
     if os.environ.get("KEEPALIVE") == "0":
-        import httpx
-
-        def new_client():
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-            return httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits)
-
+        from benchmarks.serving import new_client  # corral's own client's: a connection per request
         load_client.new_client = new_client
     if path := os.environ.get("REQUESTS_JSONL"):
         summarize, measure, rate_of = load_client.summarize, load_client.measure, {}
