@@ -27,7 +27,7 @@ cpu, backend = torch.device("cpu"), get_backend("triton", torch.device("cpu"))
 
 cache = torch.zeros(2, 4, 16, num_kv_heads, 128).bfloat16()  # its strides do not depend on its number of blocks
 
-def step(metadata, num_blocks, num_sampled):
+def step(metadata, num_sampled):
     def launch():
         tokens = int(metadata.query_start_loc[-1])
         q, k, v = torch.zeros(tokens, num_q_heads + 2 * num_kv_heads, 128).bfloat16().split(
@@ -38,11 +38,11 @@ def step(metadata, num_blocks, num_sampled):
     return launch
 
 def batch(query_lens, seq_lens, num_decodes=0, sampled=True):
-    _, metadata, num_blocks = step_batch(query_lens, seq_lens, 16, cpu, num_decodes)
-    return step(metadata, num_blocks, len(query_lens) if sampled else 0)
+    _, metadata, _ = step_batch(query_lens, seq_lens, 16, cpu, num_decodes)
+    return step(metadata, len(query_lens) if sampled else 0)
 
-_, _, profile, profile_blocks = profiling_batch(config, 1000, cpu)
-start = [step(profile, profile_blocks, min(config.max_num_seqs, 8192))]
+_, _, profile, _ = profiling_batch(config, 1000, cpu)
+start = [step(profile, min(config.max_num_seqs, 8192))]
 if not eager:  # the CUDA graphs: their capture samples nothing
     start += [batch([1] * n, [40] * n, sampled=False) for n in batch_size_buckets(config.max_num_seqs)]
 if warm_up:
