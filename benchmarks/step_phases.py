@@ -1,7 +1,10 @@
 """Where B1's wall time goes: every engine step of one full B1 run, timed by phase and grouped by
-the batch it ran.
+the batch it ran. `--workload b4` runs B4's saturated case instead, with no server: 200 requests of
+1024 random ids and 128 output tokens, at most 128 in flight, each replaced as soon as it finishes,
+under the server's default step budget; its wall time is what the engine alone gives that load.
 
     python -m benchmarks.step_phases --model qwen3-0.6b
+    python -m benchmarks.step_phases --model qwen3-4b --workload b4
     python -m benchmarks.step_phases --model qwen3-4b --structured-outputs all --tokenizer .bench_tokenizer
 
 Each engine step returns the tokens of one launched group (one step, or a multi-step decode group);
@@ -19,7 +22,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks.common import emit, environment, model_dir
-from benchmarks.throughput import B1_SCHEMAS, b1_workload, warm_up
+from benchmarks.throughput import B1_SCHEMAS, b1_workload, b2_workload, warm_up
 from corral.config import EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.model_runner import InFlight
@@ -28,6 +31,7 @@ from corral.engine.request import Request
 HOST_PHASES = ("schedule", "schedule_continuation", "update", "sample", "wait")
 
 BATCH_BINS = (1, 16, 64, 128, 192, 256, 513)
+B4_REQUESTS, B4_IN_FLIGHT = 200, 128
 
 
 def traced(fn, name: str, clock: dict):
@@ -55,14 +59,18 @@ def main():
                     help="B1 with every request (or every other one) constrained to a JSON schema")
     ap.add_argument("--schema", default="text", choices=sorted(B1_SCHEMAS), help="the JSON schema of B1_SCHEMAS")
     ap.add_argument("--tokenizer", help="a folder whose tokenizer files the model folder gets (a grammar needs one)")
+    ap.add_argument("--workload", default="b1", choices=["b1", "b4"])
     args = ap.parse_args()
+    b4 = args.workload == "b4"
     directory = model_dir(args.model, tokenizer=args.tokenizer)
+    server_defaults = EngineConfig(directory)
     engine = EngineCore(EngineConfig(directory, load_format="dummy", max_model_len=4096,
-                                     max_num_seqs=512, max_num_batched_tokens=16384,
+                                     max_num_seqs=server_defaults.max_num_seqs if b4 else 512,
+                                     max_num_batched_tokens=server_defaults.max_num_batched_tokens if b4 else 16384,
                                      num_scheduler_steps=args.num_scheduler_steps,
                                      async_scheduling=args.async_scheduling))
     kv_bytes = engine._kv_bytes_per_token()
-    warm_up(engine, structured=args.structured_outputs, schema=args.schema)
+    warm_up(engine, workload="B2" if b4 else "B1", structured=args.structured_outputs, schema=args.schema)
 
     clock, groups_launched = {}, []
     for name in ("schedule", "schedule_continuation", "update"):
@@ -82,16 +90,24 @@ def main():
         return launch(out, num_steps, previous, **kwargs)
 
     engine.runner.launch = launch_recorded
-    prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema)
-    for i, (p, sp) in enumerate(zip(prompts, params)):
-        engine.add_request(Request(str(i), p, sp))
+    if b4:
+        prompts, params = b2_workload(B4_REQUESTS, seed=2)
+    else:
+        prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema)
+    requests = iter([Request(str(i), p, sp) for i, (p, sp) in enumerate(zip(prompts, params))])
+    for request in (next(requests) for _ in range(B4_IN_FLIGHT if b4 else len(prompts))):
+        engine.add_request(request)
     torch.cuda.synchronize()
     wall_start, num_out, walls = time.perf_counter(), 0, []
     while engine.has_unfinished_requests():
         clock.clear()
         t = time.perf_counter()
-        num_out += sum(len(o.new_token_ids) for o in engine.step())
+        outputs = engine.step()
         walls.append((time.perf_counter() - t, {name: clock.get(name, 0.0) for name in HOST_PHASES}))
+        num_out += sum(len(o.new_token_ids) for o in outputs)
+        for _ in (o for o in outputs if o.finish_reason is not None):
+            if (request := next(requests, None)) is not None:
+                engine.add_request(request)
     wall = time.perf_counter() - wall_start
     InFlight.step_result = step_result
 
@@ -107,21 +123,21 @@ def main():
             g[name] += seconds
         g["tokens"] += step["num_tokens"]
         g["kv_read"] += step["kv_read"]
-    print(f"B1 {args.model}: {num_out} output tokens in {wall:.2f} s = {num_out / wall:,.0f} tok/s; "
+    print(f"{args.workload.upper()} {args.model}: {num_out} output tokens in {wall:.2f} s = {num_out / wall:,.0f} tok/s; "
           f"{len(walls)} engine steps, {sum(s['num_steps'] for s in groups_launched)} model steps")
     print(f"{'group':16s} {'steps':>6s} {'async':>6s} {'model':>6s} {'wall s':>7s} {'share':>6s} "
-          f"{'ms/model step':>13s} {'host ms':>8s} {'wait ms':>8s} {'KV GB':>7s} {'KV TB/s':>7s}")
+          f"{'ms/model step':>13s} {'tokens':>8s} {'host ms':>8s} {'wait ms':>8s} {'KV GB':>7s} {'KV TB/s':>7s}")
     for name in sorted(groups, key=lambda n: (n[0] != "p", int(n.split()[-1].split("-")[0]) if n[0] == "d" else 0)):
         g = groups[name]
         print(f"{name:16s} {int(g['engine_steps']):6d} {int(g['continuations']):6d} {int(g['model_steps']):6d} "
-              f"{g['wall']:7.2f} {g['wall'] / wall:6.1%} {g['wall'] / g['model_steps'] * 1e3:13.3f} "
+              f"{g['wall']:7.2f} {g['wall'] / wall:6.1%} {g['wall'] / g['model_steps'] * 1e3:13.3f} {int(g['tokens']):8d} "
               f"{sum(g[n] for n in HOST_PHASES[:-1]) / g['engine_steps'] * 1e3:8.3f} "
               f"{g['wait'] / g['engine_steps'] * 1e3:8.3f} {g['kv_read'] / 1e9:7.1f} "
               f"{g['kv_read'] / g['wall'] / 1e12:7.2f}")
     host = {name: sum(g[name] for g in groups.values()) for name in HOST_PHASES}
     print("host s: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in host.items())
           + "; with async scheduling the device runs meanwhile, except while the host waits")
-    emit(dict(environment(), benchmark="B1-phases", model=args.model, seconds=round(wall, 2),
+    emit(dict(environment(), benchmark=f"{args.workload.upper()}-phases", model=args.model, seconds=round(wall, 2),
               async_scheduling=args.async_scheduling, structured_outputs=args.structured_outputs, schema=args.schema,
               output_tok_s=round(num_out / wall, 1), host_s={k: round(v, 2) for k, v in host.items()},
               groups={k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in groups.items()}))
