@@ -41,22 +41,23 @@ ready() {
   return 1
 }
 # load LABEL PORT...: one client per model (model i on port i), all at once, one rate at a time so that the
-# models' loads overlap; each client warms its server up before the first rate only
+# models' loads overlap; each client warms its server up before the first rate only. The k-th rate draws its
+# prompts with seed k: with one seed, each run's prompts would repeat the last run's, served from the prefix cache
 load() {
   local label=$1; shift
-  local warmup=() client=("$PEER/load_client.py")
+  local warmup=() client=("$PEER/load_client.py") seed=0
   [ -n "${REQUESTS_JSONL:-}${KEEPALIVE:-}" ] && client=(-m benchmarks.peer_load_client "$PEER")
   for rate in ${RATES//,/ }; do
     local i=0 pids=()
     for name in "${NAMES[@]}"; do
       local port=${@:$((i + 1)):1}
       timeout $(( $(left) - 30 )) python3 "${client[@]}" --url http://127.0.0.1:$port --model "$name" \
-          --rates "$rate" --num-requests "$NUM_REQUESTS" --label "$label" --jsonl "$OUT/b4.jsonl" ${CLIENT_ARGS:-} \
+          --rates "$rate" --seed $seed --num-requests "$NUM_REQUESTS" --label "$label" --jsonl "$OUT/b4.jsonl" ${CLIENT_ARGS:-} \
           "${warmup[@]}" 2>> "$OUT/client_$name.log" | cut -c1-400 &
       pids+=($!); i=$((i + 1))
     done
     wait "${pids[@]}"
-    warmup=(--warmup 0)
+    warmup=(--warmup 0) seed=$((seed + 1))
   done
 }
 stop() {
