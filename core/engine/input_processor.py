@@ -159,10 +159,9 @@ class InputProcessor:
                                  arrival_time, cache_salt, pooling_params=params)
 
     def check_token_ids(self, token_ids: list[int]):
-        if self.vocab_size:
+        if self.vocab_size and token_ids and (min(token_ids) < 0 or max(token_ids) >= self.vocab_size):
             bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise PromptError(f"token ids must be in [0, {self.vocab_size}); got {bad[:5]}")
+            raise PromptError(f"token ids must be in [0, {self.vocab_size}); got {bad[:5]}")
 
     def check_params(self, params: SamplingParams):
         """Raises SamplingParamsError for what only the model can judge (logit_bias ids), and

@@ -31,7 +31,8 @@ def unicode_text(value):
             unicode_text(k), unicode_text(v)
     elif isinstance(value, list):
         for v in value:
-            unicode_text(v)
+            if v.__class__ is not int:  # token ids: a prompt's thousands of them need no look
+                unicode_text(v)
     elif isinstance(value, BaseModel):
         unicode_text(value.model_dump())
     return value
