@@ -16,6 +16,7 @@ For decode groups the KV bytes read are printed beside the time, so the achieved
 how far each batch size is from the attention floor.
 """
 import argparse
+import itertools
 import time
 from collections import defaultdict
 
@@ -48,6 +49,24 @@ def batch_bin(num_seqs: int) -> str:
         if lo <= num_seqs < hi:
             return f"{lo}-{hi - 1}"
     return "?"
+
+
+def closed_loop(engine: EngineCore, requests: list[Request], in_flight: int, step=None) -> int:
+    """Runs `requests` with at most `in_flight` of them in the engine, each one that finishes replaced by
+    the next (as a client holding that many connections does); returns the output tokens. `step`: what
+    runs one engine step and returns its outputs (default: engine.step)."""
+    step = step or engine.step
+    pending = iter(requests)
+    for request in itertools.islice(pending, in_flight):
+        engine.add_request(request)
+    num_out = 0
+    while engine.has_unfinished_requests():
+        outputs = step()
+        num_out += sum(len(o.new_token_ids) for o in outputs)
+        for _ in range(sum(o.finish_reason is not None for o in outputs)):
+            if (request := next(pending, None)) is not None:
+                engine.add_request(request)
+    return num_out
 
 
 def main():
@@ -94,20 +113,18 @@ def main():
         prompts, params = b2_workload(B4_REQUESTS, seed=2)
     else:
         prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema)
-    requests = iter([Request(str(i), p, sp) for i, (p, sp) in enumerate(zip(prompts, params))])
-    for request in (next(requests) for _ in range(B4_IN_FLIGHT if b4 else len(prompts))):
-        engine.add_request(request)
+    requests = [Request(str(i), p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
     torch.cuda.synchronize()
-    wall_start, num_out, walls = time.perf_counter(), 0, []
-    while engine.has_unfinished_requests():
+    wall_start, walls = time.perf_counter(), []
+
+    def step():
         clock.clear()
         t = time.perf_counter()
         outputs = engine.step()
         walls.append((time.perf_counter() - t, {name: clock.get(name, 0.0) for name in HOST_PHASES}))
-        num_out += sum(len(o.new_token_ids) for o in outputs)
-        for _ in (o for o in outputs if o.finish_reason is not None):
-            if (request := next(requests, None)) is not None:
-                engine.add_request(request)
+        return outputs
+
+    num_out = closed_loop(engine, requests, B4_IN_FLIGHT if b4 else len(requests), step)
     wall = time.perf_counter() - wall_start
     InFlight.step_result = step_result
 
