@@ -9,7 +9,9 @@
 #   PEER=.peer NAME=qwen3-4b,llama-2-7b RATES=4,inf bash benchmarks/serve_side_by_side.sh      # B6
 # A variant is LABEL:KEY=VALUE[,KEY=VALUE]: lines added to each model's section of the serve config.
 # CLIENT_ARGS are added to each client's arguments; REQUESTS_JSONL=FILE also writes each request's timings there,
-# and KEEPALIVE=0 sends each request on a connection of its own (benchmarks/peer_load_client.py says why). VLLM=0 skips vLLM. Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
+# and KEEPALIVE=0 sends each request on a connection of its own (benchmarks/peer_load_client.py says why). VLLM=0 skips vLLM;
+# VLLM_EXTRA_ARGS are added to each vLLM server's (an fp8 KV cache on both sides: VARIANTS="fp8:kv_cache_dtype='fp8'"
+# VLLM_EXTRA_ARGS="--kv-cache-dtype fp8"). Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
 # vllm_MODEL.log, client logs.
 set -u
 START=$(date +%s)
@@ -99,7 +101,7 @@ if [ "${VLLM:-1}" = 1 ]; then
     port=$((18000 + i))
     setsid python3 -m vllm.entrypoints.openai.api_server --model /tmp/corral-models/$name --load-format dummy \
         --dtype bfloat16 --max-model-len 4096 --gpu-memory-utilization $SHARE --host 127.0.0.1 --port $port \
-        --served-model-name $name > "$OUT/vllm_$name.log" 2>&1 &
+        --served-model-name $name ${VLLM_EXTRA_ARGS:-} > "$OUT/vllm_$name.log" 2>&1 &
     pids+=($!); ports+=($port); i=$((i + 1))
     [ ${#NAMES[@]} -gt 1 ] && sleep 20  # each profiles the free memory at start: not while the other allocates
   done

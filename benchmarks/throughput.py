@@ -94,6 +94,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     ap.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")
     ap.add_argument("--structured-outputs", default="none", choices=["none", "all", "mixed"],
                     help="B1 with every request (or every other one) constrained to a JSON schema")
@@ -108,6 +109,7 @@ def main():
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           enforce_eager=args.enforce_eager, num_scheduler_steps=args.num_scheduler_steps,
                           async_scheduling=args.async_scheduling, attention_backend=args.attention_backend,
+                          kv_cache_dtype=args.kv_cache_dtype,
                           tensor_parallel_size=args.tensor_parallel_size)
     engine = EngineCore(config)
     warm_up(engine, args.workload, args.structured_outputs, args.schema)
@@ -147,7 +149,8 @@ def report(args, engine, prompts, seconds, num_out, repeat, compiled, roofline):
               num_scheduler_steps=args.num_scheduler_steps, async_scheduling=args.async_scheduling,
               structured_outputs=args.structured_outputs, schema=args.schema if args.structured_outputs != "none" else None,
               tensor_parallel_size=args.tensor_parallel_size,
-              attention_backend=args.attention_backend, compiled_during_run=compiled))
+              attention_backend=args.attention_backend, kv_cache_dtype=args.kv_cache_dtype,
+              compiled_during_run=compiled))
 
 
 if __name__ == "__main__":

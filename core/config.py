@@ -7,6 +7,7 @@ import torch
 from corral.model_config import positions_of
 from corral.pooling_params import POOLING_TYPES, TASKS, resolve_task
 
+KV_CACHE_DTYPES = ("auto", "fp8")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
           "float": torch.float32}
@@ -67,6 +68,10 @@ class EngineArgs:
     gpu_memory_utilization: float = setting(0.9, "fraction of GPU memory for all models, split evenly "
                                                  "(env GPU_MEMORY_UTILIZATION)")
     num_kv_blocks: int | None = setting(None)
+    kv_cache_dtype: str = setting("auto", "auto: keys and values in the model's dtype; fp8: in float8 e4m3, half "
+                                          "of bf16's bytes, so twice the tokens (scale 1.0, as vLLM's fp8 "
+                                          "without calibrated scales; CUDA needs compute capability 8.9+)",
+                                  choices=KV_CACHE_DTYPES)
     kv_cache_memory_bytes: int | None = setting(None, "KV cache size per model, e.g. 512MiB (default: from the "
                                                       "GPU share; 1 GiB on CPU)", flag="--kv-cache-memory")
     enable_prefix_caching: bool = setting(True)
@@ -97,6 +102,8 @@ class EngineArgs:
             (self.num_scheduler_steps >= 1, f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}"),
             (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
              f"block_size must be a power of two, got {self.block_size}"),
+            (self.kv_cache_dtype in KV_CACHE_DTYPES,
+             f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"),
             (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
             (self.pooling is None or self.pooling in POOLING_TYPES,
@@ -139,6 +146,8 @@ class EngineConfig(EngineArgs):
                               f"got {self.tensor_parallel_size}")
         if problem := self.tensor_parallel_problem():
             raise ConfigError(problem)
+        if problem := self.kv_cache_dtype_problem():
+            raise ConfigError(problem)
         limit = positions_of(self.hf_config)
         if self.max_model_len is None:
             self.max_model_len = limit
@@ -160,6 +169,21 @@ class EngineConfig(EngineArgs):
         if heads is None or "intermediate_size" not in hf:
             return None  # ModelConfig names what config.json lacks
         return tensor_parallel_problem(heads, hf.get("num_key_value_heads") or heads, hf["intermediate_size"], size)
+
+    def kv_cache_dtype_problem(self) -> str | None:
+        d = torch.device(self.device)
+        if self.kv_cache_dtype != "fp8" or d.type != "cuda":
+            return None
+        capability = torch.cuda.get_device_capability(d)
+        if capability < (8, 9):
+            return (f"kv_cache_dtype fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                    f"{torch.cuda.get_device_name(d)} is {capability[0]}.{capability[1]}")
+        return None
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's element type."""
+        return torch.float8_e4m3fn if self.kv_cache_dtype == "fp8" else self.torch_dtype
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -2,6 +2,7 @@ import torch
 from torch.nn import functional as F
 
 from corral.kernels.attention_metadata import AttentionMetadata
+from corral.kernels.kv_dtype import to_cache_dtype
 
 
 class TorchAttentionBackend:
@@ -18,8 +19,8 @@ class TorchAttentionBackend:
         if not kv_stored:
             valid = metadata.slot_mapping >= 0
             slots = metadata.slot_mapping[valid]
-            flat_cache[0, slots] = k[valid]
-            flat_cache[1, slots] = v[valid]
+            flat_cache[0, slots] = to_cache_dtype(k[valid], kv_cache.dtype)
+            flat_cache[1, slots] = to_cache_dtype(v[valid], kv_cache.dtype)
 
         device = q.device
         starts = metadata.query_start_loc[:-1].long()
@@ -29,6 +30,7 @@ class TorchAttentionBackend:
         blocks = metadata.block_tables.long()[:, positions // block_size]
         context_slots = blocks * block_size + positions % block_size          # [B, L]
         keys, values = flat_cache[0, context_slots], flat_cache[1, context_slots]  # [B, L, Hkv, D]
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # an fp8 cache's; a no-op in the model's dtype
 
         offsets = torch.arange(metadata.max_query_len, device=device)
         query_mask = offsets[None] < query_lens[:, None]                      # [B, Lq]

@@ -58,7 +58,7 @@ def _attach_kv_caches(layers: list[Attention], num_blocks: int, config: EngineCo
                       device: torch.device) -> list[torch.Tensor]:
     """Fresh KV caches of num_blocks blocks on the attention layers (this rank's heads), returned."""
     caches = [torch.zeros(2, num_blocks, config.block_size, layer.num_kv_heads, layer.head_dim,
-                          dtype=config.torch_dtype, device=device) for layer in layers]
+                          dtype=config.kv_dtype, device=device) for layer in layers]
     for layer, cache in zip(layers, caches):
         layer.kv_cache = cache
     return caches

@@ -92,7 +92,7 @@ def kv_bytes_per_token(config: EngineConfig, model_config: ModelConfig) -> int:
     """On one rank, which holds its share of the KV heads."""
     mc = model_config
     heads = kv_heads_per_rank(mc.num_key_value_heads, config.tensor_parallel_size)
-    return 2 * mc.num_hidden_layers * heads * mc.head_dim * config.torch_dtype.itemsize
+    return 2 * mc.num_hidden_layers * heads * mc.head_dim * config.kv_dtype.itemsize
 
 
 def num_kv_blocks(config: EngineConfig, model_config: ModelConfig, device: torch.device, peak_bytes: int) -> int:
@@ -134,9 +134,9 @@ def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_bloc
     heads = kv_heads_per_rank(mc.num_key_value_heads, config.tensor_parallel_size)
     shape = (2, num_blocks, config.block_size, heads, mc.head_dim)
     if not virtual:
-        return [torch.zeros(shape, dtype=config.torch_dtype, device=device)
+        return [torch.zeros(shape, dtype=config.kv_dtype, device=device)
                 for _ in range(mc.num_hidden_layers)], None
-    block_bytes = config.block_size * heads * mc.head_dim * config.torch_dtype.itemsize
+    block_bytes = config.block_size * heads * mc.head_dim * config.kv_dtype.itemsize
     elastic = config.kv_grant_blocks is not None
     wanted = min(num_blocks, config.kv_grant_blocks) if elastic else num_blocks
     try:
@@ -153,7 +153,7 @@ def allocate_kv_caches(config: EngineConfig, model_config: ModelConfig, num_bloc
         if memory is not None:
             memory.close()
         return allocate_kv_caches(config, model_config, num_blocks, device, virtual=False)
-    return memory.tensors(shape, config.torch_dtype), memory
+    return memory.tensors(shape, config.kv_dtype), memory
 
 
 def run_worker(rank: int, config: EngineConfig, model_cls, port: int, conn, num_threads: int,

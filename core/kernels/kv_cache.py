@@ -1,7 +1,9 @@
-"""Write new K/V rows into the paged cache."""
+"""Write new K/V rows into the paged cache, in the cache's element type (kernels/kv_dtype.py)."""
 import torch
 import triton
 import triton.language as tl
+
+from corral.kernels.kv_dtype import FP8_MAX, to_cache_dtype
 
 
 @triton.jit
@@ -10,7 +12,7 @@ def _store_kv_cache_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ckv, stride_cslot, stride_ch,
     num_kv_heads, head_dim,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, SATURATE: tl.constexpr, LIMIT: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -22,6 +24,9 @@ def _store_kv_cache_kernel(
     k = tl.load(k_ptr + t.to(tl.int64) * stride_kt + h * stride_kh + d, mask=mask)
     v = tl.load(v_ptr + t.to(tl.int64) * stride_vt + h * stride_vh + d, mask=mask)
     dst = cache_ptr + slot * stride_cslot + h * stride_ch + d
+    if SATURATE:
+        k = tl.clamp(k.to(tl.float32), -LIMIT, LIMIT)
+        v = tl.clamp(v.to(tl.float32), -LIMIT, LIMIT)
     tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=mask)
     tl.store(dst + stride_ckv, v.to(cache_ptr.dtype.element_ty), mask=mask)
 
@@ -40,7 +45,7 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
         kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3),
         num_kv_heads, head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        num_warps=4,
+        SATURATE=kv_cache.dtype == torch.float8_e4m3fn, LIMIT=FP8_MAX, num_warps=4,
     )
 
 
@@ -60,5 +65,6 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     flat = kv_cache.view(2, -1, *kv_cache.shape[3:])
-    flat[0, slots] = k[keep].to(kv_cache.dtype)
-    flat[1, slots] = v[keep].to(kv_cache.dtype)
+    flat[0, slots] = to_cache_dtype(k[keep], kv_cache.dtype)
+    flat[1, slots] = to_cache_dtype(v[keep], kv_cache.dtype)
+

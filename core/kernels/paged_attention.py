@@ -36,6 +36,7 @@ def _attend_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, head_off, start, kv_end
         k = tl.load(k_ptr + off[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
     else:
         k = tl.load(k_ptr + off[:, None] + d[None, :])
+    k = k.to(q.dtype)  # an fp8 cache's keys; a no-op in the model's dtype
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if MASKED:
         ok = n_ok[None, :]
@@ -50,6 +51,7 @@ def _attend_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, head_off, start, kv_end
         v = tl.load(v_ptr + off[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
     else:
         v = tl.load(v_ptr + off[:, None] + d[None, :])
+    v = v.to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
 
@@ -120,8 +122,8 @@ def check_attention_shapes(q: torch.Tensor, kv_cache: torch.Tensor) -> tuple[int
         raise ValueError(f"head_dim {head_dim} unsupported: use a power of two in 16..256")
     if block_size & (block_size - 1) or block_size < 16:
         raise ValueError(f"block_size {block_size} unsupported: use a power of two >= 16")
-    if q.stride(2) != 1 or not kv_cache[0].is_contiguous() or q.dtype != kv_cache.dtype:
-        raise ValueError("q needs a contiguous head dim, kv_cache contiguous halves, same dtype")
+    if q.stride(2) != 1 or not kv_cache[0].is_contiguous() or kv_cache.dtype not in (q.dtype, torch.float8_e4m3fn):
+        raise ValueError("q needs a contiguous head dim, kv_cache contiguous halves in q's dtype or float8_e4m3fn")
     return num_q_heads // num_kv_heads, block_size
 
 

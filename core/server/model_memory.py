@@ -240,7 +240,7 @@ def kv_block_bytes(config, model_config) -> int:
     mc = model_config
     return kv_cache_bytes(config.block_size, config.block_size, mc.num_hidden_layers,
                           max(1, mc.num_key_value_heads // config.tensor_parallel_size), mc.head_dim,
-                          config.torch_dtype.itemsize)
+                          config.kv_dtype.itemsize)
 
 
 def safetensors_num_params(path: Path) -> int:

@@ -27,8 +27,34 @@ def _patch_interpreter_bf16_dot():
     builder.create_dot = create_dot
 
 
+def _patch_interpreter_fp8_cast():
+    """Triton 3.9's interpreter rounds a float to float8 e4m3 by adding the carry into the mantissa bits
+    and OR-ing them with the exponent, so a value that rounds up to the next power of two comes out at half
+    of it when that exponent is odd (31.9 -> 16). Round as the GPU's cvt.rn does, through torch (the
+    KV store saturates before it casts, so torch's unsaturated cast agrees)."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    original = builder.create_fp_to_fp
+    if getattr(original, "_corral_patched", False):
+        return
+
+    def create_fp_to_fp(self, src, dst_type, rounding_mode):
+        if dst_type.scalar == tl.float8e4nv and src.dtype.scalar in (tl.float32, tl.float16, tl.bfloat16):
+            wide = self.cast_impl(src, tl.float32) if src.dtype.scalar == tl.bfloat16 else src
+            data = torch.from_numpy(np.ascontiguousarray(wide.data, dtype=np.float32)).to(torch.float8_e4m3fn)
+            return interpreter.TensorHandle(data.view(torch.uint8).numpy(), dst_type.scalar)
+        return original(self, src, dst_type, rounding_mode)
+
+    create_fp_to_fp._corral_patched = True
+    builder.create_fp_to_fp = create_fp_to_fp
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_interpreter_bf16_dot()
+    _patch_interpreter_fp8_cast()
 
 
 @pytest.fixture

@@ -113,6 +113,15 @@ def engine_calls():
             lambda: paged_attention_decode(q, kv_cache, metadata, d ** -0.5, num_splits=4, workspace=workspace),
             lambda: gumbel_argmax(new(3, 1000), torch.tensor([0.0, 0.6, 1.0]), seed=1),
         ]
+        if dtype != torch.float32:  # an fp8 KV cache (kv_cache_dtype="fp8"): every kernel that writes or reads it
+            fp8_cache = kv_cache.to(torch.float8_e4m3fn)
+            calls += [lambda: store_kv_cache(k, v, fp8_cache.clone(), metadata.slot_mapping),
+                      lambda: qk_norm_rotary(q.clone(), k.clone(), positions, cos_sin, new(d), new(d), 1e-6,
+                                             v, fp8_cache.clone(), metadata.slot_mapping),
+                      lambda: paged_attention_prefill(q, fp8_cache, prefill, d ** -0.5),
+                      lambda: paged_attention_decode(q, fp8_cache, metadata, d ** -0.5, num_splits=1),
+                      lambda: paged_attention_decode(q, fp8_cache, metadata, d ** -0.5, num_splits=4,
+                                                     workspace=workspace)]
         if dtype != torch.float32:  # the GEMV serves 16-bit models only
             gemv = SkinnyLinearWorkspace()
             calls += [lambda: skinny_linear(new(1, hidden), new(3 * hidden, hidden), workspace=gemv),

@@ -82,6 +82,24 @@ def test_qk_norm_rotary_stores_k_and_v_like_store_kv_cache(num_q_heads, num_kv_h
     assert torch.equal(kv_cache, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qk_norm_rotary_stores_into_an_fp8_cache_like_store_kv_cache(dtype, device):
+    from corral.kernels.kv_cache import store_kv_cache_ref
+    tokens, num_q_heads, num_kv_heads, head_dim = 6, 4, 2, 128
+    cache = build_cos_sin_cache(head_dim, 512, 1e6, device=device)
+    positions = torch.randint(0, 512, (tokens,), device=device)
+    _, q, k, v = fused_qkv(tokens, num_q_heads, num_kv_heads, head_dim, dtype, device)
+    v[1] *= 1e4  # past float8 e4m3's range: saturates
+    q_weight, k_weight = norm_weights(head_dim, dtype, device)
+    slots = torch.tensor([17, 3, -1, 63, 40, 0], device=device)
+    kv_cache = torch.zeros((2, 4, 16, num_kv_heads, head_dim), dtype=torch.float8_e4m3fn, device=device)
+    expected = kv_cache.clone()
+    qk_norm_rotary(q, k, positions, cache, q_weight, k_weight, EPS, v, kv_cache, slots)
+    store_kv_cache_ref(k, v, expected, slots)
+    assert torch.equal(kv_cache.float(), expected.float())
+    assert kv_cache.float().abs().max() == 448
+
+
 def test_reference_is_the_unfused_layer_path_to_the_bit_in_fp32(device):
     """q_norm, k_norm, then rotary, as Qwen3Attention runs them on a CPU."""
     tokens, num_q_heads, num_kv_heads, head_dim = 4, 4, 2, 64
