@@ -146,8 +146,6 @@ class EngineConfig(EngineArgs):
                               f"got {self.tensor_parallel_size}")
         if problem := self.tensor_parallel_problem():
             raise ConfigError(problem)
-        if problem := self.kv_cache_dtype_problem():
-            raise ConfigError(problem)
         limit = positions_of(self.hf_config)
         if self.max_model_len is None:
             self.max_model_len = limit
@@ -171,6 +169,8 @@ class EngineConfig(EngineArgs):
         return tensor_parallel_problem(heads, hf.get("num_key_value_heads") or heads, hf["intermediate_size"], size)
 
     def kv_cache_dtype_problem(self) -> str | None:
+        """Why this device cannot hold the KV cache's element type, or None. Asked by the engine, on its own
+        GPU: it starts CUDA, which the API process (that builds EngineConfigs too) never does."""
         d = torch.device(self.device)
         if self.kv_cache_dtype != "fp8" or d.type != "cuda":
             return None

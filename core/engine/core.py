@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import torch
 
-from corral.config import EngineConfig
+from corral.config import ConfigError, EngineConfig
 from corral.distributed.group import TensorParallelGroup, rank_device
 from corral.engine import sleep
 from corral.engine.kv_cache_manager import KVCacheManager
@@ -35,6 +35,8 @@ class EngineCore:
     def __init__(self, config: EngineConfig, plugin_manager: PluginManager | None = None,
                  on_worker_failure: Callable[[str], None] | None = None):
         started = time.perf_counter()
+        if problem := config.kv_cache_dtype_problem():
+            raise ConfigError(problem)
         self.config = config
         self.startup = StartupTimes()
         self.model_config = ModelConfig.from_hf(config.hf_config)
