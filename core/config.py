@@ -81,6 +81,9 @@ class EngineArgs:
                                           "before runs, so a new request joins at the next step)")
     async_scheduling: bool = setting(True)  # launch the next decode step (or group) before this one's tokens are back
     seed: int = setting(0)
+    step_log: str | None = setting(None, "corral serve: a file each engine appends a JSON line to per step (the "
+                                         "model, idle and step seconds, tokens, running and waiting), to find "
+                                         "where a server's time goes", metavar="FILE")
     load_format: str = setting("auto", "dummy: random weights (config.json and a tokenizer suffice), "
                                        "for benchmarks", choices=("auto", "dummy"))
     task: str = setting("auto", "generate, or embed: serve the model's pooled hidden states (/v1/embeddings); "

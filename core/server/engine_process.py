@@ -9,6 +9,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
@@ -16,6 +17,7 @@ from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, En
                                     Wake)
 from corral.engine.request import Request
 from corral.server.engine_spares import EngineAssignment, Spare
+from corral.server.step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def run_engine(name: str, model_dir: str, engine_args: dict, conn, num_threads: 
     _send(conn, EngineReady(os.getpid(), core.config.max_model_len, core.num_blocks, core.config.block_size,
                             core.model_config.vocab_size, memory_held(core), core.startup))
     try:
-        serve(core, conn)
+        serve(core, conn, StepLog(core.config.step_log, name) if core.config.step_log else None)
     except (EOFError, OSError, BrokenPipeError):
         logger.info("the API process went away; engine for %s exits", name)
     except Exception as e:
@@ -196,21 +198,26 @@ class Outbox:
                 return
 
 
-def serve(core, conn):
+def serve(core, conn, step_log: StepLog | None = None):
     """Step while there is work; block on the pipe while there is none. Messages out go through an
     Outbox."""
     outbox = Outbox(conn)
     try:
-        _serve(core, conn, outbox)
+        _serve(core, conn, outbox, step_log)
     finally:
         outbox.close()
+        if step_log is not None:
+            step_log.close()
 
 
-def _serve(core, conn, outbox: "Outbox"):
+def _serve(core, conn, outbox: "Outbox", step_log: StepLog | None):
     while True:
-        changed = False
+        changed, idle = False, 0.0
         if not core.has_unfinished_requests():
-            if not _handle(core, outbox, conn.recv()):
+            start = time.perf_counter()
+            message = conn.recv()
+            idle = time.perf_counter() - start
+            if not _handle(core, outbox, message):
                 return
             changed = True
         while conn.poll():
@@ -218,9 +225,15 @@ def _serve(core, conn, outbox: "Outbox"):
                 return
             changed = True
         if core.has_unfinished_requests():
+            start = time.perf_counter()
             outputs = core.step()
-            if outputs or changed:
-                outbox.send(EngineOutputs(outputs, core.stats()))
+            stepped = time.perf_counter() - start
+            if outputs or changed or step_log is not None:
+                stats = core.stats()
+                if outputs or changed:
+                    outbox.send(EngineOutputs(outputs, stats))
+                if step_log is not None:
+                    step_log.record(idle, stepped, sum(len(o.new_token_ids) for o in outputs), stats)
         elif changed:
             outbox.send(EngineOutputs([], core.stats()))
 

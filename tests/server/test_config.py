@@ -197,7 +197,7 @@ def test_every_engine_setting_is_a_config_key_and_reaches_the_engine(tmp_path):
     values = {"dtype": "float16", "device": "cpu", "max_model_len": 64, "max_num_seqs": 3,
               "max_num_batched_tokens": 77, "block_size": 32, "gpu_memory_utilization": 0.5, "num_kv_blocks": 9,
               "kv_cache_memory_bytes": 1234, "kv_cache_dtype": "fp8", "enable_prefix_caching": False, "attention_backend": "torch",
-              "enforce_eager": True, "num_scheduler_steps": 2, "async_scheduling": False, "seed": 7,
+              "enforce_eager": True, "num_scheduler_steps": 2, "async_scheduling": False, "seed": 7, "step_log": "steps.jsonl",
               "load_format": "dummy", "tensor_parallel_size": 2, "task": "embed", "pooling": "mean",
               "normalize": False}
     assert set(values) == {f.name for f in fields(EngineArgs)}

@@ -1,0 +1,35 @@
+"""step_log: each engine of a real server appends a JSON line per step, whose tokens add up to what the
+clients were sent and whose idle time is the wait for work before a step."""
+import json
+import time
+
+import openai
+
+from tests.server.helpers import ServerThread
+
+
+def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completions(tiny_model_dirs, tmp_path):
+    from corral.server.config import build_config
+    path = tmp_path / "steps.jsonl"
+    config = build_config([str(tiny_model_dirs["qwen3"]), str(tiny_model_dirs["llama"])], served_names=["q", "l"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
+                                          "step_log": str(path)})
+    server = ServerThread(config).start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+        sent = {"q": 0, "l": 0}
+        for model, n in (("q", 5), ("l", 7), ("q", 3)):
+            time.sleep(0.3)  # the engine waits for work: that wait is the next step's idle time
+            answer = client.completions.create(model=model, prompt=[5, 6, 7], max_tokens=n, temperature=0,
+                                               extra_body={"ignore_eos": True})
+            sent[model] += answer.usage.completion_tokens
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {line["model"] for line in lines} == {"q", "l"}
+    for model in ("q", "l"):
+        steps = [line for line in lines if line["model"] == model]
+        assert sum(line["tokens"] for line in steps) == sent[model] > 0
+        assert all(line["step_s"] > 0 and line["running"] + line["waiting"] <= 1 for line in steps)
+        assert max(line["idle_s"] for line in steps) > 0.2
+        assert [line["t"] for line in steps] == sorted(line["t"] for line in steps)
