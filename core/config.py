@@ -105,6 +105,8 @@ class EngineArgs:
             (self.num_scheduler_steps >= 1, f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}"),
             (self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
              f"block_size must be a power of two, got {self.block_size}"),
+            (self.step_log is None or Path(self.step_log).parent.is_dir(),
+             f"step_log {self.step_log}: its folder does not exist"),
             (self.kv_cache_dtype in KV_CACHE_DTYPES,
              f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"),
             (self.load_format in ("auto", "dummy"), f"load_format must be auto or dummy, got {self.load_format!r}"),

@@ -67,4 +67,3 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
     flat = kv_cache.view(2, -1, *kv_cache.shape[3:])
     flat[0, slots] = to_cache_dtype(k[keep], kv_cache.dtype)
     flat[1, slots] = to_cache_dtype(v[keep], kv_cache.dtype)
-

@@ -33,3 +33,11 @@ def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completion
         assert all(line["step_s"] > 0 and line["running"] + line["waiting"] <= 1 for line in steps)
         assert max(line["idle_s"] for line in steps) > 0.2
         assert [line["t"] for line in steps] == sorted(line["t"] for line in steps)
+
+
+def test_a_step_log_in_a_folder_that_does_not_exist_is_refused_in_one_line(tiny_model_dirs, tmp_path, capsys):
+    from corral.cli import main
+    args = ["serve", str(tiny_model_dirs["qwen3"]), "--device", "cpu", "--step-log", str(tmp_path / "no" / "s.jsonl")]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its folder does not exist" in err[0]
