@@ -110,7 +110,7 @@ def main():
 
     engine.runner.launch = launch_recorded
     if b4:
-        prompts, params = b2_workload(B4_REQUESTS, seed=2)
+        prompts, params = b2_workload(B4_REQUESTS, seed=2, temperature=0.0)
     else:
         prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema)
     requests = [Request(str(i), p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]

@@ -36,10 +36,11 @@ def b1_workload(num_requests=256, seed=0, structured: str = "none", schema: str 
     return prompts, params
 
 
-def b2_workload(num_requests=1000, seed=0):
+def b2_workload(num_requests=1000, seed=0, temperature=0.6):
+    """B2's requests; B4's are the same at temperature 0."""
     rng = random.Random(seed)
     prompts = [[rng.randint(0, 10000) for _ in range(1024)] for _ in range(num_requests)]
-    return prompts, [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=128)] * num_requests
+    return prompts, [SamplingParams(temperature=temperature, ignore_eos=True, max_tokens=128)] * num_requests
 
 
 def warm_up(engine: EngineCore, workload: str = "B1", structured: str = "none", schema: str = "text"):
