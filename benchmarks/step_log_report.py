@@ -1,0 +1,84 @@
+"""Where a server's engines spent a run, from their step logs (`corral serve --step-log FILE`, or a
+serve_side_by_side.sh variant `trace:step_log='FILE'`): per model and run, the time stepping and the time idle
+(waiting for work with nothing running), the longest waits and when they came, and the steps by how many
+requests ran. A wait longer than --split seconds separates runs (a client's warm-up, then each rate).
+
+    python -m benchmarks.step_log_report steps.jsonl
+"""
+import argparse
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+RUNNING_BINS = (0, 1, 16, 64, 128, 192, 256, 1 << 30)
+
+
+@dataclass(slots=True)
+class Run:
+    model: str
+    start: float  # seconds on the log's clock, when the run's first step began
+    end: float
+    step_s: float = 0.0
+    idle_s: float = 0.0  # waits inside the run, with no request in the engine
+    tokens: int = 0
+    waits: list[tuple[float, float]] = field(default_factory=list)  # (when it began, seconds), longest first
+    by_running: dict[str, list[float]] = field(default_factory=dict)  # running bin -> step seconds
+
+    def report(self, top: int = 5) -> str:
+        wall = self.end - self.start
+        lines = [f"{self.model}: run of {wall:.2f} s from t={self.start:.2f}: stepping {self.step_s:.2f} s, idle "
+                 f"{self.idle_s:.3f} s in {len(self.waits)} waits, between steps {wall - self.step_s - self.idle_s:.3f}"
+                 f" s; {self.tokens} tokens ({self.tokens / wall if wall else 0:,.0f} tok/s)"]
+        lines += [f"  wait {seconds * 1e3:8.1f} ms at t={at:.3f}" for at, seconds in self.waits[:top]]
+        for name, steps in sorted(self.by_running.items(), key=lambda item: int(item[0].split("-")[0].rstrip("+"))):
+            lines.append(f"  running {name:>9s}: {len(steps):5d} steps, {sum(steps):6.2f} s, "
+                         f"{sum(steps) / len(steps) * 1e3:7.2f} ms each")
+        return "\n".join(lines)
+
+
+def running_bin(n: int) -> str:
+    for lo, hi in zip(RUNNING_BINS, RUNNING_BINS[1:]):
+        if lo <= n < hi:
+            return f"{lo}-{hi - 1}" if hi < 1 << 30 else f"{lo}+"
+    return "?"
+
+
+def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
+    """Each model's steps in time order, cut into runs where the engine waited longer than `split` seconds.
+    A line is written after its step: the step began at t - step_s, and its wait before that."""
+    by_model = defaultdict(list)
+    for line in lines:
+        by_model[line["model"]].append(line)
+    found = []
+    for model, steps in by_model.items():
+        run = None
+        for line in sorted(steps, key=lambda s: s["t"]):
+            began = line["t"] - line["step_s"]
+            if run is None or line["idle_s"] > split:
+                run = Run(model, began, line["t"])
+                found.append(run)
+            elif line["idle_s"] > 0:
+                run.idle_s += line["idle_s"]
+                run.waits.append((began - line["idle_s"], line["idle_s"]))
+            run.end = line["t"]
+            run.step_s += line["step_s"]
+            run.tokens += line["tokens"]
+            run.by_running.setdefault(running_bin(line["running"]), []).append(line["step_s"])
+        for r in found:
+            r.waits.sort(key=lambda w: -w[1])
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path")
+    ap.add_argument("--split", type=float, default=1.0, help="a wait longer than this (seconds) starts a new run")
+    args = ap.parse_args()
+    with open(args.path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    for run in runs(lines, args.split):
+        print(run.report())
+
+
+if __name__ == "__main__":
+    main()

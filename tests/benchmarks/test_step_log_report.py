@@ -1,0 +1,25 @@
+"""benchmarks.step_log_report: runs cut at long waits, idle time and steps by load, from a step log."""
+from benchmarks.step_log_report import runs
+
+
+def line(t, idle, step, tokens, running, model="m"):
+    return {"model": model, "t": t, "idle_s": idle, "step_s": step, "tokens": tokens, "running": running,
+            "waiting": 0}
+
+
+def test_a_long_wait_starts_a_new_run_and_short_ones_count_as_idle_inside_it():
+    log = [line(5.1, 5.0, 0.1, 4, 4),            # the first run: after the server's start
+           line(5.2, 0.0, 0.1, 4, 4),
+           line(5.35, 0.05, 0.1, 2, 130),        # a 50 ms wait for work inside the run
+           line(12.0, 6.0, 0.2, 3, 3),           # a second run, after 6 s with nothing to do
+           line(1.0, 0.5, 0.5, 9, 1, model="other")]
+    found = runs(log, split=1.0)
+    (other,) = [r for r in found if r.model == "other"]
+    first, second = sorted((r for r in found if r.model == "m"), key=lambda r: r.start)
+    assert (first.model, round(first.start, 6), first.end, first.tokens) == ("m", 5.0, 5.35, 10)
+    assert round(first.step_s, 6) == 0.3 and round(first.idle_s, 6) == 0.05
+    assert [(round(at, 6), s) for at, s in first.waits] == [(5.2, 0.05)]
+    assert sorted(first.by_running) == ["1-15", "128-191"] and len(first.by_running["1-15"]) == 2
+    assert (round(second.start, 6), second.end, second.idle_s, second.tokens) == (11.8, 12.0, 0.0, 3)
+    assert (other.model, other.tokens, round(other.start, 6)) == ("other", 9, 0.5)
+    assert "run of 0.35 s" in first.report() and "50.0 ms at t=5.200" in first.report()
