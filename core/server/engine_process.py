@@ -211,12 +211,13 @@ def serve(core, conn, step_log: StepLog | None = None):
 
 
 def _serve(core, conn, outbox: "Outbox", step_log: StepLog | None):
+    idle = 0.0  # the waits for work since the last step (also those that ended in Sleep, Wake, SetKVGrant ...)
     while True:
-        changed, idle = False, 0.0
+        changed = False
         if not core.has_unfinished_requests():
             start = time.perf_counter()
             message = conn.recv()
-            idle = time.perf_counter() - start
+            idle += time.perf_counter() - start
             if not _handle(core, outbox, message):
                 return
             changed = True
@@ -234,6 +235,7 @@ def _serve(core, conn, outbox: "Outbox", step_log: StepLog | None):
                     outbox.send(EngineOutputs(outputs, stats))
                 if step_log is not None:
                     step_log.record(idle, stepped, sum(len(o.new_token_ids) for o in outputs), stats)
+            idle = 0.0
         elif changed:
             outbox.send(EngineOutputs([], core.stats()))
 

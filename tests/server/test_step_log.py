@@ -41,3 +41,43 @@ def test_a_step_log_in_a_folder_that_does_not_exist_is_refused_in_one_line(tiny_
     assert main(args) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "its folder does not exist" in err[0]
+
+
+def test_a_step_log_that_cannot_be_written_leaves_the_engine_serving(tiny_model_dirs):
+    from corral.server.config import build_config
+    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
+                                          "step_log": "/dev/full"})  # every write fails: no space left
+    server = ServerThread(config).start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        pid = server.registry.get("q").pid
+        for _ in range(2):
+            answer = client.completions.create(model="q", prompt=[5, 6, 7], max_tokens=3, temperature=0,
+                                               extra_body={"ignore_eos": True})
+            assert answer.usage.completion_tokens == 3
+        assert server.registry.get("q").pid == pid and server.registry.get("q").restarts == 0
+    finally:
+        server.stop()
+
+
+def test_the_time_a_model_slept_is_the_idle_time_of_its_next_step(tiny_model_dirs, tmp_path):
+    import httpx
+
+    from corral.server.config import build_config
+    path = tmp_path / "steps.jsonl"
+    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
+                                          "step_log": str(path)})
+    server = ServerThread(config).start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+        client.completions.create(model="q", prompt=[5, 6, 7], max_tokens=2, temperature=0)
+        assert httpx.post(f"{server.url}/v1/models/q/sleep").json()["state"] == "sleeping"
+        time.sleep(0.6)
+        before = len(path.read_text().splitlines())
+        client.completions.create(model="q", prompt=[5, 6, 7], max_tokens=2, temperature=0)  # wakes it
+    finally:
+        server.stop()
+    woken = [json.loads(line) for line in path.read_text().splitlines()[before:]]
+    assert woken and woken[0]["idle_s"] > 0.6
