@@ -44,7 +44,8 @@ def running_bin(n: int) -> str:
 
 
 def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
-    """Each model's steps in time order, cut into runs where the engine waited longer than `split` seconds.
+    """Each model's steps in the log's order, cut into runs where the engine waited longer than `split` seconds
+    or its clock went back (t counts from each engine's start: a restarted or reloaded engine's steps follow).
     A line is written after its step: the step began at t - step_s, and its wait before that."""
     by_model = defaultdict(list)
     for line in lines:
@@ -52,9 +53,9 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
     found = []
     for model, steps in by_model.items():
         run = None
-        for line in sorted(steps, key=lambda s: s["t"]):
+        for line in steps:
             began = line["t"] - line["step_s"]
-            if run is None or line["idle_s"] > split:
+            if run is None or line["idle_s"] > split or line["t"] < run.end:
                 run = Run(model, began, line["t"])
                 found.append(run)
             elif line["idle_s"] > 0:
@@ -64,8 +65,8 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
             run.step_s += line["step_s"]
             run.tokens += line["tokens"]
             run.by_running.setdefault(running_bin(line["running"]), []).append(line["step_s"])
-        for r in found:
-            r.waits.sort(key=lambda w: -w[1])
+    for r in found:
+        r.waits.sort(key=lambda w: -w[1])
     return found
 
 

@@ -23,3 +23,11 @@ def test_a_long_wait_starts_a_new_run_and_short_ones_count_as_idle_inside_it():
     assert (round(second.start, 6), second.end, second.idle_s, second.tokens) == (11.8, 12.0, 0.0, 3)
     assert (other.model, other.tokens, round(other.start, 6)) == ("other", 9, 0.5)
     assert "run of 0.35 s" in first.report() and "50.0 ms at t=5.200" in first.report()
+
+
+def test_a_restarted_engine_whose_clock_starts_again_begins_a_new_run():
+    log = [line(1.1, 0.5, 0.1, 4, 4), line(1.2, 0.0, 0.1, 4, 4),    # the first engine
+           line(0.5, 0.05, 0.1, 3, 3), line(0.6, 0.0, 0.1, 3, 3)]   # its restart, t from 0 again
+    first, second = runs(log, split=1.0)
+    assert (round(first.start, 6), first.end, first.tokens, first.idle_s) == (1.0, 1.2, 8, 0.0)
+    assert (round(second.start, 6), second.end, second.tokens, second.idle_s) == (0.4, 0.6, 6, 0.0)
