@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.common import emit, environment, model_dir
 from benchmarks.throughput import B1_SCHEMAS, b1_workload, b2_workload, warm_up
-from corral.config import EngineConfig
+from corral.config import EngineArgs, EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.model_runner import InFlight
 from corral.engine.request import Request
@@ -82,7 +82,7 @@ def main():
     args = ap.parse_args()
     b4 = args.workload == "b4"
     directory = model_dir(args.model, tokenizer=args.tokenizer)
-    server_defaults = EngineConfig(directory)
+    server_defaults = EngineArgs()
     engine = EngineCore(EngineConfig(directory, load_format="dummy", max_model_len=4096,
                                      max_num_seqs=server_defaults.max_num_seqs if b4 else 512,
                                      max_num_batched_tokens=server_defaults.max_num_batched_tokens if b4 else 16384,

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.common import emit, environment, model_dir, new_variants, triton_variants
 from benchmarks.gpu_timeline import profiler_timeline
-from corral.config import EngineConfig
+from corral.config import KV_CACHE_DTYPES, EngineConfig
 from corral.engine.core import EngineCore
 from corral.engine.request import Request
 from corral.sampling_params import SamplingParams, StructuredOutputsParams
@@ -95,7 +95,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="timed runs, one after another")
     ap.add_argument("--profile", action="store_true", help="profile 30 steps after the warm-up and print kernels")
     ap.add_argument("--attention-backend", help="triton or torch (default: by device)")
-    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
     ap.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")
     ap.add_argument("--structured-outputs", default="none", choices=["none", "all", "mixed"],
                     help="B1 with every request (or every other one) constrained to a JSON schema")
