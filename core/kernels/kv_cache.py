@@ -5,6 +5,17 @@ import triton.language as tl
 
 from corral.kernels.kv_dtype import FP8_MAX, to_cache_dtype
 
+_FP8_MAX = tl.constexpr(FP8_MAX)
+
+
+@triton.jit
+def to_cache_type(x, cache_ptr):
+    """x as the cache at cache_ptr holds it: an fp8 cache's values saturated at its range first."""
+    cache_type: tl.constexpr = cache_ptr.dtype.element_ty
+    if cache_type == tl.float8e4nv:
+        return tl.clamp(x.to(tl.float32), -_FP8_MAX, _FP8_MAX).to(cache_type)
+    return x.to(cache_type)
+
 
 @triton.jit
 def _store_kv_cache_kernel(
@@ -12,7 +23,7 @@ def _store_kv_cache_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ckv, stride_cslot, stride_ch,
     num_kv_heads, head_dim,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, SATURATE: tl.constexpr, LIMIT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -24,11 +35,8 @@ def _store_kv_cache_kernel(
     k = tl.load(k_ptr + t.to(tl.int64) * stride_kt + h * stride_kh + d, mask=mask)
     v = tl.load(v_ptr + t.to(tl.int64) * stride_vt + h * stride_vh + d, mask=mask)
     dst = cache_ptr + slot * stride_cslot + h * stride_ch + d
-    if SATURATE:
-        k = tl.clamp(k.to(tl.float32), -LIMIT, LIMIT)
-        v = tl.clamp(v.to(tl.float32), -LIMIT, LIMIT)
-    tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(dst + stride_ckv, v.to(cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst, to_cache_type(k, cache_ptr), mask=mask)
+    tl.store(dst + stride_ckv, to_cache_type(v, cache_ptr), mask=mask)
 
 
 def store_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
@@ -45,7 +53,7 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
         kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3),
         num_kv_heads, head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        SATURATE=kv_cache.dtype == torch.float8_e4m3fn, LIMIT=FP8_MAX, num_warps=4,
+        num_warps=4,
     )
 
 

@@ -5,8 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from corral.kernels.kv_cache import check_kv_store
-from corral.kernels.kv_dtype import FP8_MAX
+from corral.kernels.kv_cache import check_kv_store, to_cache_type
 from corral.kernels.norm import rms_norm_ref
 from corral.kernels.rotary import apply_rotary_ref, check_rotary_inputs
 
@@ -43,7 +42,7 @@ def _qk_norm_rotary_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, qw_ptr, kw_ptr, eps
                            num_q_heads, num_kv_heads,
                            v_ptr, kv_ptr, slot_ptr, stride_vt, stride_vh, stride_kv, stride_slot, stride_kvh,
                            HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                           STORE_KV: tl.constexpr, SATURATE: tl.constexpr, LIMIT: tl.constexpr):
+                           STORE_KV: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     d = tl.arange(0, HALF)[None, :]
@@ -62,16 +61,11 @@ def _qk_norm_rotary_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, qw_ptr, kw_ptr, eps
     _norm_rotate_store(q, q_mask, q1, q2, qw1, qw2, eps, cos, sin, HALF)
     k1, k2 = _norm_rotate_store(k, k_mask, k1, k2, kw1, kw2, eps, cos, sin, HALF)
     if STORE_KV:
-        if SATURATE:  # an fp8 cache (kernels/kv_dtype.py)
-            k1 = tl.clamp(k1.to(tl.float32), -LIMIT, LIMIT)
-            k2 = tl.clamp(k2.to(tl.float32), -LIMIT, LIMIT)
-            v = tl.clamp(v.to(tl.float32), -LIMIT, LIMIT)
         if slot >= 0:
             dst = kv_ptr + slot * stride_slot + h * stride_kvh
-            cache_type = kv_ptr.dtype.element_ty
-            tl.store(dst + d, k1.to(cache_type), mask=k_mask)
-            tl.store(dst + HALF + d, k2.to(cache_type), mask=k_mask)
-            tl.store(dst + stride_kv + tl.arange(0, 2 * HALF)[None, :], v.to(cache_type), mask=k_mask)
+            tl.store(dst + d, to_cache_type(k1, kv_ptr), mask=k_mask)
+            tl.store(dst + HALF + d, to_cache_type(k2, kv_ptr), mask=k_mask)
+            tl.store(dst + stride_kv + tl.arange(0, 2 * HALF)[None, :], to_cache_type(v, kv_ptr), mask=k_mask)
 
 
 def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -99,7 +93,6 @@ def qk_norm_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
         num_q_heads, k.shape[1], *v_args, HALF=head_dim // 2, BLOCK_HQ=block_hq,
         BLOCK_HK=triton.next_power_of_2(k.shape[1]), STORE_KV=store,
-        SATURATE=store and kv_cache.dtype == torch.float8_e4m3fn, LIMIT=FP8_MAX,
         num_warps=min(16, max(4, block_hq * head_dim // 1024)),
     )
 
