@@ -19,10 +19,14 @@ class Run:
     start: float  # seconds on the log's clock, when the run's first step began
     end: float
     step_s: float = 0.0
-    idle_s: float = 0.0  # waits inside the run, with no request in the engine
     tokens: int = 0
     waits: list[tuple[float, float]] = field(default_factory=list)  # (when it began, seconds), longest first
     by_running: dict[str, list[float]] = field(default_factory=dict)  # running bin -> step seconds
+
+    @property
+    def idle_s(self) -> float:
+        """The waits inside the run, with no request in the engine."""
+        return sum(seconds for _, seconds in self.waits)
 
     def report(self, top: int = 5) -> str:
         wall = self.end - self.start
@@ -59,7 +63,6 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
                 run = Run(model, began, line["t"])
                 found.append(run)
             elif line["idle_s"] > 0:
-                run.idle_s += line["idle_s"]
                 run.waits.append((began - line["idle_s"], line["idle_s"]))
             run.end = line["t"]
             run.step_s += line["step_s"]
