@@ -1,8 +1,7 @@
 """One model's requests as the API process sees them: admitted against its bounded queue, sent to its
-engine (engine_lifecycle.py loads and restarts it) and answered through per-request asyncio queues fed
-from the engine's pipe.
+engine (engine_lifecycle.py loads and restarts it) and answered through per-request output collectors
+fed from the engine's pipe.
 """
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +13,7 @@ from corral.sampling_params import SamplingParams
 from corral.server.engine_lifecycle import EngineLifecycle
 from corral.server.engine_process import EngineProcess
 from corral.server.errors import BadRequestError, QueueFullError
+from corral.server.output_collector import RequestOutputCollector
 
 
 class EngineClient(EngineLifecycle):
@@ -22,14 +22,14 @@ class EngineClient(EngineLifecycle):
         self.num_pending = 0                # requests admitted and not yet released
         self.num_pending_seqs = 0           # their sequences: what the queue bound counts
         self.last_used = time.monotonic()
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._collectors: dict[str, RequestOutputCollector] = {}
 
     def _handle(self, engine: EngineProcess, message: FromEngine):
         if isinstance(message, EngineOutputs):
             results, to_abort = self.output_processor.process(message.outputs)
             for result in results:
-                if (q := self._queues.get(result.request_id)) is not None:
-                    q.put_nowait(result)
+                if (collector := self._collectors.get(result.request_id)) is not None:
+                    collector.put(result)
             if to_abort:
                 self.engine.send(AbortRequests(to_abort))
             self.stats = message.stats
@@ -44,11 +44,11 @@ class EngineClient(EngineLifecycle):
         if self.output_processor is not None and self.output_processor.has_request(request_id):
             self.engine.send(AbortRequests(self.output_processor.child_ids(request_id)))
             self.output_processor.abort(request_id)
-        if (q := self._queues.get(request_id)) is not None:
-            q.put_nowait(error)
+        if (collector := self._collectors.get(request_id)) is not None:
+            collector.put(error)
 
     def _fail_all(self, make_error: Callable[[], Exception]):
-        for request_id in list(self._queues):
+        for request_id in list(self._collectors):
             self._fail(request_id, make_error())
 
     async def admit(self, timeout: float, num_seqs: int = 1, task: str = "generate"):
@@ -108,14 +108,14 @@ class EngineClient(EngineLifecycle):
         """The engine's delta outputs of one request, up to the finished one; closing early aborts it.
         The one step a client of another transport (corral.integrations.ray) does its own way."""
         registered = False
-        q: asyncio.Queue = asyncio.Queue()
+        collector = RequestOutputCollector()
         try:
             child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
-            self._queues[request_id], registered = q, True
+            self._collectors[request_id], registered = collector, True
             self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, arrival,
                                                                               cache_salt)))
             while True:
-                item = await q.get()
+                item = await collector.get()
                 if isinstance(item, BaseException):
                     registered = False
                     raise item
@@ -124,7 +124,7 @@ class EngineClient(EngineLifecycle):
                 if item.finished:
                     return
         finally:
-            self._queues.pop(request_id, None)
+            self._collectors.pop(request_id, None)
             if registered:
                 self.abort(request_id)
 
@@ -132,15 +132,15 @@ class EngineClient(EngineLifecycle):
                     cache_salt: str | None = None) -> EmbeddingRequestOutput:
         """The pooled vector of one admitted embedding request; leaving early aborts it."""
         start = time.monotonic()
-        q: asyncio.Queue = asyncio.Queue()
+        collector = RequestOutputCollector()
         registered = False
         try:
             await self.wait_ready(timeout)
             self.output_processor.add_pooling_request(request_id, prompt_ids)
-            self._queues[request_id], registered = q, True
+            self._collectors[request_id], registered = collector, True
             self.engine.send(AddRequests([self.input_processor.pooling_request(request_id, prompt_ids, params, start,
                                                                                cache_salt)]))
-            item = await q.get()
+            item = await collector.get()
             registered = False
             if isinstance(item, BaseException):
                 raise item
@@ -153,7 +153,7 @@ class EngineClient(EngineLifecycle):
                 self.metrics.requests_finished.labels(self.name, "error").inc()
             raise
         finally:
-            self._queues.pop(request_id, None)
+            self._collectors.pop(request_id, None)
             if registered:
                 self.abort(request_id)
 
