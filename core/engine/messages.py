@@ -143,4 +143,19 @@ class EngineExited:
 
 
 ToEngine = AddRequests | AbortRequests | Shutdown | Sleep | Wake | SetKVGrant
+
+
+def coalesced(messages: list[ToEngine]) -> list[ToEngine]:
+    """The same messages in the same order, with each run of AddRequests (or of AbortRequests) as one: a burst
+    of requests crosses the pipe in one write, and the engine takes them all before its next step."""
+    out: list[ToEngine] = []
+    for message in messages:
+        last = out[-1] if out else None
+        if isinstance(message, AddRequests) and isinstance(last, AddRequests):
+            out[-1] = AddRequests(last.requests + message.requests)
+        elif isinstance(message, AbortRequests) and isinstance(last, AbortRequests):
+            out[-1] = AbortRequests(last.request_ids + message.request_ids)
+        else:
+            out.append(message)
+    return out
 FromEngine = EngineReady | EngineOutputs | RequestRejected | SleepDone | EngineFailed | EngineExited

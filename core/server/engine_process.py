@@ -1,6 +1,10 @@
 """The engine process of one served model: EngineCore with its own PluginManager, driven over a Pipe
 with the typed messages of corral.engine.messages (ToEngine in, FromEngine out). While idle the
 process blocks on the pipe; the pipe closing (the API process died) ends it.
+
+The API process reads the pipe on its event loop, when the pipe has data, and writes it from a thread of
+its own, a burst of messages at a time: a thread handing over each message would wait for the
+interpreter's lock behind the busy event loop, message by message, and delay a burst of new requests.
 """
 import gc
 import logging
@@ -14,7 +18,7 @@ from collections.abc import Callable
 
 from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, EngineFailed, EngineOutputs,
                                     EngineReady, FromEngine, RequestRejected, SetKVGrant, Shutdown, Sleep, ToEngine,
-                                    Wake)
+                                    Wake, coalesced)
 from corral.engine.request import Request
 from corral.server.engine_spares import EngineAssignment, Spare
 from corral.server.step_log import StepLog
@@ -22,8 +26,8 @@ from corral.server.step_log import StepLog
 logger = logging.getLogger(__name__)
 
 class EngineProcess:
-    """The API process's end: spawns `run_engine`, reads its messages on one thread and writes on
-    another (a busy engine never blocks the event loop). `on_message(self, message)` runs on `loop`;
+    """The API process's end: spawns `run_engine`, reads its messages on `loop` as they arrive and writes
+    on a thread (a busy engine never blocks the event loop). `on_message(self, message)` runs on `loop`;
     the pipe closing arrives as EngineExited."""
 
     def __init__(self, name: str, model_dir: str, engine_args: dict, num_threads: int | None, log_level: int,
@@ -64,20 +68,37 @@ class EngineProcess:
         if self._spare is None:
             self.process.start()
             self._child_conn.close()
-        threading.Thread(target=self._read, daemon=True, name=f"engine-reader-{self.name}").start()
+        try:
+            self._loop.call_soon_threadsafe(self._watch)
+        except RuntimeError:  # the event loop is closed
+            pass
         threading.Thread(target=self._write, daemon=True, name=f"engine-writer-{self.name}").start()
 
     def send(self, message: ToEngine):
         self._outbox.put(message)
 
+    def _watch(self):
+        """On the loop: read the pipe whenever it has data."""
+        self._fd = self._conn.fileno()
+        try:
+            self._loop.add_reader(self._fd, self._read_ready)
+        except NotImplementedError:  # a loop that cannot watch a pipe (Windows' proactor): a reader thread
+            threading.Thread(target=self._read, daemon=True, name=f"engine-reader-{self.name}").start()
+
+    def _read_ready(self):
+        while True:
+            message = self._receive(block=False)
+            if message is None:
+                return
+            if isinstance(message, EngineExited):
+                self._loop.remove_reader(self._fd)
+            self._on_message(self, message)
+            if isinstance(message, EngineExited):
+                return
+
     def _read(self):
         while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError):
-                message = EngineExited()
-            except Exception as e:  # an unreadable message: the engine is unusable
-                message = EngineFailed(f"bad message from the engine: {e}")
+            message = self._receive(block=True)
             try:
                 self._loop.call_soon_threadsafe(self._on_message, self, message)
             except RuntimeError:
@@ -85,12 +106,29 @@ class EngineProcess:
             if isinstance(message, EngineExited):
                 return
 
+    def _receive(self, block: bool) -> FromEngine | None:
+        """The next message; None when none is waiting and `block` is False."""
+        try:
+            if not block and not self._conn.poll():
+                return None
+            return self._conn.recv()
+        except (EOFError, OSError):
+            return EngineExited()
+        except Exception as e:  # an unreadable message: the engine is unusable
+            return EngineFailed(f"bad message from the engine: {e}")
+
     def _write(self):
-        while (message := self._outbox.get()) is not None:
-            try:
-                self._conn.send(message)
-            except (OSError, ValueError):
-                return
+        while True:
+            burst = [self._outbox.get()]
+            while not self._outbox.empty():
+                burst.append(self._outbox.get())
+            for message in coalesced(burst):
+                if message is None:
+                    return
+                try:
+                    self._conn.send(message)
+                except (OSError, ValueError):
+                    return
 
     def stop(self, timeout: float):
         """Blocking: ask the engine to exit, then terminate and kill it if it does not."""

@@ -1,0 +1,59 @@
+"""The pipe between the API process and an engine: a burst of messages crosses as few writes as keep its
+meaning, and the API process reads the engine's messages on its event loop."""
+import asyncio
+import threading
+
+from corral import SamplingParams
+from corral.engine.messages import (AbortRequests, AddRequests, EngineCoreRequest, EngineExited, SetKVGrant, Shutdown,
+                                    Sleep, coalesced)
+
+
+def _request(request_id: str) -> EngineCoreRequest:
+    return EngineCoreRequest(request_id, [1, 2, 3], SamplingParams(max_tokens=4), frozenset(), 0.0)
+
+
+def test_a_burst_of_new_requests_crosses_as_one_message_in_arrival_order():
+    burst = [AddRequests([_request("a")]), AddRequests([_request("b"), _request("c")]), AddRequests([_request("d")])]
+    [message] = coalesced(burst)
+    assert [r.request_id for r in message.requests] == ["a", "b", "c", "d"]
+
+
+def test_other_messages_keep_their_place_between_the_runs_they_split():
+    burst = [AddRequests([_request("a")]), AbortRequests(["x"]), AbortRequests(["y"]), AddRequests([_request("b")]),
+             SetKVGrant(8), AddRequests([_request("c")]), Sleep(), None, AddRequests([_request("d")])]
+    out = coalesced(burst)
+    assert [type(m).__name__ for m in out] == ["AddRequests", "AbortRequests", "AddRequests", "SetKVGrant",
+                                               "AddRequests", "Sleep", "NoneType", "AddRequests"]
+    assert out[1].request_ids == ["x", "y"]
+    assert coalesced([Shutdown()]) == [Shutdown()]
+
+
+def test_an_engines_messages_are_read_on_the_event_loop_and_its_exit_ends_the_watch(tiny_model_dirs):
+    from corral.server.engine_process import EngineProcess
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen, exited = [], asyncio.Event()
+
+        def on_message(engine, message):
+            seen.append((type(message).__name__, threading.current_thread() is threading.main_thread()))
+            if isinstance(message, EngineExited):
+                exited.set()
+
+        engine = EngineProcess("tiny", str(tiny_model_dirs["qwen3"]), {"device": "cpu", "max_model_len": 128},
+                               1, 30, loop, on_message)
+        await asyncio.to_thread(engine.start)
+        engine.send(AddRequests([_request("a")]))
+        for _ in range(600):
+            if any(name == "EngineOutputs" for name, _ in seen):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(engine.stop, 30)
+        await asyncio.wait_for(exited.wait(), 30)
+        assert not engine.process.is_alive()
+        return seen
+
+    seen = asyncio.run(main())
+    names = [name for name, _ in seen]
+    assert names[0] == "EngineReady" and "EngineOutputs" in names and names[-1] == "EngineExited"
+    assert all(on_loop for _, on_loop in seen)
