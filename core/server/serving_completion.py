@@ -37,7 +37,10 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
     num_seqs = check_num_sequences(client, body.n, len(prompts))
     await client.admit(load_timeout, num_seqs)
     try:
-        encoded = await tokenization.run(_encode, client, prompts, tokenization)
+        if any(isinstance(p, str) for p in prompts):
+            encoded = await tokenization.run(_encode, client, prompts, tokenization)
+        else:  # token ids need no tokenizer, so no worker thread (whose turn at the interpreter can lag)
+            encoded = _encode(client, prompts, tokenization)
         max_tokens = body.max_tokens
         if max_tokens is None:
             max_tokens = client.input_processor.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
