@@ -25,6 +25,8 @@ from corral.server.step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
+MESSAGES_PER_READ = 16  # read from an engine's pipe in one turn of the event loop, at most
+
 class EngineProcess:
     """The API process's end: spawns `run_engine`, reads its messages on `loop` as they arrive and writes
     on a thread (a busy engine never blocks the event loop). `on_message(self, message)` runs on `loop`;
@@ -86,7 +88,7 @@ class EngineProcess:
             threading.Thread(target=self._read, daemon=True, name=f"engine-reader-{self.name}").start()
 
     def _read_ready(self):
-        while True:
+        for _ in range(MESSAGES_PER_READ):  # then the loop's other work, before the pipe is read again
             message = self._receive(block=False)
             if message is None:
                 return

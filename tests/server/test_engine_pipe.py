@@ -57,3 +57,32 @@ def test_an_engines_messages_are_read_on_the_event_loop_and_its_exit_ends_the_wa
     names = [name for name, _ in seen]
     assert names[0] == "EngineReady" and "EngineOutputs" in names and names[-1] == "EngineExited"
     assert all(on_loop for _, on_loop in seen)
+
+
+def test_more_messages_than_one_read_takes_all_arrive_in_order_and_the_close_last(tiny_model_dirs):
+    import multiprocessing
+
+    from corral.engine.messages import RequestRejected
+    from corral.server.engine_process import MESSAGES_PER_READ, EngineProcess
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen, exited = [], asyncio.Event()
+
+        def on_message(engine, message):
+            seen.append(message)
+            if isinstance(message, EngineExited):
+                exited.set()
+
+        engine = EngineProcess("tiny", str(tiny_model_dirs["qwen3"]), {}, 1, 30, loop, on_message)
+        engine._conn, far = multiprocessing.Pipe()  # the engine's end, without an engine
+        engine._watch()
+        for i in range(3 * MESSAGES_PER_READ + 1):
+            far.send(RequestRejected(f"r{i}", "refused"))
+        far.close()
+        await asyncio.wait_for(exited.wait(), 10)
+        return seen
+
+    seen = asyncio.run(main())
+    assert [m.request_id for m in seen[:-1]] == [f"r{i}" for i in range(3 * MESSAGES_PER_READ + 1)]
+    assert isinstance(seen[-1], EngineExited)
