@@ -2,10 +2,12 @@
 with the typed messages of corral.engine.messages (ToEngine in, FromEngine out). While idle the
 process blocks on the pipe; the pipe closing (the API process died) ends it.
 
-The API process reads the pipe on its event loop, when the pipe has data, and writes it from a thread of
-its own, a burst of messages at a time: a thread handing over each message would wait for the
-interpreter's lock behind the busy event loop, message by message, and delay a burst of new requests.
+The API process reads and writes the pipe on its event loop (a PipeWriter holds what the pipe cannot take
+yet): a thread handing each message over would wait for the interpreter's lock behind the busy event loop,
+message by message, and delay a burst of new requests. Where the loop cannot watch the pipe (Windows), a
+reader and a writer thread do it, the writer a burst of messages at a time.
 """
+import asyncio
 import gc
 import logging
 import multiprocessing
@@ -21,6 +23,7 @@ from corral.engine.messages import (AbortRequests, AddRequests, EngineExited, En
                                     Wake, coalesced)
 from corral.engine.request import Request
 from corral.server.engine_spares import EngineAssignment, Spare
+from corral.server.pipe_writer import PipeWriter
 from corral.server.step_log import StepLog
 
 logger = logging.getLogger(__name__)
@@ -29,8 +32,8 @@ MESSAGES_PER_READ = 16  # read from an engine's pipe in one turn of the event lo
 
 class EngineProcess:
     """The API process's end: spawns `run_engine`, reads its messages on `loop` as they arrive and writes
-    on a thread (a busy engine never blocks the event loop). `on_message(self, message)` runs on `loop`;
-    the pipe closing arrives as EngineExited."""
+    there too, without waiting on a busy engine. `on_message(self, message)` runs on `loop`; the pipe
+    closing arrives as EngineExited."""
 
     def __init__(self, name: str, model_dir: str, engine_args: dict, num_threads: int | None, log_level: int,
                  loop, on_message: Callable, devices: list[int] | None = None, spare: Spare | None = None):
@@ -43,7 +46,8 @@ class EngineProcess:
         else:
             self._new_process()
         self._loop, self._on_message = loop, on_message
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: PipeWriter | None = None
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # the writer thread's, where there is no PipeWriter
         self.name = name
 
     def _new_process(self):
@@ -71,13 +75,30 @@ class EngineProcess:
             self.process.start()
             self._child_conn.close()
         try:
+            self._writer = PipeWriter(self._loop, self._conn)
+        except OSError:  # not a socket pair (Windows)
+            threading.Thread(target=self._write, daemon=True, name=f"engine-writer-{self.name}").start()
+        try:
             self._loop.call_soon_threadsafe(self._watch)
         except RuntimeError:  # the event loop is closed
             pass
-        threading.Thread(target=self._write, daemon=True, name=f"engine-writer-{self.name}").start()
 
     def send(self, message: ToEngine):
-        self._outbox.put(message)
+        """From the loop, or from another thread (it is handed to the loop)."""
+        if self._writer is None:
+            self._outbox.put(message)
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._writer.send(message)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._writer.send, message)
+            except RuntimeError:  # the event loop is closed
+                pass
 
     def _watch(self):
         """On the loop: read the pipe whenever it has data."""
@@ -94,6 +115,8 @@ class EngineProcess:
                 return
             if isinstance(message, EngineExited):
                 self._loop.remove_reader(self._fd)
+                if self._writer is not None:
+                    self._writer.close()
             self._on_message(self, message)
             if isinstance(message, EngineExited):
                 return
@@ -134,7 +157,7 @@ class EngineProcess:
 
     def stop(self, timeout: float):
         """Blocking: ask the engine to exit, then terminate and kill it if it does not."""
-        self._outbox.put(Shutdown())
+        self.send(Shutdown())
         self._outbox.put(None)
         if self.process.pid is None:
             return

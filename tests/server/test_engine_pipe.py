@@ -86,3 +86,54 @@ def test_more_messages_than_one_read_takes_all_arrive_in_order_and_the_close_las
     seen = asyncio.run(main())
     assert [m.request_id for m in seen[:-1]] == [f"r{i}" for i in range(3 * MESSAGES_PER_READ + 1)]
     assert isinstance(seen[-1], EngineExited)
+
+
+def test_the_loop_writes_more_than_the_pipe_holds_without_blocking_and_the_engine_reads_it_all_in_order():
+    import multiprocessing
+    import time
+
+    from corral.server.pipe_writer import PipeWriter
+
+    near, far = multiprocessing.Pipe()
+    received = []
+
+    def engine_reads_later():
+        time.sleep(0.5)  # a long step: nothing is read meanwhile
+        while len(received) < 40:
+            received.append(far.recv())
+
+    async def main():
+        writer = PipeWriter(asyncio.get_running_loop(), near)
+        reader = threading.Thread(target=engine_reads_later)
+        reader.start()
+        started = time.perf_counter()
+        for i in range(40):  # 40 requests of 50,000 token ids: about 5 MB, far past the socket's buffer
+            writer.send(AddRequests([EngineCoreRequest(f"r{i}", list(range(50_000)), SamplingParams(), frozenset(),
+                                                       0.0)]))
+        queued_in = time.perf_counter() - started
+        while reader.is_alive():
+            await asyncio.sleep(0.01)
+        writer.close()
+        return queued_in
+
+    queued_in = asyncio.run(main())
+    assert queued_in < 0.4  # the loop did not wait for the reader
+    assert [m.requests[0].request_id for m in received] == [f"r{i}" for i in range(40)]
+    assert all(m.requests[0].prompt_token_ids == list(range(50_000)) for m in received)
+
+
+def test_a_message_to_an_engine_that_is_gone_is_dropped_quietly():
+    import multiprocessing
+
+    from corral.server.pipe_writer import PipeWriter
+
+    near, far = multiprocessing.Pipe()
+    far.close()
+
+    async def main():
+        writer = PipeWriter(asyncio.get_running_loop(), near)
+        writer.send(Shutdown())
+        writer.send(Shutdown())
+        return writer.broken
+
+    assert asyncio.run(main())
