@@ -3,7 +3,8 @@
 # its GPU server tests use, xgrammar, jsonschema for the GPU tests, and the packages the vLLM peer kit's
 # bundle lacks for structured outputs (Python 3.12, x86-64).
 # Install there with:
-#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/cwhl .whl/*.whl && export PYTHONPATH=/tmp/cwhl
+# (not /tmp/site, the peer kit's vLLM bundle: benchmarks/README.md says why)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
