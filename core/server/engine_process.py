@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 MESSAGES_PER_READ = 16  # read from an engine's pipe in one turn of the event loop, at most
 
+
 class EngineProcess:
     """The API process's end: spawns `run_engine`, reads its messages on `loop` as they arrive and writes
     there too, without waiting on a busy engine. `on_message(self, message)` runs on `loop`; the pipe
