@@ -143,6 +143,7 @@ class EngineExited:
 
 
 ToEngine = AddRequests | AbortRequests | Shutdown | Sleep | Wake | SetKVGrant
+FromEngine = EngineReady | EngineOutputs | RequestRejected | SleepDone | EngineFailed | EngineExited
 
 
 def coalesced(messages: list[ToEngine]) -> list[ToEngine]:
@@ -158,4 +159,3 @@ def coalesced(messages: list[ToEngine]) -> list[ToEngine]:
         else:
             out.append(message)
     return out
-FromEngine = EngineReady | EngineOutputs | RequestRejected | SleepDone | EngineFailed | EngineExited

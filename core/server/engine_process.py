@@ -114,12 +114,13 @@ class EngineProcess:
             message = self._receive(block=False)
             if message is None:
                 return
-            if isinstance(message, EngineExited):
+            exited = isinstance(message, EngineExited)
+            if exited:
                 self._loop.remove_reader(self._fd)
                 if self._writer is not None:
                     self._writer.close()
             self._on_message(self, message)
-            if isinstance(message, EngineExited):
+            if exited:
                 return
 
     def _read(self):
