@@ -5,6 +5,7 @@ under the server's default step budget; its wall time is what the engine alone g
 
     python -m benchmarks.step_phases --model qwen3-0.6b
     python -m benchmarks.step_phases --model qwen3-4b --workload b4
+    python -m benchmarks.step_phases --model qwen3-4b --workload b4 --profile   # then its kernels, profiled
     python -m benchmarks.step_phases --model qwen3-4b --structured-outputs all --tokenizer .bench_tokenizer
 
 Each engine step returns the tokens of one launched group (one step, or a multi-step decode group);
@@ -23,6 +24,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks.common import emit, environment, model_dir
+from benchmarks.gpu_timeline import profiler_timeline
 from benchmarks.throughput import B1_SCHEMAS, b1_workload, b2_workload, warm_up
 from corral.config import EngineArgs, EngineConfig
 from corral.engine.core import EngineCore
@@ -79,6 +81,9 @@ def main():
     ap.add_argument("--schema", default="text", choices=sorted(B1_SCHEMAS), help="the JSON schema of B1_SCHEMAS")
     ap.add_argument("--tokenizer", help="a folder whose tokenizer files the model folder gets (a grammar needs one)")
     ap.add_argument("--workload", default="b1", choices=["b1", "b4"])
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed run, run the load again (other prompts) under torch.profiler and print "
+                         "the device time by kernel")
     args = ap.parse_args()
     b4 = args.workload == "b4"
     directory = model_dir(args.model, tokenizer=args.tokenizer)
@@ -158,6 +163,25 @@ def main():
               async_scheduling=args.async_scheduling, structured_outputs=args.structured_outputs, schema=args.schema,
               output_tok_s=round(num_out / wall, 1), host_s={k: round(v, 2) for k, v in host.items()},
               groups={k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in groups.items()}))
+    if args.profile:
+        profile(engine, args, b4)
+
+
+def profile(engine: EngineCore, args, b4: bool):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    if b4:
+        prompts, params = b2_workload(B4_REQUESTS, seed=3, temperature=0.0)
+    else:
+        prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema, seed=1)
+    requests = [Request(f"profile-{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        closed_loop(engine, requests, B4_IN_FLIGHT if b4 else len(requests))
+        torch.cuda.synchronize()
+    print(f"profiled run (other prompts): {time.perf_counter() - start:.2f} s")
+    print(profiler_timeline(prof).report(top=30))
 
 
 if __name__ == "__main__":
