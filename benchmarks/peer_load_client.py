@@ -4,8 +4,9 @@
     REQUESTS_JSONL=FILE KEEPALIVE=0 python -m benchmarks.peer_load_client PEER [load_client.py's arguments]
 
 REQUESTS_JSONL=FILE: after each rate, one JSON line per request, in the order they started: the client's
-`label`, `model` and `rate`, `start_s` (from the rate's first request), `ttft_s`, `latency_s`, `chunks`,
-`output_tokens` and `error`.
+`label`, `model` and `rate`, `start_s` (from the rate's first request), `sent_at` (the same start on the wall
+clock, Unix seconds, to set beside a server's `--step-log`), `ttft_s`, `latency_s`, `chunks`, `output_tokens` and
+`error`.
 
 KEEPALIVE=0: each request on a connection of its own, closed after it. With the kit's pool of kept-alive
 connections, requests that start as earlier ones finish can wait in httpx's pool before they are sent: on a
@@ -16,6 +17,7 @@ keep-alive (aiohttp: 0.9 s, 0.14 s).
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -36,10 +38,12 @@ def main():
 
         def summarized(results, seconds):
             first = min((r.start for r in results), default=0.0)
+            wall_offset = time.time() - time.perf_counter()  # the kit's client times with perf_counter
             with open(path, "a") as f:
                 for r in sorted(results, key=lambda r: r.start):
                     f.write(json.dumps({"label": args.label, "model": args.model, "rate": rate_of.get("rate"),
-                                        "start_s": round(r.start - first, 4), "ttft_s": round(r.ttft, 4),
+                                        "start_s": round(r.start - first, 4),
+                                        "sent_at": round(r.start + wall_offset, 6), "ttft_s": round(r.ttft, 4),
                                         "latency_s": round(r.latency, 4), "chunks": r.chunks,
                                         "output_tokens": r.output_tokens, "error": r.error}) + "\n")
             return summarize(results, seconds)

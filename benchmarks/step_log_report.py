@@ -3,7 +3,13 @@ serve_side_by_side.sh variant `trace:step_log='FILE'`): per model and run, the t
 (waiting for work with nothing running), the longest waits and when they came, and the steps by how many
 requests ran. A wait longer than --split seconds separates runs (a client's warm-up, then each rate).
 
+With --requests FILE (the client's per-request record, serve_side_by_side.sh's REQUESTS_JSONL), each run also
+gets how long requests took from the client's send to the engine, on the wall clock both record: the k-th send
+of the run is paired with the k-th request the engine took (the two curves' distance, whatever the order), and
+the API process's share of that (`transit_s`, from its hand-over to the engine taking it).
+
     python -m benchmarks.step_log_report steps.jsonl
+    python -m benchmarks.step_log_report steps.jsonl --requests requests.jsonl
 """
 import argparse
 import json
@@ -22,6 +28,19 @@ class Run:
     tokens: int = 0
     waits: list[tuple[float, float]] = field(default_factory=list)  # (when it began, seconds), longest first
     by_running: dict[str, list[float]] = field(default_factory=dict)  # running bin -> step seconds
+    wall_offset: float | None = None  # the wall clock (`at`) less the log's clock (`t`)
+    receipts: list[float] = field(default_factory=list)  # when the engine took each request, on the log's clock
+    transits: list[float] = field(default_factory=list)  # per step that took some: the longest API->engine time
+
+    def arrival_delays(self, sent_at: list[float]) -> list[float]:
+        """Seconds from the client's send to the engine taking the request, the k-th send paired with the k-th
+        receipt; `sent_at`: the client's sends on the wall clock (those of other runs are left out)."""
+        if self.wall_offset is None or not self.receipts:
+            return []
+        receipts = sorted(r + self.wall_offset for r in self.receipts)
+        sends = sorted(t for t in sent_at if receipts[0] - 2.0 <= t <= receipts[-1])
+        receipts = [r for r in receipts if sends and r >= sends[0]]  # not a warm-up's, sent before the record's
+        return [r - s for s, r in zip(sends, receipts)]
 
     @property
     def idle_s(self) -> float:
@@ -68,6 +87,11 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
             run.step_s += line["step_s"]
             run.tokens += line["tokens"]
             run.by_running.setdefault(running_bin(line["running"]), []).append(line["step_s"])
+            if "at" in line:
+                run.wall_offset = line["at"] - line["t"]
+            if line.get("added"):
+                run.receipts += [began] * line["added"]
+                run.transits.append(line["transit_s"])
     for r in found:
         r.waits.sort(key=lambda w: -w[1])
     return found
@@ -77,11 +101,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path")
     ap.add_argument("--split", type=float, default=1.0, help="a wait longer than this (seconds) starts a new run")
+    ap.add_argument("--requests", help="the client's per-request JSON lines, with sent_at")
     args = ap.parse_args()
     with open(args.path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
+    sent_at = defaultdict(list)
+    if args.requests:
+        with open(args.requests) as f:
+            for line in f:
+                if line.strip() and "sent_at" in (request := json.loads(line)):
+                    sent_at[request["model"]].append(request["sent_at"])
     for run in runs(lines, args.split):
         print(run.report())
+        if delays := run.arrival_delays(sent_at[run.model]):
+            print(f"  client send to engine, {len(delays)} requests: {spread(delays)}; of it API process to "
+                  f"engine, the longest per step: {spread(run.transits)}")
+
+
+def spread(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    return (f"p50 {ordered[len(ordered) // 2] * 1e3:.1f} ms, p90 {ordered[int(len(ordered) * 0.9)] * 1e3:.1f}, "
+            f"max {ordered[-1] * 1e3:.1f}")
 
 
 if __name__ == "__main__":

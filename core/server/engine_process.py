@@ -283,11 +283,11 @@ def _serve(core, conn, outbox: "Outbox", step_log: StepLog | None):
             start = time.perf_counter()
             message = conn.recv()
             idle += time.perf_counter() - start
-            if not _handle(core, outbox, message):
+            if not _handle(core, outbox, message, step_log):
                 return
             changed = True
         while conn.poll():
-            if not _handle(core, outbox, conn.recv()):
+            if not _handle(core, outbox, conn.recv(), step_log):
                 return
             changed = True
         if core.has_unfinished_requests():
@@ -305,8 +305,10 @@ def _serve(core, conn, outbox: "Outbox", step_log: StepLog | None):
             outbox.send(EngineOutputs([], core.stats()))
 
 
-def _handle(core, outbox: Outbox, message: ToEngine) -> bool:
+def _handle(core, outbox: Outbox, message: ToEngine, step_log: StepLog | None = None) -> bool:
     if isinstance(message, AddRequests):
+        if step_log is not None:
+            step_log.received(message.requests)
         for request in message.requests:
             try:
                 core.add_request(Request.from_engine_core_request(request))

@@ -1,12 +1,15 @@
 """An engine process's record of its loop (the `step_log` setting), for finding where a server's time goes:
 one JSON line per step, with how long the engine waited for work before it (idle), how long the step took, the
-tokens it returned and the load after it. Lines go out whole, so engines may share a file. A file that cannot be
-written (a full disk) is given up with a warning: the engine goes on serving."""
+tokens it returned, the load after it, and the requests received since the line before (`added`) with the
+longest time one of them took from the API process handing it over to the engine taking it (`transit_s`).
+`at` is the wall clock (Unix seconds), to set beside a client's record of the same run. Lines go out whole, so
+engines may share a file. A file that cannot be written (a full disk) is given up with a warning: the engine
+goes on serving."""
 import json
 import logging
 import time
 
-from corral.engine.messages import SchedulerStats
+from corral.engine.messages import EngineCoreRequest, SchedulerStats
 
 logger = logging.getLogger(__name__)
 
@@ -16,21 +19,32 @@ class StepLog:
         self._path, self._model = path, model
         self._start = time.time()
         self._file = None
+        self._added, self._transit_s = 0, 0.0
         try:
             self._file = open(path, "a", buffering=1)  # a line per write: whole lines from each process
         except OSError as e:
             self._give_up(e)
 
+    def received(self, requests: list[EngineCoreRequest]):
+        """New requests taken from the pipe; their arrival_time is the API process's time.monotonic()
+        (one clock for every process of the machine)."""
+        now = time.monotonic()
+        self._added += len(requests)
+        self._transit_s = max([self._transit_s] + [now - r.arrival_time for r in requests])
+
     def record(self, idle_s: float, step_s: float, num_tokens: int, stats: SchedulerStats):
         if self._file is None:
             return
+        at = time.time()
         try:
-            self._file.write(json.dumps({"model": self._model, "t": round(time.time() - self._start, 6),
+            self._file.write(json.dumps({"model": self._model, "t": round(at - self._start, 6), "at": round(at, 6),
                                          "idle_s": round(idle_s, 6), "step_s": round(step_s, 6),
                                          "tokens": num_tokens, "running": stats.num_running,
-                                         "waiting": stats.num_waiting}) + "\n")
+                                         "waiting": stats.num_waiting, "added": self._added,
+                                         "transit_s": round(self._transit_s, 6)}) + "\n")
         except OSError as e:
             self._give_up(e)
+        self._added, self._transit_s = 0, 0.0
 
     def _give_up(self, error: OSError):
         logger.warning("step_log %s cannot be written (%s); this engine goes on without it", self._path,

@@ -2,9 +2,9 @@
 from benchmarks.step_log_report import runs
 
 
-def line(t, idle, step, tokens, running, model="m"):
+def line(t, idle, step, tokens, running, model="m", **more):
     return {"model": model, "t": t, "idle_s": idle, "step_s": step, "tokens": tokens, "running": running,
-            "waiting": 0}
+            "waiting": 0, **more}
 
 
 def test_a_long_wait_starts_a_new_run_and_short_ones_count_as_idle_inside_it():
@@ -31,3 +31,20 @@ def test_a_restarted_engine_whose_clock_starts_again_begins_a_new_run():
     first, second = runs(log, split=1.0)
     assert (round(first.start, 6), first.end, first.tokens, first.idle_s) == (1.0, 1.2, 8, 0.0)
     assert (round(second.start, 6), second.end, second.tokens, second.idle_s) == (0.4, 0.6, 6, 0.0)
+
+
+def test_sends_pair_in_order_with_the_requests_the_engine_took_on_the_wall_clock():
+    wall = 1000.0  # the log's t=0 on the wall clock
+    log = [line(0.5, 0.4, 0.1, 1, 1, at=wall + 0.5, added=2, transit_s=0.01),    # a warm-up's two requests
+           line(5.2, 4.5, 0.2, 1, 3, at=wall + 5.2, added=3, transit_s=0.03),    # the run: taken at t=5.0
+           line(5.5, 0.0, 0.1, 3, 4, at=wall + 5.5, added=1, transit_s=0.002)]   # and at t=5.4
+    _, run = runs(log, split=1.0)
+    sent_at = [wall + 4.9, wall + 4.95, wall + 4.8, wall + 5.1, wall - 50.0]     # unordered; one of another run
+    delays = run.arrival_delays(sent_at)
+    assert [round(d, 6) for d in delays] == [0.2, 0.1, 0.05, 0.3]
+    assert run.transits == [0.03, 0.002]
+
+
+def test_a_log_without_wall_times_pairs_nothing():
+    (run,) = runs([line(1.0, 0.5, 0.1, 1, 1), line(1.1, 0.0, 0.1, 1, 1)], split=1.0)
+    assert run.arrival_delays([1.0]) == []

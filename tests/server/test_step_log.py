@@ -1,5 +1,6 @@
 """step_log: each engine of a real server appends a JSON line per step, whose tokens add up to what the
-clients were sent and whose idle time is the wait for work before a step."""
+clients were sent, whose idle time is the wait for work before a step, and which counts the requests the engine
+took since the line before."""
 import json
 import time
 
@@ -17,7 +18,7 @@ def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completion
     server = ServerThread(config).start()
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
-        sent = {"q": 0, "l": 0}
+        sent, started = {"q": 0, "l": 0}, time.time()
         for model, n in (("q", 5), ("l", 7), ("q", 3)):
             time.sleep(0.3)  # the engine waits for work: that wait is the next step's idle time
             answer = client.completions.create(model=model, prompt=[5, 6, 7], max_tokens=n, temperature=0,
@@ -33,6 +34,9 @@ def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completion
         assert all(line["step_s"] > 0 and line["running"] + line["waiting"] <= 1 for line in steps)
         assert max(line["idle_s"] for line in steps) > 0.2
         assert [line["t"] for line in steps] == sorted(line["t"] for line in steps)
+        assert started < steps[-1]["at"] < time.time()
+        assert sum(line["added"] for line in steps) == (2 if model == "q" else 1)  # one line per request taken
+        assert all(0 < line["transit_s"] < 5 for line in steps if line["added"])
 
 
 def test_a_step_log_in_a_folder_that_does_not_exist_is_refused_in_one_line(tiny_model_dirs, tmp_path, capsys):
