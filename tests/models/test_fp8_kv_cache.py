@@ -1,5 +1,7 @@
 """kv_cache_dtype="fp8": greedy tokens and logprobs match transformers (fp32) whose attention sees its keys and
 values rounded to float8 e4m3 as the cache stores them, and the cache holds four times the tokens of fp32's."""
+import statistics
+
 import pytest
 import torch
 
@@ -7,7 +9,12 @@ from corral import LLM, SamplingParams
 from tests.models.helpers import make_prompts, reference_generate
 from tests.tiny_models import load_reference
 
-TOLERANCE = 2e-3
+# Our fp32 and transformers' fp32 differ in their last bits, and where that puts a K/V element on the other side of
+# an e4m3 rounding boundary, the two caches hold values a step apart: a rare logprob moves by up to about 1e-2 (on
+# an H100, one of 72 by 8.7e-3), while nearly all agree to 1e-6. Transformers without the rounding is off by
+# 0.07-0.15 at the median.
+FLIP_TOLERANCE = 2e-2
+MEDIAN_TOLERANCE = 1e-4
 
 
 def fp8_kv_reference(model_dir):
@@ -36,16 +43,19 @@ def test_greedy_tokens_and_logprobs_match_transformers_with_fp8_keys_and_values(
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
     prompts = make_prompts()[:6]
     outputs = llm.generate(prompts, params)
+    unrounded_reference = load_reference(model_dir)
+    off, off_unrounded = [], []
     for prompt, output in zip(prompts, outputs):
         tokens, logprobs = reference_generate(reference, prompt, 12)
         completion = output.outputs[0]
         assert completion.token_ids == tokens
-        # a K/V element that fp32's last bits put on the other side of an e4m3 rounding boundary moves by a step
-        assert [lp.logprob for lp in completion.logprobs] == pytest.approx(logprobs, abs=TOLERANCE)
-    # what the tolerance tells apart: transformers without the rounding is far further off
-    _, unrounded = reference_generate(load_reference(model_dir), prompts[-1], 12)
-    ours = [lp.logprob for lp in outputs[-1].outputs[0].logprobs]
-    assert max(abs(a - b) for a, b in zip(ours, unrounded)) > 10 * TOLERANCE
+        ours = [lp.logprob for lp in completion.logprobs]
+        assert ours == pytest.approx(logprobs, abs=FLIP_TOLERANCE)
+        off += [abs(a - b) for a, b in zip(ours, logprobs)]
+        off_unrounded += [abs(a - b) for a, b in zip(ours, reference_generate(unrounded_reference, prompt, 12)[1])]
+    assert statistics.median(off) <= MEDIAN_TOLERANCE
+    # what the median tells apart: transformers without the rounding is far further off
+    assert statistics.median(off_unrounded) > 100 * MEDIAN_TOLERANCE
 
 
 def test_an_fp8_cache_holds_four_times_the_tokens_of_fp32_in_the_same_memory(tiny_model_dirs):
