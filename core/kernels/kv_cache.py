@@ -13,7 +13,7 @@ def to_cache_type(x, cache_ptr):
     """x as the cache at cache_ptr holds it: an fp8 cache's values saturated at its range first."""
     cache_type: tl.constexpr = cache_ptr.dtype.element_ty
     if cache_type == tl.float8e4nv:
-        return tl.clamp(x.to(tl.float32), -_FP8_MAX, _FP8_MAX).to(cache_type)
+        return tl.clamp(x.to(tl.float32), -_FP8_MAX, _FP8_MAX, propagate_nan=tl.PropagateNan.ALL).to(cache_type)
     return x.to(cache_type)
 
 

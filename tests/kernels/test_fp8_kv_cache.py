@@ -27,6 +27,20 @@ def test_store_rounds_like_torch_and_saturates_past_the_range(dtype, device):
     assert not flat.isnan().any()
 
 
+def test_a_nan_stays_nan_and_infinities_saturate_as_torch_stores_them(device):
+    k = torch.ones(4, 1, 16, device=device)
+    v = torch.ones(4, 1, 16, device=device)
+    k[0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    slots = torch.arange(4, device=device)
+    cache = torch.zeros(2, 1, 4, 1, 16, dtype=FP8, device=device)
+    expected = cache.clone()
+    store_kv_cache(k, v, cache, slots)
+    store_kv_cache_ref(k, v, expected, slots)
+    stored = cache.float()[0, 0, 0, 0, :3]
+    assert stored[0].isnan() and stored[1:].tolist() == [448.0, -448.0]
+    torch.testing.assert_close(cache.float(), expected.float(), rtol=0, atol=0, equal_nan=True)
+
+
 def _fp8(cache: torch.Tensor) -> torch.Tensor:
     return cache.float().clamp(-448, 448).to(FP8)
 
