@@ -4,9 +4,11 @@ serve_side_by_side.sh variant `trace:step_log='FILE'`): per model and run, the t
 requests ran. A wait longer than --split seconds separates runs (a client's warm-up, then each rate).
 
 With --requests FILE (the client's per-request record, serve_side_by_side.sh's REQUESTS_JSONL), each run also
-gets how long requests took from the client's send to the engine, on the wall clock both record: the k-th send
-of the run is paired with the k-th request the engine took (the two curves' distance, whatever the order), and
-the API process's share of that (`transit_s`, from its hand-over to the engine taking it).
+gets the two halves of a request's trip, on the wall clock both record: from the client's send to the engine
+taking it, with the API process's share of that (`transit_s`, from its hand-over to the engine taking it), and
+from the engine finishing it to the client having all of it. The k-th send is paired with the k-th request the
+engine took, and the k-th finish with the k-th end the client saw (the two curves' distance, whatever the
+order).
 
     python -m benchmarks.step_log_report steps.jsonl
     python -m benchmarks.step_log_report steps.jsonl --requests requests.jsonl
@@ -30,17 +32,25 @@ class Run:
     by_running: dict[str, list[float]] = field(default_factory=dict)  # running bin -> step seconds
     wall_offset: float | None = None  # the wall clock (`at`) less the log's clock (`t`)
     receipts: list[float] = field(default_factory=list)  # when the engine took each request, on the log's clock
+    finishes: list[float] = field(default_factory=list)  # when the engine finished each request, the same
     transits: list[float] = field(default_factory=list)  # per step that took some: the longest API->engine time
 
-    def arrival_delays(self, sent_at: list[float]) -> list[float]:
-        """Seconds from the client's send to the engine taking the request, the k-th send paired with the k-th
-        receipt; `sent_at`: the client's sends on the wall clock (those of other runs are left out)."""
+    def turnaround(self, requests: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+        """From the client's record of this run's requests, (sent, ended) on the wall clock (other runs' are
+        left out): the seconds from each send to the engine taking a request, and from the engine finishing a
+        request to the client having all of it, the k-th of one paired with the k-th of the other."""
         if self.wall_offset is None or not self.receipts:
-            return []
+            return [], []
         receipts = sorted(r + self.wall_offset for r in self.receipts)
-        sends = sorted(t for t in sent_at if receipts[0] - 2.0 <= t <= receipts[-1])
-        receipts = [r for r in receipts if sends and r >= sends[0]]  # not a warm-up's, sent before the record's
-        return [r - s for s, r in zip(sends, receipts)]
+        mine = [(sent, ended) for sent, ended in requests if receipts[0] - 2.0 <= sent <= receipts[-1]]
+        if not mine:
+            return [], []
+        sends, ends = sorted(sent for sent, _ in mine), sorted(ended for _, ended in mine)
+        finishes = sorted(f + self.wall_offset for f in self.finishes)
+        # a warm-up's requests, before the client's record begins, are left out
+        receipts = [r for r in receipts if r >= sends[0]]
+        finishes = [f for f in finishes if f >= sends[0]]
+        return ([r - s for s, r in zip(sends, receipts)], [e - f for f, e in zip(finishes, ends)])
 
     @property
     def idle_s(self) -> float:
@@ -89,6 +99,7 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
             run.by_running.setdefault(running_bin(line["running"]), []).append(line["step_s"])
             if "at" in line:
                 run.wall_offset = line["at"] - line["t"]
+            run.finishes += [line["t"]] * line.get("finished", 0)
             if line.get("added"):
                 run.receipts += [began] * line["added"]
                 run.transits.append(line["transit_s"])
@@ -105,17 +116,20 @@ def main():
     args = ap.parse_args()
     with open(args.path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    sent_at = defaultdict(list)
+    requests = defaultdict(list)  # model -> (sent, ended) on the wall clock
     if args.requests:
         with open(args.requests) as f:
             for line in f:
-                if line.strip() and "sent_at" in (request := json.loads(line)):
-                    sent_at[request["model"]].append(request["sent_at"])
+                if line.strip() and "sent_at" in (r := json.loads(line)):
+                    requests[r["model"]].append((r["sent_at"], r["sent_at"] + r["latency_s"]))
     for run in runs(lines, args.split):
         print(run.report())
-        if delays := run.arrival_delays(sent_at[run.model]):
-            print(f"  client send to engine, {len(delays)} requests: {spread(delays)}; of it API process to "
-                  f"engine, the longest per step: {spread(run.transits)}")
+        to_engine, to_client = run.turnaround(requests[run.model])
+        if to_engine:
+            print(f"  client's send to the engine, {len(to_engine)} requests: {spread(to_engine)}; of it the API "
+                  f"process to the engine, the longest per step: {spread(run.transits)}")
+        if to_client:
+            print(f"  the engine's last token to the client's end, {len(to_client)} requests: {spread(to_client)}")
 
 
 def spread(seconds: list[float]) -> str:

@@ -299,7 +299,7 @@ def _serve(core, conn, outbox: "Outbox", step_log: StepLog | None):
                 if outputs or changed:
                     outbox.send(EngineOutputs(outputs, stats))
                 if step_log is not None:
-                    step_log.record(idle, stepped, sum(len(o.new_token_ids) for o in outputs), stats)
+                    step_log.record(idle, stepped, outputs, stats)
             idle = 0.0
         elif changed:
             outbox.send(EngineOutputs([], core.stats()))

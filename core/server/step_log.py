@@ -1,7 +1,8 @@
 """An engine process's record of its loop (the `step_log` setting), for finding where a server's time goes:
 one JSON line per step, with how long the engine waited for work before it (idle), how long the step took, the
-tokens it returned, the load after it, and the requests received since the line before (`added`) with the
-longest time one of them took from the API process handing it over to the engine taking it (`transit_s`).
+tokens it returned, the requests it finished, the load after it, and the requests received since the line
+before (`added`) with the longest time one of them took from the API process handing it over to the engine
+taking it (`transit_s`).
 `at` is the wall clock (Unix seconds), to set beside a client's record of the same run. Lines go out whole, so
 engines may share a file. A file that cannot be written (a full disk) is given up with a warning: the engine
 goes on serving."""
@@ -10,6 +11,7 @@ import logging
 import time
 
 from corral.engine.messages import EngineCoreRequest, SchedulerStats
+from corral.outputs import EngineCoreOutput
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +34,16 @@ class StepLog:
         self._added += len(requests)
         self._transit_s = max([self._transit_s] + [now - r.arrival_time for r in requests])
 
-    def record(self, idle_s: float, step_s: float, num_tokens: int, stats: SchedulerStats):
+    def record(self, idle_s: float, step_s: float, outputs: list[EngineCoreOutput], stats: SchedulerStats):
         if self._file is None:
             return
         at = time.time()
         try:
             self._file.write(json.dumps({"model": self._model, "t": round(at - self._start, 6), "at": round(at, 6),
                                          "idle_s": round(idle_s, 6), "step_s": round(step_s, 6),
-                                         "tokens": num_tokens, "running": stats.num_running,
+                                         "tokens": sum(len(o.new_token_ids) for o in outputs),
+                                         "finished": sum(o.finish_reason is not None for o in outputs),
+                                         "running": stats.num_running,
                                          "waiting": stats.num_waiting, "added": self._added,
                                          "transit_s": round(self._transit_s, 6)}) + "\n")
         except OSError as e:

@@ -33,18 +33,22 @@ def test_a_restarted_engine_whose_clock_starts_again_begins_a_new_run():
     assert (round(second.start, 6), second.end, second.tokens, second.idle_s) == (0.4, 0.6, 6, 0.0)
 
 
-def test_sends_pair_in_order_with_the_requests_the_engine_took_on_the_wall_clock():
+def test_a_run_pairs_sends_with_receipts_and_finishes_with_the_clients_ends_on_the_wall_clock():
     wall = 1000.0  # the log's t=0 on the wall clock
-    log = [line(0.5, 0.4, 0.1, 1, 1, at=wall + 0.5, added=2, transit_s=0.01),    # a warm-up's two requests
+    log = [line(0.5, 0.4, 0.1, 1, 1, at=wall + 0.5, added=2, transit_s=0.01, finished=2),  # a warm-up's two
            line(5.2, 4.5, 0.2, 1, 3, at=wall + 5.2, added=3, transit_s=0.03),    # the run: taken at t=5.0
-           line(5.5, 0.0, 0.1, 3, 4, at=wall + 5.5, added=1, transit_s=0.002)]   # and at t=5.4
+           line(5.5, 0.0, 0.1, 3, 4, at=wall + 5.5, added=1, transit_s=0.002, finished=1),  # one taken at t=5.4
+           line(5.6, 0.0, 0.1, 3, 0, at=wall + 5.6, finished=3)]
     _, run = runs(log, split=1.0)
-    sent_at = [wall + 4.9, wall + 4.95, wall + 4.8, wall + 5.1, wall - 50.0]     # unordered; one of another run
-    delays = run.arrival_delays(sent_at)
-    assert [round(d, 6) for d in delays] == [0.2, 0.1, 0.05, 0.3]
+    # (sent, ended), unordered; one of another run
+    requests = [(wall + 4.9, wall + 5.7), (wall + 4.95, wall + 5.65), (wall + 4.8, wall + 5.52), (wall + 5.1, wall + 5.9),
+                (wall - 50.0, wall - 49.0)]
+    to_engine, to_client = run.turnaround(requests)
+    assert [round(d, 6) for d in to_engine] == [0.2, 0.1, 0.05, 0.3]
+    assert [round(d, 6) for d in to_client] == [0.02, 0.05, 0.1, 0.3]
     assert run.transits == [0.03, 0.002]
 
 
 def test_a_log_without_wall_times_pairs_nothing():
     (run,) = runs([line(1.0, 0.5, 0.1, 1, 1), line(1.1, 0.0, 0.1, 1, 1)], split=1.0)
-    assert run.arrival_delays([1.0]) == []
+    assert run.turnaround([(1.0, 2.0)]) == ([], [])

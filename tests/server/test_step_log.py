@@ -35,7 +35,8 @@ def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completion
         assert max(line["idle_s"] for line in steps) > 0.2
         assert [line["t"] for line in steps] == sorted(line["t"] for line in steps)
         assert started < steps[-1]["at"] < time.time()
-        assert sum(line["added"] for line in steps) == (2 if model == "q" else 1)  # one line per request taken
+        assert sum(line["added"] for line in steps) == sum(line["finished"] for line in steps) == \
+            (2 if model == "q" else 1)  # each request taken once and finished once
         assert all(0 < line["transit_s"] < 5 for line in steps if line["added"])
 
 
