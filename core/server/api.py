@@ -16,6 +16,7 @@ from corral.server.config import ServerConfig
 from corral.server.engine_client import EngineClient
 from corral.server.error_shapes import ErrorShapes
 from corral.server.errors import APIError, BadRequestError, InternalServerError, NotFoundError, validation_error
+from corral.server.heap import refreeze, unfreeze
 from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
 from corral.server.model_routes import add_model_routes
 from corral.server.metrics import Metrics
@@ -61,9 +62,11 @@ def create_app(config: ServerConfig, plugin_manager=None, engine_client: type[En
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await registry.start()
+        refreeze()
         yield
         logger.info("shutting down: stopping %d engine(s)", len(registry.clients))
         await registry.shutdown(timeout=10.0)
+        unfreeze()
 
     docs = {} if config.enable_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="corral", summary="Several LLMs behind one OpenAI-compatible API", lifespan=lifespan, **docs)

@@ -18,6 +18,7 @@ from corral.server.config import ModelSpec
 from corral.server.engine_process import EngineProcess
 from corral.server.errors import (EngineDeadError, InternalServerError, ModelUnavailableError, is_local_path,
                                   without_paths)
+from corral.server.heap import refreeze
 from corral.server.model_files import ModelFiles, resolve_model_dir
 from corral.server.model_state import ModelState
 
@@ -173,8 +174,11 @@ class EngineLifecycle(ABC):
             self.engine_ready = message
             self.stats = SchedulerStats(num_kv_blocks=message.num_kv_blocks,
                                         num_free_kv_blocks=message.num_kv_blocks)
+            first_ready = not self.settled_once
             self.state, self.error, self.settled_once = ModelState.READY, None, True
             self._settled.set()
+            if first_ready:  # its tokenizer and the modules loading it imported, once: a refreeze stops the loop
+                refreeze()
             logger.info("model %s is ready (engine pid %s, %d KV blocks)", self.name, engine.pid,
                         message.num_kv_blocks)
         elif isinstance(message, EngineFailed) and self.state in (ModelState.READY, ModelState.RESTARTING):
