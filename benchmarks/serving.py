@@ -5,6 +5,7 @@ token ids (ignore_eos) arriving as a Poisson process.
     python -m benchmarks.serving --model qwen3-4b
     python -m benchmarks.serving --models qwen3-4b,llama-2-7b      # B6: each alone, then both at once
     python -m benchmarks.serving --model DIR --device cpu --num-requests 8 --rates 4,inf   # smoke test
+    python -m benchmarks.serving --model qwen3-4b --emulated-engine --rates inf --gc-pauses gc.txt  # no GPU
 
 The server streams text, so it needs a tokenizer, and the real ones are not available offline. The
 model directory gets a word-level one: token id i is the word "t<i>", for every id below vocab_size.
@@ -13,11 +14,17 @@ of its own, so a chunk holds exactly the tokens one engine message delivered: in
 between chunks, as clients see it (with multi-step decode a chunk may hold several tokens; see
 tokens_per_chunk), and TPOT is (latency - TTFT) / (output tokens - 1), as vLLM's benchmark has them.
 In B6, "alone" means the other model is loaded (same memory share) but gets no requests.
+
+--emulated-engine puts benchmarks/emulated_engine on the server's PYTHONPATH: its engine processes schedule as
+the engine does but sleep each step for what it takes Qwen3-4B on an H100, so the API process and the client
+meet B4's load on a machine without a GPU (only the engine is emulated: HTTP, tokenizer, detokenizer, pipe and
+streaming are the server's own). --gc-pauses FILE records each full garbage collection of the server's processes.
 """
 import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -54,9 +61,10 @@ class Server:
     """`corral serve --config FILE` as a subprocess on a free loopback port; SIGTERM on exit."""
 
     def __init__(self, models: dict[str, str], args, memory_share: float | None, server: dict | None = None,
-                 **model_settings):
-        """`server`: [server] settings (memory_budget_bytes, eviction, ...); `model_settings` override each
-        model's defaults (dummy weights, memory_share of the GPU; None leaves a setting out)."""
+                 env: dict | None = None, **model_settings):
+        """`server`: [server] settings (memory_budget_bytes, eviction, ...); `env`: added to the process's
+        environment; `model_settings` override each model's defaults (dummy weights, memory_share of the GPU;
+        None leaves a setting out)."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -71,7 +79,7 @@ class Server:
         self.config.write_text("\n".join(lines) + "\n")
         self.models = list(models)
         self.process = subprocess.Popen([sys.executable, "-m", "corral.cli", "--log-level", "WARNING", "serve",
-                                         "--config", str(self.config)])
+                                         "--config", str(self.config)], env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float, models: list[str] | None = None):
         """Until `models` (default: all) are ready; [] waits only for the server to answer."""
@@ -248,6 +256,11 @@ def main():
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--device", help="cpu or cuda (default: the server's choice)")
     ap.add_argument("--startup-timeout", type=float, default=900)
+    ap.add_argument("--emulated-engine", action="store_true",
+                    help="engines that sleep each step for what it takes Qwen3-4B on an H100 "
+                         "(benchmarks/emulated_engine): the API process and the client measured on any machine")
+    ap.add_argument("--gc-pauses", metavar="FILE",
+                    help="append each full garbage collection of the server's processes to FILE (pid, time, ms)")
     args = ap.parse_args()
     names = args.models.split(",") if args.models else [args.model or "qwen3-4b"]
     benchmark = "B6" if len(names) > 1 else "B4"
@@ -256,7 +269,15 @@ def main():
     models = list(dirs)
     vocab_sizes = [json.loads((Path(d) / "config.json").read_text())["vocab_size"] for d in dirs.values()]
     args.max_token_id = min(10000, min(vocab_sizes) - 1)
-    with Server(dirs, args, 0.9 / len(models)) as server:
+    env = {}
+    if args.emulated_engine or args.gc_pauses:
+        hooks = str(Path(__file__).parent / "emulated_engine")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")]))
+    if args.emulated_engine:
+        env["CORRAL_EMULATED_ENGINE"], args.device = "1", "cpu"
+    if args.gc_pauses:
+        env["CORRAL_GC_PAUSES"] = str(Path(args.gc_pauses).resolve())
+    with Server(dirs, args, 0.9 / len(models), env=env) as server:
         started = time.perf_counter()
         server.wait_ready(args.startup_timeout)
         print(f"server ready in {time.perf_counter() - started:.0f} s", flush=True)
