@@ -16,7 +16,7 @@ from corral.server.config import ServerConfig
 from corral.server.engine_client import EngineClient
 from corral.server.error_shapes import ErrorShapes
 from corral.server.errors import APIError, BadRequestError, InternalServerError, NotFoundError, validation_error
-from corral.server.heap import refreeze, unfreeze
+from corral.server.heap import freeze, unfreeze
 from corral.server.limits import RequestSizeLimitMiddleware, Tokenization
 from corral.server.model_routes import add_model_routes
 from corral.server.metrics import Metrics
@@ -62,7 +62,7 @@ def create_app(config: ServerConfig, plugin_manager=None, engine_client: type[En
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await registry.start()
-        refreeze()
+        freeze()
         yield
         logger.info("shutting down: stopping %d engine(s)", len(registry.clients))
         await registry.shutdown(timeout=10.0)
