@@ -53,6 +53,15 @@ def batch_bin(num_seqs: int) -> str:
     return "?"
 
 
+def workload_requests(args, b4: bool, seed: int, tag: str = "") -> list[Request]:
+    """B4's requests (greedy, as its client asks) or B1's, drawn with `seed`."""
+    if b4:
+        prompts, params = b2_workload(B4_REQUESTS, seed=seed, temperature=0.0)
+    else:
+        prompts, params = b1_workload(seed=seed, structured=args.structured_outputs, schema=args.schema)
+    return [Request(f"{tag}{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+
+
 def closed_loop(engine: EngineCore, requests: list[Request], in_flight: int, step=None) -> int:
     """Runs `requests` with at most `in_flight` of them in the engine, each one that finishes replaced by
     the next (as a client holding that many connections does); returns the output tokens. `step`: what
@@ -114,11 +123,7 @@ def main():
         return launch(out, num_steps, previous, **kwargs)
 
     engine.runner.launch = launch_recorded
-    if b4:
-        prompts, params = b2_workload(B4_REQUESTS, seed=2, temperature=0.0)
-    else:
-        prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema)
-    requests = [Request(str(i), p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+    requests = workload_requests(args, b4, seed=2 if b4 else 0)
     torch.cuda.synchronize()
     wall_start, walls = time.perf_counter(), []
 
@@ -170,11 +175,7 @@ def main():
 def profile(engine: EngineCore, args, b4: bool):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    if b4:
-        prompts, params = b2_workload(B4_REQUESTS, seed=3, temperature=0.0)
-    else:
-        prompts, params = b1_workload(structured=args.structured_outputs, schema=args.schema, seed=1)
-    requests = [Request(f"profile-{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+    requests = workload_requests(args, b4, seed=3 if b4 else 1, tag="profile-")
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         torch.cuda.synchronize()
         start = time.perf_counter()
