@@ -52,7 +52,7 @@ async def burst_times(model: str, device: str, busy: bool, args) -> list[float]:
         for i in range(args.requests):
             prompt = [(i + j) % 100 + 1 for j in range(args.prompt_len)]
             engine.send(AddRequests([EngineCoreRequest(f"{trial}-{i}", prompt, SamplingParams(max_tokens=1),
-                                                       frozenset(), time.time())]))
+                                                       frozenset(), time.monotonic())]))
             await asyncio.sleep(args.gap_ms / 1000)
         while held["all_at"] is None or held["finished"] < args.requests:
             await asyncio.sleep(0.001)
