@@ -5,7 +5,8 @@ requests ran. A wait longer than --split seconds separates runs (a client's warm
 
 With --requests FILE (the client's per-request record, serve_side_by_side.sh's REQUESTS_JSONL), each run also
 gets the two halves of a request's trip, on the wall clock both record: from the client's send to the engine
-taking it, with the API process's share of that (`transit_s`, from its hand-over to the engine taking it), and
+taking it, with the server's share of that (`transit_s`, from the API process receiving the request to the engine
+taking it; up to b605d0c, from its hand-over to the engine), and
 from the engine finishing it to the client having all of it. The k-th send is paired with the k-th request the
 engine took, and the k-th finish with the k-th end the client saw (the two curves' distance, whatever the
 order).
@@ -126,8 +127,8 @@ def main():
         print(run.report())
         to_engine, to_client = run.turnaround(requests[run.model])
         if to_engine:
-            print(f"  client's send to the engine, {len(to_engine)} requests: {spread(to_engine)}; of it the API "
-                  f"process to the engine, the longest per step: {spread(run.transits)}")
+            print(f"  client's send to the engine, {len(to_engine)} requests: {spread(to_engine)}; of it the server's "
+                  f"receipt to the engine, the longest per step: {spread(run.transits)}")
         if to_client:
             print(f"  the engine's last token to the client's end, {len(to_client)} requests: {spread(to_client)}")
 

@@ -1,6 +1,7 @@
 """The FastAPI app: OpenAI routes, /tokenize, /detokenize, /health, /metrics; auth, limits and error bodies."""
 import importlib.metadata
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -78,6 +79,7 @@ def create_app(config: ServerConfig, plugin_manager=None, engine_client: type[En
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     if (keys := APIKeys.from_config(config)) is not None:
         app.add_middleware(APIKeyMiddleware, keys=keys)
+    app.add_middleware(ArrivalMiddleware)  # the outermost of ours: the earliest stamp
     _add_error_handlers(app)
 
     def model_for(request: Request, name: str | None):
@@ -168,6 +170,20 @@ def error_response(app, path: str, error: APIError) -> JSONResponse:
     """`error` in the shape of the dialect that serves `path`, with its HTTP status."""
     return JSONResponse(app.state.error_shapes.body(path, error), status_code=int(error.status_code))
 
+
+
+class ArrivalMiddleware:
+    """Stamps each HTTP request with when the server received it (`request.state.arrival_time`, on
+    time.monotonic(), the clock the engine's step log reads): a request's latencies and its time to the engine
+    count from there, the API process's own work included."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrival_time"] = time.monotonic()
+        await self.app(scope, receive, send)
 
 
 class CatchAllMiddleware:

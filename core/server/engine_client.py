@@ -79,10 +79,12 @@ class EngineClient(EngineLifecycle):
         self.last_used = time.monotonic()
 
     async def generate(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                       timeout: float = 600.0, cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+                       timeout: float = 600.0, cache_salt: str | None = None,
+                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
         """Delta outputs of one admitted request until it finishes; leaving early aborts it. Only
-        requests with the same `cache_salt` share prefix-cache blocks."""
-        start = time.monotonic()
+        requests with the same `cache_salt` share prefix-cache blocks. `arrival_time`: when the server received
+        the request (time.monotonic()), now if not given; its latencies are measured from it."""
+        start = time.monotonic() if arrival_time is None else arrival_time
         first_token, generated = None, 0
         try:
             await self.wait_ready(timeout)
@@ -129,9 +131,10 @@ class EngineClient(EngineLifecycle):
                 self.abort(request_id)
 
     async def embed(self, request_id: str, prompt_ids: list[int], params: PoolingParams, timeout: float = 600.0,
-                    cache_salt: str | None = None) -> EmbeddingRequestOutput:
-        """The pooled vector of one admitted embedding request; leaving early aborts it."""
-        start = time.monotonic()
+                    cache_salt: str | None = None, arrival_time: float | None = None) -> EmbeddingRequestOutput:
+        """The pooled vector of one admitted embedding request; leaving early aborts it. `arrival_time` as
+        generate's."""
+        start = time.monotonic() if arrival_time is None else arrival_time
         collector = RequestOutputCollector()
         registered = False
         try:

@@ -30,6 +30,11 @@ def now() -> int:
     return int(time.time())
 
 
+def arrival_time(request: HTTPRequest) -> float | None:
+    """When the server received the request (ArrivalMiddleware's stamp, on time.monotonic())."""
+    return getattr(request.state, "arrival_time", None)
+
+
 def prompt_error(e: PromptError, param: str) -> BadRequestError:
     """The InputProcessor's verdict on a prompt, in OpenAI's words."""
     what = param if param in ("messages", "input") else "prompt"

@@ -8,9 +8,9 @@ from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.limits import Tokenization
 from corral.server.protocol import CompletionRequest
-from corral.server.serving import (Choice, SSEResponse, TokenText, check_num_sequences, check_prompt, chunk_writer,
-                                   completion_logprobs, merged, now, random_id, sampling_params, sse, sse_error,
-                                   until_disconnect, usage)
+from corral.server.serving import (Choice, SSEResponse, TokenText, arrival_time, check_num_sequences, check_prompt,
+                                   chunk_writer, completion_logprobs, merged, now, random_id, sampling_params, sse,
+                                   sse_error, until_disconnect, usage)
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -51,7 +51,8 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
         raise
     request_id = random_id("cmpl")
     salt = cache_salt(request, body.cache_salt)
-    streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout, salt)
+    arrival = arrival_time(request)
+    streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout, salt, arrival)
                for i, ((text, ids), p) in enumerate(zip(encoded, params))]
     echoes = [_echo_text(client, text, ids) if body.echo else "" for text, ids in encoded]
     n = params[0].n

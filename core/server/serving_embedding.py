@@ -15,7 +15,7 @@ from corral.server.engine_client import EngineClient
 from corral.server.errors import BadRequestError
 from corral.server.limits import Tokenization
 from corral.server.protocol import EmbeddingRequest
-from corral.server.serving import check_num_sequences, prompt_error, random_id, until_disconnect
+from corral.server.serving import arrival_time, check_num_sequences, prompt_error, random_id, until_disconnect
 
 
 def _encode(client: EngineClient, prompts: list[str | list[int]], truncate: bool, param: str) -> list[list[int]]:
@@ -39,10 +39,11 @@ def _encode(client: EngineClient, prompts: list[str | list[int]], truncate: bool
 
 async def embed_prompts(client: EngineClient, prompts: list[str | list[int]], params: PoolingParams,
                         tokenization: Tokenization, load_timeout: float, salt: str | None = None,
-                        truncate: bool = False, param: str = "input") -> list[EmbeddingRequestOutput]:
+                        truncate: bool = False, param: str = "input",
+                        arrival: float | None = None) -> list[EmbeddingRequestOutput]:
     """One pooled vector per prompt (a text or token ids), in order; 400 for what the model cannot take
     (`param` names the request field), for a model not served for embeddings too. `truncate`: the first
-    max_model_len tokens of a longer prompt instead of a 400."""
+    max_model_len tokens of a longer prompt instead of a 400. `arrival`: when the server received the request."""
     num_seqs = check_num_sequences(client, 1, len(prompts))
     await client.admit(load_timeout, num_seqs, task="embed")
     try:
@@ -52,8 +53,8 @@ async def embed_prompts(client: EngineClient, prompts: list[str | list[int]], pa
             raise BadRequestError(str(e), param=e.param) from None
         encoded = await tokenization.run(_encode, client, prompts, truncate, param)
         request_id = random_id("embd")
-        return list(await asyncio.gather(*(client.embed(f"{request_id}-{i}", ids, params, load_timeout, salt)
-                                           for i, ids in enumerate(encoded))))
+        return list(await asyncio.gather(*(client.embed(f"{request_id}-{i}", ids, params, load_timeout, salt,
+                                                        arrival) for i, ids in enumerate(encoded))))
     finally:
         client.release(num_seqs)
 
@@ -81,7 +82,7 @@ def add_embeddings_routes(app: FastAPI):
         params = PoolingParams(dimensions=body.dimensions)
         outputs = await until_disconnect(request, embed_prompts(
             client, body.inputs(), params, app.state.tokenization, app.state.config.request_load_timeout,
-            cache_salt(request, None)))
+            cache_salt(request, None), arrival=arrival_time(request)))
         if isinstance(outputs, Response):
             return outputs
         return JSONResponse(embedding_response(outputs, body.encoding_format, client.name))

@@ -1,8 +1,8 @@
 """An engine process's record of its loop (the `step_log` setting), for finding where a server's time goes:
 one JSON line per step, with how long the engine waited for work before it (idle), how long the step took, the
 tokens it returned, the requests it finished, the load after it, and the requests received since the line
-before (`added`) with the longest time one of them took from the API process handing it over to the engine
-taking it (`transit_s`).
+before (`added`) with the longest time one of them took from the API process receiving it (its arrival_time) to
+the engine taking it (`transit_s`).
 `at` is the wall clock (Unix seconds), to set beside a client's record of the same run. Lines go out whole, so
 engines may share a file. A file that cannot be written (a full disk) is given up with a warning: the engine
 goes on serving."""
@@ -28,8 +28,8 @@ class StepLog:
             self._give_up(e)
 
     def received(self, requests: list[EngineCoreRequest]):
-        """New requests taken from the pipe; their arrival_time is the API process's time.monotonic()
-        (one clock for every process of the machine)."""
+        """New requests taken from the pipe; their arrival_time is when the API process received them, on its
+        time.monotonic() (one clock for every process of the machine)."""
         now = time.monotonic()
         self._added += len(requests)
         self._transit_s = max([self._transit_s] + [now - r.arrival_time for r in requests])

@@ -86,3 +86,29 @@ def test_the_time_a_model_slept_is_the_idle_time_of_its_next_step(tiny_model_dir
         server.stop()
     woken = [json.loads(line) for line in path.read_text().splitlines()[before:]]
     assert woken and woken[0]["idle_s"] > 0.6
+
+
+def test_a_requests_time_to_the_engine_counts_from_the_server_receiving_it(tiny_model_dirs, tmp_path, monkeypatch):
+    import asyncio
+
+    import corral.server.serving_completion as serving_completion
+    from corral.server.config import build_config
+    path = tmp_path / "steps.jsonl"
+    sampling_params = serving_completion.sampling_params
+
+    async def slow_sampling_params(*args, **kwargs):  # route work between the receipt and the hand-over
+        await asyncio.sleep(0.4)
+        return await sampling_params(*args, **kwargs)
+
+    monkeypatch.setattr(serving_completion, "sampling_params", slow_sampling_params)
+    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
+                                          "step_log": str(path)})
+    server = ServerThread(config).start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+        client.completions.create(model="q", prompt=[5, 6, 7], max_tokens=2, temperature=0)
+    finally:
+        server.stop()
+    taken = [json.loads(line) for line in path.read_text().splitlines() if json.loads(line)["added"]]
+    assert len(taken) == 1 and 0.4 <= taken[0]["transit_s"] < 5
