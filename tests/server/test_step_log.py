@@ -9,6 +9,15 @@ import openai
 from tests.server.helpers import ServerThread
 
 
+def one_model_server(tiny_model_dirs, step_log) -> ServerThread:
+    """A started server of the tiny Qwen3 model as "q" on the CPU, its engine's steps logged to `step_log`."""
+    from corral.server.config import build_config
+    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
+                                          "step_log": str(step_log)})
+    return ServerThread(config).start()
+
+
 def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completions(tiny_model_dirs, tmp_path):
     from corral.server.config import build_config
     path = tmp_path / "steps.jsonl"
@@ -49,11 +58,7 @@ def test_a_step_log_in_a_folder_that_does_not_exist_is_refused_in_one_line(tiny_
 
 
 def test_a_step_log_that_cannot_be_written_leaves_the_engine_serving(tiny_model_dirs):
-    from corral.server.config import build_config
-    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
-                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
-                                          "step_log": "/dev/full"})  # every write fails: no space left
-    server = ServerThread(config).start()
+    server = one_model_server(tiny_model_dirs, "/dev/full")  # every write fails: no space left
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
         pid = server.registry.get("q").pid
@@ -69,12 +74,8 @@ def test_a_step_log_that_cannot_be_written_leaves_the_engine_serving(tiny_model_
 def test_the_time_a_model_slept_is_the_idle_time_of_its_next_step(tiny_model_dirs, tmp_path):
     import httpx
 
-    from corral.server.config import build_config
     path = tmp_path / "steps.jsonl"
-    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
-                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
-                                          "step_log": str(path)})
-    server = ServerThread(config).start()
+    server = one_model_server(tiny_model_dirs, path)
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
         client.completions.create(model="q", prompt=[5, 6, 7], max_tokens=2, temperature=0)
@@ -92,7 +93,6 @@ def test_a_requests_time_to_the_engine_counts_from_the_server_receiving_it(tiny_
     import asyncio
 
     import corral.server.serving_completion as serving_completion
-    from corral.server.config import build_config
     path = tmp_path / "steps.jsonl"
     sampling_params = serving_completion.sampling_params
 
@@ -101,10 +101,7 @@ def test_a_requests_time_to_the_engine_counts_from_the_server_receiving_it(tiny_
         return await sampling_params(*args, **kwargs)
 
     monkeypatch.setattr(serving_completion, "sampling_params", slow_sampling_params)
-    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
-                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
-                                          "step_log": str(path)})
-    server = ServerThread(config).start()
+    server = one_model_server(tiny_model_dirs, path)
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
         client.completions.create(model="q", prompt=[5, 6, 7], max_tokens=2, temperature=0)
