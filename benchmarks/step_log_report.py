@@ -127,10 +127,12 @@ def main():
         print(run.report())
         to_engine, to_client = run.turnaround(requests[run.model])
         if to_engine:
-            print(f"  client's send to the engine, {len(to_engine)} requests: {spread(to_engine)}; of it the server's "
-                  f"receipt to the engine, the longest per step: {spread(run.transits)}")
+            print(f"  client's send to the engine, {len(to_engine)} requests: {spread(to_engine)}, the first "
+                  f"{to_engine[0] * 1e3:.1f} ms (the engine alone starts at once); of it the server's receipt to the "
+                  f"engine, the longest per step: {spread(run.transits)}")
         if to_client:
-            print(f"  the engine's last token to the client's end, {len(to_client)} requests: {spread(to_client)}")
+            print(f"  the engine's last token to the client's end, {len(to_client)} requests: {spread(to_client)}, "
+                  f"the last {to_client[-1] * 1e3:.1f} ms")
 
 
 def spread(seconds: list[float]) -> str:
