@@ -11,8 +11,9 @@
 # CLIENT_ARGS are added to each client's arguments; REQUESTS_JSONL=FILE also writes each request's timings there,
 # and KEEPALIVE=0 sends each request on a connection of its own (benchmarks/peer_load_client.py says why). VLLM=0 skips vLLM;
 # VLLM_EXTRA_ARGS are added to each vLLM server's (an fp8 KV cache on both sides: VARIANTS="fp8:kv_cache_dtype='fp8'"
-# VLLM_EXTRA_ARGS="--kv-cache-dtype fp8"). Output in $OUT: b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log,
-# vllm_MODEL.log, client logs.
+# VLLM_EXTRA_ARGS="--kv-cache-dtype fp8"). CPU_LOG=FILE samples each process's CPU share by role meanwhile
+# (benchmarks/cpu_monitor.py; `python -m benchmarks.cpu_monitor --report FILE` sums it up). Output in $OUT:
+# b4.jsonl (one JSON line per server, model and rate), corral_LABEL.log, vllm_MODEL.log, client logs.
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET:-590}
@@ -66,6 +67,12 @@ stop() {
   kill -TERM -- -"$1" 2>/dev/null; for _ in $(seq 1 30); do kill -0 "$1" 2>/dev/null || break; sleep 1; done
   kill -KILL -- -"$1" 2>/dev/null; wait "$1" 2>/dev/null
 }
+
+if [ -n "${CPU_LOG:-}" ]; then
+  python3 -m benchmarks.cpu_monitor --out "$CPU_LOG" &
+  monitor=$!
+  trap 'kill $monitor 2>/dev/null' EXIT
+fi
 
 for variant in $VARIANTS; do
   label=${variant%%:*}; settings=${variant#*:}
