@@ -38,6 +38,15 @@ def unicode_text(value):
     return value
 
 
+def token_ids_as_sent(value, handler):
+    """A prompt of token ids (a list of ints and nothing else) as it came, which is what the union's
+    `list[int]` would give; anything else through the union. The union in smart mode tries its members in
+    turn on each of a prompt's thousands of ids: 90-130 us a request, against 20 us here."""
+    if value.__class__ is list and value and set(map(type, value)) == {int}:
+        return value
+    return handler(value)
+
+
 def prompt_list(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str | list[int]]:
     """A text, texts, token ids or lists of token ids as a list of prompts; 400 naming `param` when empty."""
     if isinstance(value, str) or (value and isinstance(value[0], int)):
@@ -310,6 +319,7 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
 
     _text = field_validator("prompt")(unicode_text)
+    _token_ids = field_validator("prompt", mode="wrap")(token_ids_as_sent)  # outside _text: ids need no look
 
     def prompts(self) -> list[str | list[int]]:
         return prompt_list(self.prompt, "prompt")
@@ -368,6 +378,7 @@ class EmbeddingRequest(OpenAIBase):
     user: str | None = None
 
     _text = field_validator("model", "input")(unicode_text)
+    _token_ids = field_validator("input", mode="wrap")(token_ids_as_sent)
 
     def inputs(self) -> list[str | list[int]]:
         return prompt_list(self.input, "input")
