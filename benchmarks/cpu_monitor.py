@@ -108,10 +108,8 @@ def report(path: str) -> dict[str, dict[str, float]]:
     with open(path) as f:
         samples = [json.loads(line)["cpu"] for line in f if line.strip()]
     running = [s for s in samples if any(name.startswith("client") and share >= 20 for name, share in s.items())]
-    shares = defaultdict(list)
-    for sample in running:
-        for name in {n for s in running for n in s}:
-            shares[name].append(sample.get(name, 0.0))
+    names = {name for sample in running for name in sample}
+    shares = {name: [sample.get(name, 0.0) for sample in running] for name in names}
     summary = {}
     for name, values in sorted(shares.items()):
         values.sort()

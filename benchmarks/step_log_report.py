@@ -34,7 +34,7 @@ class Run:
     wall_offset: float | None = None  # the wall clock (`at`) less the log's clock (`t`)
     receipts: list[float] = field(default_factory=list)  # when the engine took each request, on the log's clock
     finishes: list[float] = field(default_factory=list)  # when the engine finished each request, the same
-    transits: list[float] = field(default_factory=list)  # per step that took some: the longest API->engine time
+    transits: list[float] = field(default_factory=list)  # per step that took some: the longest receipt->engine time
 
     def turnaround(self, requests: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
         """From the client's record of this run's requests, (sent, ended) on the wall clock (other runs' are
