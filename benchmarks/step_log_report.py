@@ -35,6 +35,8 @@ class Run:
     receipts: list[float] = field(default_factory=list)  # when the engine took each request, on the log's clock
     finishes: list[float] = field(default_factory=list)  # when the engine finished each request, the same
     transits: list[float] = field(default_factory=list)  # per step that took some: the longest receipt->engine time
+    kv_peak: float | None = None  # the largest fraction of the KV cache in use after a step (logs since 89e9ae9)
+    preemptions: int = 0
 
     def turnaround(self, requests: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
         """From the client's record of this run's requests, (sent, ended) on the wall clock (other runs' are
@@ -62,7 +64,9 @@ class Run:
         wall = self.end - self.start
         lines = [f"{self.model}: run of {wall:.2f} s from t={self.start:.2f}: stepping {self.step_s:.2f} s, idle "
                  f"{self.idle_s:.3f} s in {len(self.waits)} waits, between steps {wall - self.step_s - self.idle_s:.3f}"
-                 f" s; {self.tokens} tokens ({self.tokens / wall if wall else 0:,.0f} tok/s)"]
+                 f" s; {self.tokens} tokens ({self.tokens / wall if wall else 0:,.0f} tok/s)"
+                 + (f"; KV cache in use at most {self.kv_peak:.0%}, {self.preemptions} preemptions"
+                    if self.kv_peak is not None else "")]
         lines += [f"  wait {seconds * 1e3:8.1f} ms at t={at:.3f}" for at, seconds in self.waits[:top]]
         for name, steps in sorted(self.by_running.items(), key=lambda item: int(item[0].split("-")[0].rstrip("+"))):
             lines.append(f"  running {name:>9s}: {len(steps):5d} steps, {sum(steps):6.2f} s, "
@@ -86,7 +90,7 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
         by_model[line["model"]].append(line)
     found = []
     for model, steps in by_model.items():
-        run = None
+        run, preempted = None, 0  # the engine's count of preemptions since it started, as of the line before
         for line in steps:
             began = line["t"] - line["step_s"]
             if run is None or line["idle_s"] > split or line["t"] < run.end:
@@ -104,6 +108,11 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
             if line.get("added"):
                 run.receipts += [began] * line["added"]
                 run.transits.append(line["transit_s"])
+            if "kv_usage" in line:
+                run.kv_peak = max(run.kv_peak or 0.0, line["kv_usage"])
+                # a count below the last is a restarted engine's, counting from 0 again
+                run.preemptions += line["preemptions"] - (preempted if line["preemptions"] >= preempted else 0)
+                preempted = line["preemptions"]
     for r in found:
         r.waits.sort(key=lambda w: -w[1])
     return found

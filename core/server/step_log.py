@@ -1,6 +1,7 @@
 """An engine process's record of its loop (the `step_log` setting), for finding where a server's time goes:
 one JSON line per step, with how long the engine waited for work before it (idle), how long the step took, the
-tokens it returned, the requests it finished, the load after it, and the requests received since the line
+tokens it returned, the requests it finished, the load after it (running and waiting requests, the fraction of
+the KV cache in use, the preemptions since the engine started), and the requests received since the line
 before (`added`) with the longest time one of them took from the API process receiving it (its arrival_time) to
 the engine taking it (`transit_s`).
 `at` is the wall clock (Unix seconds), to set beside a client's record of the same run. Lines go out whole, so
@@ -44,7 +45,9 @@ class StepLog:
                                          "tokens": sum(len(o.new_token_ids) for o in outputs),
                                          "finished": sum(o.finish_reason is not None for o in outputs),
                                          "running": stats.num_running,
-                                         "waiting": stats.num_waiting, "added": self._added,
+                                         "waiting": stats.num_waiting,
+                                         "kv_usage": round(stats.kv_cache_usage, 4),
+                                         "preemptions": stats.num_preemptions, "added": self._added,
                                          "transit_s": round(self._transit_s, 6)}) + "\n")
         except OSError as e:
             self._give_up(e)

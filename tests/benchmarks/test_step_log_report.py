@@ -52,3 +52,17 @@ def test_a_run_pairs_sends_with_receipts_and_finishes_with_the_clients_ends_on_t
 def test_a_log_without_wall_times_pairs_nothing():
     (run,) = runs([line(1.0, 0.5, 0.1, 1, 1), line(1.1, 0.0, 0.1, 1, 1)], split=1.0)
     assert run.turnaround([(1.0, 2.0)]) == ([], [])
+
+
+def test_a_run_reports_its_peak_kv_use_and_the_preemptions_inside_it_across_an_engine_restart():
+    log = [line(1.1, 0.5, 0.1, 4, 4, kv_usage=0.2, preemptions=0),
+           line(1.2, 0.0, 0.1, 4, 4, kv_usage=0.97, preemptions=3),  # three preempted at full KV
+           line(1.3, 0.0, 0.1, 4, 4, kv_usage=0.5, preemptions=3),
+           line(5.0, 3.0, 0.1, 4, 4, kv_usage=0.99, preemptions=5),  # the next run: two more
+           line(0.5, 0.05, 0.1, 3, 3, kv_usage=0.1, preemptions=1)]  # a restarted engine, counting from 0
+    first, second, third = runs(log, split=1.0)
+    assert (first.kv_peak, first.preemptions) == (0.97, 3)
+    assert (second.kv_peak, second.preemptions, third.preemptions) == (0.99, 2, 1)
+    assert "KV cache in use at most 97%, 3 preemptions" in first.report()
+    (older,) = runs([line(1.1, 0.5, 0.1, 4, 4)], split=1.0)  # a log written before these fields
+    assert older.kv_peak is None and "KV cache" not in older.report()
