@@ -3,6 +3,7 @@ engine (engine_lifecycle.py loads and restarts it) and answered through per-requ
 fed from the engine's pipe.
 """
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -13,6 +14,7 @@ from corral.sampling_params import SamplingParams
 from corral.server.engine_lifecycle import EngineLifecycle
 from corral.server.engine_process import EngineProcess
 from corral.server.errors import BadRequestError, QueueFullError
+from corral.server.model_state import ModelState
 from corral.server.output_collector import RequestOutputCollector
 
 
@@ -78,18 +80,30 @@ class EngineClient(EngineLifecycle):
         self.num_pending_seqs -= num_seqs
         self.last_used = time.monotonic()
 
-    async def generate(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                       timeout: float = 600.0, cache_salt: str | None = None,
-                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
-        """Delta outputs of one admitted request until it finishes; leaving early aborts it. Only
-        requests with the same `cache_salt` share prefix-cache blocks. `arrival_time`: when the server received
-        the request (time.monotonic()), now if not given; its latencies are measured from it."""
+    def generate(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+                 timeout: float = 600.0, cache_salt: str | None = None,
+                 arrival_time: float | None = None) -> "OutputStream":
+        """Delta outputs of one admitted request until it finishes. The request goes to the engine now if the
+        model is ready, so that a burst's requests reach the engine as each is validated, not as each response
+        starts; else at the first read, once the model is. Leaving a read early aborts it, and so does the
+        stream's close(), read or not: whoever makes a stream closes it when its response ends. Only requests
+        with the same `cache_salt` share prefix-cache blocks. `arrival_time`: when the server received the
+        request (time.monotonic()), now if not given; its latencies are measured from it."""
         start = time.monotonic() if arrival_time is None else arrival_time
+        collector = (self._send(request_id, prompt, prompt_ids, params, start, cache_salt)
+                     if self.state == ModelState.READY else None)
+        return OutputStream(self._outputs(request_id, prompt, prompt_ids, params, timeout, cache_salt, start,
+                                          collector), functools.partial(self._forget, request_id))
+
+    async def _outputs(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+                       timeout: float, cache_salt: str | None, start: float,
+                       collector: RequestOutputCollector | None) -> AsyncIterator[RequestOutput]:
         first_token, generated = None, 0
         try:
-            await self.wait_ready(timeout)
+            if collector is None:
+                await self.wait_ready(timeout)
             async with contextlib.aclosing(self._stream(request_id, prompt, prompt_ids, params, start,
-                                                        cache_salt)) as outputs:
+                                                        cache_salt, collector)) as outputs:
                 async for item in outputs:
                     generated += sum(len(c.token_ids) for c in item.outputs)
                     if first_token is None and generated:
@@ -105,17 +119,31 @@ class EngineClient(EngineLifecycle):
                 self.metrics.requests_finished.labels(self.name, "error").inc()
             raise
 
-    async def _stream(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                      arrival: float, cache_salt: str | None) -> AsyncIterator[RequestOutput]:
-        """The engine's delta outputs of one request, up to the finished one; closing early aborts it.
-        The one step a client of another transport (corral.integrations.ray) does its own way."""
-        registered = False
+    def _send(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+              arrival: float, cache_salt: str | None) -> RequestOutputCollector | None:
+        """Hand one request to the engine; the collector its outputs will arrive in."""
         collector = RequestOutputCollector()
         try:
             child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
-            self._collectors[request_id], registered = collector, True
+            self._collectors[request_id] = collector
             self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, arrival,
                                                                               cache_salt)))
+        except BaseException:
+            self._forget(request_id)
+            raise
+        return collector
+
+    async def _stream(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+                      arrival: float, cache_salt: str | None,
+                      collector: RequestOutputCollector | None) -> AsyncIterator[RequestOutput]:
+        """The engine's delta outputs of one request, up to the finished one, from `collector` (None: the request
+        is sent first); closing early aborts it. With _send, the steps a client of another transport
+        (corral.integrations.ray) does its own way."""
+        registered = False
+        try:
+            if collector is None:
+                collector = self._send(request_id, prompt, prompt_ids, params, arrival, cache_salt)
+            registered = True
             while True:
                 item = await collector.get()
                 if isinstance(item, BaseException):
@@ -129,6 +157,11 @@ class EngineClient(EngineLifecycle):
             self._collectors.pop(request_id, None)
             if registered:
                 self.abort(request_id)
+
+    def _forget(self, request_id: str):
+        """A request whose reader is gone: aborted unless it finished, its collector dropped."""
+        self._collectors.pop(request_id, None)
+        self.abort(request_id)
 
     async def embed(self, request_id: str, prompt_ids: list[int], params: PoolingParams, timeout: float = 600.0,
                     cache_salt: str | None = None, arrival_time: float | None = None) -> EmbeddingRequestOutput:
@@ -168,3 +201,16 @@ class EngineClient(EngineLifecycle):
         self.engine.send(AbortRequests(child_ids))
         if self.metrics is not None:
             self.metrics.requests_finished.labels(self.name, "abort").inc()
+
+
+class OutputStream:
+    """One request's delta outputs: read them once with `async for`; close() aborts the request unless it
+    finished, whether or not it was read (idempotent)."""
+
+    __slots__ = ("_outputs", "close")
+
+    def __init__(self, outputs: AsyncIterator[RequestOutput], close: Callable[[], None]):
+        self._outputs, self.close = outputs, close
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._outputs

@@ -162,6 +162,14 @@ def sse(data: dict | str) -> str:
     return f"data: {text}\n\n"
 
 
+def end_request(client, streams: list, num_seqs: int):
+    """A response's end, however it ended (finished, failed, its client gone, never started): each of its streams
+    closed (its request aborted unless it finished) and its admission given back."""
+    for stream in streams:
+        stream.close()
+    client.release(num_seqs)
+
+
 def chunk_writer(request_id: str, kind: str, created: int, model: str, include_usage: bool):
     """SSE chunks of one stream; with include_usage every chunk but the last carries "usage": null."""
     def chunk(choices, **extra) -> str:

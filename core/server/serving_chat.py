@@ -15,8 +15,8 @@ from corral.server.limits import Tokenization
 from corral.server.protocol import ChatCompletionRequest
 from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
 from corral.server.serving import (Choice, SSEResponse, TokenText, arrival_time, chat_logprobs, check_num_sequences,
-                                   check_prompt, chunk_writer, now, random_id, sampling_params, sse, sse_error,
-                                   until_disconnect, usage)
+                                   check_prompt, chunk_writer, end_request, now, random_id, sampling_params, sse,
+                                   sse_error, until_disconnect, usage)
 from corral.server.tool_calling import generic_messages, is_generic, output_parser
 
 
@@ -70,17 +70,17 @@ async def start_chat(body: ChatCompletionRequest, client: EngineClient, request:
             max_tokens = client.input_processor.defaults.get("max_tokens")
         max_tokens = check_prompt(client, prompt_ids, max_tokens, "messages")
         params = await sampling_params(body, client, max_tokens, logprobs)
+        salt = cache_salt(request, body.cache_salt)
+        outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout, salt, arrival_time(request))
     except BaseException:
         client.release(num_seqs)
         raise
     # a grammar holds from the first token, so a prompt that opens the thinking does not make its output thinking
     in_reasoning = (client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
                     and params.structured_outputs is None)
-    salt = cache_salt(request, body.cache_salt)
-    outputs = client.generate(request_id, prompt, prompt_ids, params, load_timeout, salt, arrival_time(request))
     return ChatGeneration(request_id, prompt_ids, params, outputs, in_reasoning,
                           functools.partial(output_parser, plan, client, generic),
-                          functools.partial(client.release, num_seqs))
+                          functools.partial(end_request, client, [outputs], num_seqs))
 
 
 async def create_chat_completion(body: ChatCompletionRequest, client: EngineClient, request: HTTPRequest,

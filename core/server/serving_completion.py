@@ -9,8 +9,8 @@ from corral.server.errors import BadRequestError
 from corral.server.limits import Tokenization
 from corral.server.protocol import CompletionRequest
 from corral.server.serving import (Choice, SSEResponse, TokenText, arrival_time, check_num_sequences, check_prompt,
-                                   chunk_writer, completion_logprobs, merged, now, random_id, sampling_params, sse,
-                                   sse_error, until_disconnect, usage)
+                                   chunk_writer, completion_logprobs, end_request, merged, now, random_id,
+                                   sampling_params, sse, sse_error, until_disconnect, usage)
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -36,6 +36,8 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
     tokenization = request.app.state.tokenization
     num_seqs = check_num_sequences(client, body.n, len(prompts))
     await client.admit(load_timeout, num_seqs)
+    streams = []
+    end = functools.partial(end_request, client, streams, num_seqs)
     try:
         if any(isinstance(p, str) for p in prompts):
             encoded = await tokenization.run(_encode, client, prompts, tokenization)
@@ -46,25 +48,24 @@ async def create_completion(body: CompletionRequest, client: EngineClient, reque
             max_tokens = client.input_processor.defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
         limits = [check_prompt(client, ids, max_tokens, "prompt") for _, ids in encoded]
         params = [await sampling_params(body, client, limit, body.logprobs) for limit in limits]
+        echoes = [_echo_text(client, text, ids) if body.echo else "" for text, ids in encoded]
+        request_id = random_id("cmpl")
+        salt = cache_salt(request, body.cache_salt)
+        arrival = arrival_time(request)
+        for i, ((text, ids), p) in enumerate(zip(encoded, params)):
+            streams.append(client.generate(f"{request_id}-{i}", text, ids, p, load_timeout, salt, arrival))
     except BaseException:
-        client.release(num_seqs)
+        end()
         raise
-    request_id = random_id("cmpl")
-    salt = cache_salt(request, body.cache_salt)
-    arrival = arrival_time(request)
-    streams = [client.generate(f"{request_id}-{i}", text, ids, p, load_timeout, salt, arrival)
-               for i, ((text, ids), p) in enumerate(zip(encoded, params))]
-    echoes = [_echo_text(client, text, ids) if body.echo else "" for text, ids in encoded]
     n = params[0].n
     prompt_tokens = sum(len(ids) for _, ids in encoded)
     if body.stream:
-        return SSEResponse(_stream(body, client, request_id, n, streams, echoes, prompt_tokens),
-                           on_close=functools.partial(client.release, num_seqs))
+        return SSEResponse(_stream(body, client, request_id, n, streams, echoes, prompt_tokens), on_close=end)
     try:
         return await until_disconnect(request, _collect(body, client, request_id, n, streams, echoes,
                                                         prompt_tokens))
     finally:
-        client.release(num_seqs)
+        end()
 
 
 def _echo_text(client: EngineClient, text: str | None, ids: list[int]) -> str:

@@ -67,8 +67,13 @@ class RayEngineClient(EngineClient):
             (model_dir / name).write_bytes(data)
         return model_dir
 
+    def _send(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+              arrival: float, cache_salt: str | None) -> None:
+        """Nothing yet: a replica takes a request with the call that streams its outputs, at the first read."""
+        return None
+
     async def _stream(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                      arrival: float, cache_salt: str | None) -> AsyncIterator[RequestOutput]:
+                      arrival: float, cache_salt: str | None, collector: None) -> AsyncIterator[RequestOutput]:
         request = GenerateRequest(request_id, prompt, prompt_ids, params, cache_salt, self.spec.startup_timeout)
         answered = False
         for attempt in range(2):

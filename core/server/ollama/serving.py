@@ -17,7 +17,7 @@ from corral.server.errors import BadRequestError
 from corral.server.ollama.protocol import ChatRequest, GenerateRequest, Generating, keep_alive_seconds
 from corral.server.ollama.template import render_template
 from corral.server.reasoning import ReasoningParser, prompt_opens_reasoning
-from corral.server.serving import (SSEResponse, arrival_time, check_prompt, random_id, sampling_params,
+from corral.server.serving import (SSEResponse, arrival_time, check_prompt, end_request, random_id, sampling_params,
                                    stream_error, until_disconnect)
 from corral.server.serving_chat import ChatGeneration, chat_deltas, render_prompt, start_chat
 
@@ -200,16 +200,16 @@ async def start_generate(body: GenerateRequest, client: EngineClient, request: H
             max_tokens = client.input_processor.defaults.get("max_tokens")
         max_tokens = check_prompt(client, prompt_ids, max_tokens, "prompt")
         params = await sampling_params(fields, client, max_tokens, None)
+        request_id = random_id("ollama-generate")
+        outputs = client.generate(request_id, prompt, prompt_ids, params, timeout, cache_salt(request, None),
+                                  arrival_time(request))
     except BaseException:
         client.release()
         raise
     in_reasoning = (client.reasoning_parser is not None and prompt_opens_reasoning(prompt)
                     and params.structured_outputs is None)
-    request_id = random_id("ollama-generate")
-    outputs = client.generate(request_id, prompt, prompt_ids, params, timeout, cache_salt(request, None),
-                              arrival_time(request))
     return ChatGeneration(request_id, prompt_ids, params, outputs, in_reasoning, lambda: None,
-                          functools.partial(client.release, 1))
+                          functools.partial(end_request, client, [outputs], 1))
 
 
 def _prompt(client: EngineClient, body: GenerateRequest, tokenization) -> tuple[str, list[int]]:

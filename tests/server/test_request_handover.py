@@ -1,0 +1,78 @@
+"""A request reaches its engine as soon as the API process has validated it, not when its response starts: in a
+burst, a response's start waits its turn on the event loop behind every other response's work. A response that
+never starts (its client gone first) still aborts its request."""
+import asyncio
+import json
+
+import pytest
+
+ROUTES = {"/v1/completions": {"prompt": [5, 6, 7]},
+          "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}]}}
+
+
+def asgi_request(path: str, body: bytes):
+    """The ASGI scope and receive of a POST whose client then waits (never disconnects on its own)."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # no disconnect: the test cancels the request instead
+
+    return scope, receive
+
+
+async def until(predicate, timeout: float = 60.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "not true in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_the_engine_generates_before_the_response_starts_and_a_response_that_never_starts_aborts(
+        tiny_model_dirs, tmp_path, path):
+    from corral.server.api import create_app
+    from corral.server.config import build_config
+    steps = tmp_path / "steps.jsonl"
+    config = build_config([str(tiny_model_dirs["qwen3"])], served_names=["q"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu",
+                                          "step_log": str(steps)})
+    body = json.dumps({"model": "q", "max_tokens": 200, "ignore_eos": True, "stream": True, **ROUTES[path]}).encode()
+
+    def generated() -> list[dict]:
+        lines = steps.read_text().splitlines() if steps.exists() else []
+        return [json.loads(line) for line in lines]
+
+    async def scenario():
+        app = create_app(config)
+        async with app.router.lifespan_context(app):
+            client = app.state.registry.get("q")
+            await client.wait_ready(240)
+            response_started = asyncio.Event()
+
+            async def send(message):  # the response's start is held: the event loop never gets to it
+                if message["type"] == "http.response.start":
+                    response_started.set()
+                    await asyncio.Event().wait()
+
+            scope, receive = asgi_request(path, body)
+            task = asyncio.create_task(app(scope, receive, send))
+            await until(lambda: sum(line["tokens"] for line in generated()) >= 3)
+            assert response_started.is_set() and not task.done() and client.num_pending == 1
+            task.cancel()  # the client is gone before its response started
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await until(lambda: client.stats.num_running == 0 and client.stats.num_waiting == 0)
+            assert client.num_pending == 0 and client.stats.kv_cache_usage == 0
+
+    asyncio.run(scenario())
+    lines = generated()
+    assert sum(line["added"] for line in lines) == 1
+    assert sum(line["tokens"] for line in lines) < 200  # aborted, not run to its end
