@@ -90,8 +90,13 @@ class EngineClient(EngineLifecycle):
         with the same `cache_salt` share prefix-cache blocks. `arrival_time`: when the server received the
         request (time.monotonic()), now if not given; its latencies are measured from it."""
         start = time.monotonic() if arrival_time is None else arrival_time
-        collector = (self._send(request_id, prompt, prompt_ids, params, start, cache_salt)
-                     if self.state == ModelState.READY else None)
+        try:
+            collector = (self._send(request_id, prompt, prompt_ids, params, start, cache_salt)
+                         if self.state == ModelState.READY else None)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.requests_finished.labels(self.name, "error").inc()
+            raise
         return OutputStream(self._outputs(request_id, prompt, prompt_ids, params, timeout, cache_salt, start,
                                           collector), functools.partial(self._forget, request_id))
 
@@ -123,8 +128,8 @@ class EngineClient(EngineLifecycle):
               arrival: float, cache_salt: str | None) -> RequestOutputCollector | None:
         """Hand one request to the engine; the collector its outputs will arrive in."""
         collector = RequestOutputCollector()
+        child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
         try:
-            child_ids = self.output_processor.add_request(request_id, prompt, prompt_ids, params, delta=True)
             self._collectors[request_id] = collector
             self.engine.send(AddRequests(self.input_processor.engine_requests(child_ids, prompt_ids, params, arrival,
                                                                               cache_salt)))
@@ -159,9 +164,13 @@ class EngineClient(EngineLifecycle):
                 self.abort(request_id)
 
     def _forget(self, request_id: str):
-        """A request whose reader is gone: aborted unless it finished, its collector dropped."""
-        self._collectors.pop(request_id, None)
-        self.abort(request_id)
+        """A request whose reader is gone: aborted unless it finished, its collector dropped. One that finished
+        in the engine but was not read to its end counts as aborted: its client did not get it."""
+        unread = self._collectors.pop(request_id, None) is not None
+        if self.output_processor is not None and self.output_processor.has_request(request_id):
+            self.abort(request_id)
+        elif unread and self.metrics is not None:
+            self.metrics.requests_finished.labels(self.name, "abort").inc()
 
     async def embed(self, request_id: str, prompt_ids: list[int], params: PoolingParams, timeout: float = 600.0,
                     cache_salt: str | None = None, arrival_time: float | None = None) -> EmbeddingRequestOutput:

@@ -165,9 +165,14 @@ def sse(data: dict | str) -> str:
 def end_request(client, streams: list, num_seqs: int):
     """A response's end, however it ended (finished, failed, its client gone, never started): each of its streams
     closed (its request aborted unless it finished) and its admission given back."""
-    for stream in streams:
-        stream.close()
-    client.release(num_seqs)
+    try:
+        for stream in streams:
+            try:
+                stream.close()
+            except Exception:
+                logger.exception("closing a stream of model %s failed", client.name)
+    finally:
+        client.release(num_seqs)
 
 
 def chunk_writer(request_id: str, kind: str, created: int, model: str, include_usage: bool):
