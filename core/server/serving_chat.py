@@ -132,6 +132,7 @@ async def _stream(body, client, generation: ChatGeneration):
     completion_tokens = cached = 0
 
     chunk = chunk_writer(g.request_id, "chat.completion.chunk", created, client.name, include_usage)
+    ending = ""  # the last output's chunks go with the usage and [DONE] in one write
 
     try:
         for i in range(n):
@@ -151,16 +152,20 @@ async def _stream(body, client, generation: ChatGeneration):
                 deltas = deltas or [{}]
                 for k, delta in enumerate(deltas):  # the logprobs go with the first, the end with the last
                     last = k == len(deltas) - 1
-                    yield chunk([{"index": c.index, "delta": delta,
-                                  "logprobs": chat_logprobs(c.logprobs, token_text) if c.logprobs is not None
-                                  and k == 0 else None,
-                                  "finish_reason": finish_reason if last else None,
-                                  "stop_reason": c.stop_reason if last else None}])
+                    piece = chunk([{"index": c.index, "delta": delta,
+                                    "logprobs": chat_logprobs(c.logprobs, token_text) if c.logprobs is not None
+                                    and k == 0 else None,
+                                    "finish_reason": finish_reason if last else None,
+                                    "stop_reason": c.stop_reason if last else None}])
+                    if out.finished:
+                        ending += piece
+                    else:
+                        yield piece
         if include_usage:
-            yield chunk([], usage=usage(len(g.prompt_ids), completion_tokens, cached))
+            ending += chunk([], usage=usage(len(g.prompt_ids), completion_tokens, cached))
     except Exception as e:
-        yield sse_error(e)
-    yield sse("[DONE]")
+        ending += sse_error(e)
+    yield ending + sse("[DONE]")
 
 
 def chat_deltas(parser: ReasoningParser | None, tool_parser, text: str, finished: bool) -> list[dict]:

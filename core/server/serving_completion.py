@@ -98,10 +98,12 @@ async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
     completion_tokens, cached = 0, [0] * len(streams)
 
     chunk = chunk_writer(request_id, "text_completion", created, client.name, include_usage)
+    ending, unfinished = "", len(streams)  # the last output's chunks go with the usage and [DONE] in one write
 
     try:
         async for p, out in merged(streams):
             cached[p] = out.num_cached_tokens
+            unfinished -= out.finished
             for c in out.outputs:
                 index = p * n + c.index
                 completion_tokens += len(c.token_ids)
@@ -114,10 +116,14 @@ async def _stream(body, client, request_id, n, streams, echoes, prompt_tokens):
                 if body.logprobs is not None:
                     logprobs = completion_logprobs(c.logprobs or [], token_text, offsets[index])
                 offsets[index] += len(c.text)
-                yield chunk([{"index": index, "text": text, "logprobs": logprobs,
-                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
+                piece = chunk([{"index": index, "text": text, "logprobs": logprobs,
+                                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}])
+                if unfinished:
+                    yield piece
+                else:
+                    ending += piece
         if include_usage:
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens, sum(cached)))
+            ending += chunk([], usage=usage(prompt_tokens, completion_tokens, sum(cached)))
     except Exception as e:
-        yield sse_error(e)
-    yield sse("[DONE]")
+        ending += sse_error(e)
+    yield ending + sse("[DONE]")

@@ -1,5 +1,6 @@
 """Shared by the server tests (and the sources tests that serve): a real server in a thread, the API key
 it is given, the check that a response is an OpenAI-style error, and a tiny model's memory footprint."""
+import asyncio
 import json
 import socket
 import threading
@@ -54,6 +55,24 @@ class ServerThread:
 
     def client(self, model: str):
         return self.registry.get(model)
+
+
+def asgi_request(path: str, body: bytes):
+    """The ASGI scope and receive of a POST whose client then waits (never disconnects on its own)."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # never a disconnect: a test leaves by cancelling the request
+
+    return scope, receive
 
 
 def error_of(response: httpx.Response, status: int) -> dict:

@@ -6,26 +6,10 @@ import json
 
 import pytest
 
+from tests.server.helpers import asgi_request
+
 ROUTES = {"/v1/completions": {"prompt": [5, 6, 7]},
           "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}]}}
-
-
-def asgi_request(path: str, body: bytes):
-    """The ASGI scope and receive of a POST whose client then waits (never disconnects on its own)."""
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # no disconnect: the test cancels the request instead
-
-    return scope, receive
 
 
 def aborted(app) -> float:

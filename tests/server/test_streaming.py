@@ -1,12 +1,13 @@
 """Streaming as a client sees it at light load: one token per chunk at the decode rate, not bursts of
 a multi-step decode group (the server runs 8 decode steps per launch by default); each chunk the JSON of its
-fields in OpenAI's order."""
+fields in OpenAI's order; a stream's last chunk, its usage and [DONE] in one write."""
+import asyncio
 import json
 
 import httpx
 import pytest
 
-from tests.server.helpers import API_KEY
+from tests.server.helpers import API_KEY, asgi_request
 
 
 def test_a_streamed_completion_arrives_one_token_per_chunk_at_light_load(server, served_models):
@@ -46,3 +47,34 @@ def test_a_chunk_is_the_json_of_its_fields_in_order_with_usage_null_until_the_la
             if include_usage and "usage" not in extra:
                 expected["usage"] = None
             assert data == expected and list(data) == list(expected)
+
+
+@pytest.mark.parametrize("path, fields", [("/v1/completions", {"prompt": [5, 6, 7]}),
+                                          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})])
+def test_a_streams_last_chunk_its_usage_and_done_go_out_in_one_write(tiny_model_dirs, path, fields):
+    """A client reading many streams at once (a load client, a gateway) wakes once at each one's end, not
+    three times."""
+    from corral.server.api import create_app
+    from corral.server.config import build_config
+    config = build_config([str(tiny_model_dirs["llama"])], served_names=["l"],
+                          model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu"})
+    body = json.dumps({"model": "l", "max_tokens": 6, "ignore_eos": True, "stream": True,
+                       "stream_options": {"include_usage": True}, **fields}).encode()
+
+    async def writes() -> list[str]:
+        app, sent = create_app(config), []
+        async with app.router.lifespan_context(app):
+            async def send(message):
+                if message["type"] == "http.response.body" and message.get("body"):
+                    sent.append(message["body"].decode())
+            await app(*asgi_request(path, body), send)
+        return sent
+
+    sent = asyncio.run(writes())
+    events = [e for w in sent for e in w.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert chunks[-1]["usage"]["completion_tokens"] == 6 and chunks[-2]["choices"][0]["finish_reason"] == "length"
+    last = [json.loads(e[6:]) for e in sent[-1].split("\n\n") if e.startswith("data: {")]
+    assert last == chunks[-2:] and sent[-1].endswith("data: [DONE]\n\n")
+    assert len(sent) >= 2  # the chunks before the last still go one by one
