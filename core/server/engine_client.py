@@ -159,9 +159,10 @@ class EngineClient(EngineLifecycle):
                 if item.finished:
                     return
         finally:
-            self._collectors.pop(request_id, None)
             if registered:
-                self.abort(request_id)
+                self._forget(request_id)
+            else:
+                self._collectors.pop(request_id, None)
 
     def _forget(self, request_id: str):
         """A request whose reader is gone: aborted unless it finished, its collector dropped. One that finished

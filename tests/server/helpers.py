@@ -75,6 +75,16 @@ def asgi_request(path: str, body: bytes):
     return scope, receive
 
 
+def metric_value(text: str, name: str, **labels) -> float:
+    """A Prometheus sample's value in an exposition `text` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
 def error_of(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     body = response.json()

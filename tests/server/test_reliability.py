@@ -8,18 +8,14 @@ import time
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server.helpers import metric_value
 
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 
 
 def metric(http, name: str, **labels) -> float:
-    text = http.get("/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+    return metric_value(http.get("/metrics").text, name, **labels)
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):

@@ -6,17 +6,15 @@ import json
 
 import pytest
 
-from tests.server.helpers import asgi_request
+from tests.server.helpers import asgi_request, metric_value
 
 ROUTES = {"/v1/completions": {"prompt": [5, 6, 7]},
           "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}]}}
 
 
 def aborted(app) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-    return sum(sample.value for family in text_string_to_metric_families(app.state.metrics.render().decode())
-               for sample in family.samples
-               if sample.name == "corral_requests_total" and sample.labels.get("finish_reason") == "abort")
+    return metric_value(app.state.metrics.render().decode(), "corral_requests_total", model="q",
+                        finish_reason="abort")
 
 
 async def until(predicate, timeout: float = 60.0):

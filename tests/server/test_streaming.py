@@ -30,8 +30,6 @@ def test_a_streamed_completion_arrives_one_token_per_chunk_at_light_load(server,
 
 
 def test_a_chunk_is_the_json_of_its_fields_in_order_with_usage_null_until_the_last():
-    import json
-
     from corral.server.serving import chunk_writer
     choice = {"index": 0, "text": ' "t1"\n\u00e9\u4f60\U0001f600\\', "logprobs": None, "finish_reason": None,
               "stop_reason": None}
