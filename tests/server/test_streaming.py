@@ -1,6 +1,7 @@
 """Streaming as a client sees it at light load: one token per chunk at the decode rate, not bursts of
 a multi-step decode group (the server runs 8 decode steps per launch by default); each chunk the JSON of its
-fields in OpenAI's order; a stream's last chunk, its usage and [DONE] in one write."""
+fields in OpenAI's order; a stream's last chunk, its usage and [DONE] in one write, and in the other APIs
+the last tokens with the closing events."""
 import asyncio
 import json
 
@@ -47,17 +48,12 @@ def test_a_chunk_is_the_json_of_its_fields_in_order_with_usage_null_until_the_la
             assert data == expected and list(data) == list(expected)
 
 
-@pytest.mark.parametrize("path, fields", [("/v1/completions", {"prompt": [5, 6, 7]}),
-                                          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})])
-def test_a_streams_last_chunk_its_usage_and_done_go_out_in_one_write(tiny_model_dirs, path, fields):
-    """A client reading many streams at once (a load client, a gateway) wakes once at each one's end, not
-    three times."""
+def written(tiny_model_dirs, path: str, body: dict) -> list[str]:
+    """What a server on the tiny Llama writes for a streamed request, write by write (the ASGI body messages)."""
     from corral.server.api import create_app
     from corral.server.config import build_config
     config = build_config([str(tiny_model_dirs["llama"])], served_names=["l"],
                           model_defaults={"max_model_len": 256, "kv_cache_memory_bytes": "8MiB", "device": "cpu"})
-    body = json.dumps({"model": "l", "max_tokens": 6, "ignore_eos": True, "stream": True,
-                       "stream_options": {"include_usage": True}, **fields}).encode()
 
     async def writes() -> list[str]:
         app, sent = create_app(config), []
@@ -65,14 +61,49 @@ def test_a_streams_last_chunk_its_usage_and_done_go_out_in_one_write(tiny_model_
             async def send(message):
                 if message["type"] == "http.response.body" and message.get("body"):
                     sent.append(message["body"].decode())
-            await app(*asgi_request(path, body), send)
+            await app(*asgi_request(path, json.dumps(body).encode()), send)
         return sent
 
-    sent = asyncio.run(writes())
+    return asyncio.run(writes())
+
+
+@pytest.mark.parametrize("path, fields", [("/v1/completions", {"prompt": [5, 6, 7]}),
+                                          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})])
+def test_a_streams_last_chunk_its_usage_and_done_go_out_in_one_write(tiny_model_dirs, path, fields):
+    """A client reading many streams at once (a load client, a gateway) wakes once at each one's end, not
+    three times."""
+    sent = written(tiny_model_dirs, path, {"model": "l", "max_tokens": 6, "ignore_eos": True, "stream": True,
+                                           "stream_options": {"include_usage": True}, **fields})
     events = [e for w in sent for e in w.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert chunks[-1]["usage"]["completion_tokens"] == 6 and chunks[-2]["choices"][0]["finish_reason"] == "length"
     last = [json.loads(e[6:]) for e in sent[-1].split("\n\n") if e.startswith("data: {")]
     assert last == chunks[-2:] and sent[-1].endswith("data: [DONE]\n\n")
-    assert len(sent) >= 2  # the chunks before the last still go one by one
+
+
+def sse_types(write: str) -> list[str]:
+    return [json.loads(e.split("data: ", 1)[1])["type"] for e in write.split("\n\n") if "data: " in e]
+
+
+@pytest.mark.parametrize("path, fields, last_types", [
+    ("/v1/messages", {"messages": [{"role": "user", "content": "Hi"}]},
+     ["content_block_delta", "content_block_stop", "message_delta", "message_stop"]),
+    ("/v1/responses", {"input": "Hi", "max_output_tokens": 6},
+     ["response.output_text.delta", "response.output_text.done", "response.content_part.done",
+      "response.output_item.done", "response.incomplete"]),
+    ("/api/generate", {"prompt": "Hi", "options": {"num_predict": 6, "temperature": 0}}, None)])
+def test_the_other_apis_send_the_last_tokens_and_the_closing_events_in_one_write(tiny_model_dirs, path, fields,
+                                                                                 last_types):
+    body = {"model": "l", "max_tokens": 6, "temperature": 0, "ignore_eos": True, "stream": True, **fields}
+    if path != "/v1/messages":
+        del body["max_tokens"]
+    sent = written(tiny_model_dirs, path, body)
+    if last_types is None:  # Ollama's NDJSON: the last piece's line and the done line
+        lines = [json.loads(x) for w in sent for x in w.splitlines()]
+        last = [json.loads(x) for x in sent[-1].splitlines()]
+        assert [x["done"] for x in last[-2:]] == [False, True] and last == lines[-len(last):]
+        assert last[-1]["eval_count"] == 6 and last[-1]["done_reason"] == "length"
+    else:
+        assert sse_types(sent[-1])[-len(last_types):] == last_types  # with the whole answer if it came at once
+        assert sum((sse_types(w) for w in sent), [])[-len(last_types):] == last_types

@@ -105,6 +105,7 @@ async def stream_events(client: EngineClient, g: ChatGeneration):
     tool_parser, blocks = g.tool_parser(), ContentBlocks()
     output_tokens = cached = 0
     finish = (None, None)
+    ending = ""  # the last output's events go with the closing ones in one write
     yield event({"type": "message_start", "message": message(g.request_id, client.name, [], (None, None),
                                                              usage(len(g.prompt_ids), 0, 0))})
     try:
@@ -114,18 +115,21 @@ async def stream_events(client: EngineClient, g: ChatGeneration):
                 output_tokens += len(c.token_ids)
                 for delta in chat_deltas(parser, tool_parser, c.text, c.finished):
                     for e in blocks.add(delta):
-                        yield event(e)
+                        if out.finished:
+                            ending += event(e)
+                        else:
+                            yield event(e)
                 if c.finished:
                     finish = ("tool_calls" if blocks.called and c.finish_reason == "stop" else c.finish_reason,
                               c.stop_reason)
-        for e in blocks.close():
-            yield event(e)
+        ending += "".join(event(e) for e in blocks.close())
         reason, sequence = stop_reason(*finish)
-        yield event({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                     "usage": usage(len(g.prompt_ids), output_tokens, cached)})
-        yield event({"type": "message_stop"})
+        ending += event({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                         "usage": usage(len(g.prompt_ids), output_tokens, cached)})
+        ending += event({"type": "message_stop"})
     except Exception as e:
-        yield event(render_error(stream_error(e)))
+        ending += event(render_error(stream_error(e)))
+    yield ending
 
 
 class ContentBlocks:

@@ -130,15 +130,20 @@ async def respond(request: HTTPRequest, reply: Reply, model: str, stream: bool, 
                 "done_reason": piece.done_reason or "stop", **reply.stats(), **done_extra()}
 
     async def lines():
-        last = Piece()
+        last, ending = Piece(), ""  # the last piece's line goes with the done line in one write
         try:
             async for piece in reply.pieces():
                 last.done_reason = piece.done_reason or last.done_reason
                 if piece.thinking or piece.content or piece.tool_calls:
-                    yield line({"model": model, "created_at": created_at(), **fields(piece), "done": False})
-            yield line(done(Piece(done_reason=last.done_reason)))
+                    text = line({"model": model, "created_at": created_at(), **fields(piece), "done": False})
+                    if piece.done_reason:
+                        ending += text
+                    else:
+                        yield text
+            ending += line(done(Piece(done_reason=last.done_reason)))
         except Exception as e:
-            yield line({"error": stream_error(e).message})
+            ending += line({"error": stream_error(e).message})
+        yield ending
 
     async def whole() -> dict:
         total = Piece()

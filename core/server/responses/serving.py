@@ -70,6 +70,7 @@ async def _stream(client, generation: ChatGeneration, build, keep, tokenization:
     tool_parser = generation.tool_parser()
     output_tokens = cached_tokens = 0
     finish_reason = None
+    ending = ""  # the last output's events go with the closing ones in one write
     try:
         started = build("in_progress", [], None)
         yield events.event("response.created", response=started)
@@ -81,20 +82,23 @@ async def _stream(client, generation: ChatGeneration, build, keep, tokenization:
                 finish_reason = c.finish_reason or finish_reason
                 for delta in chat_deltas(reasoning, tool_parser, c.text, c.finished):
                     for event in events.feed(delta):
-                        yield event
+                        if out.finished:
+                            ending += event
+                        else:
+                            yield event
         incomplete = finish_reason == "length"
-        for event in events.finish(incomplete):
-            yield event
+        ending += "".join(events.finish(incomplete))
         reasoning_tokens = await _count_tokens(tokenization, client, reasoning_text(events.output))
         response = build("incomplete" if incomplete else "completed", events.output,
                          response_usage(len(generation.prompt_ids), output_tokens, cached_tokens, reasoning_tokens))
         keep(response)
-        yield events.event(f"response.{response['status']}", response=response)
+        ending += events.event(f"response.{response['status']}", response=response)
     except Exception as e:
         error = stream_error(e)
-        yield events.event("error", code=error.code or error.type, message=error.message, param=error.param)
+        ending += events.event("error", code=error.code or error.type, message=error.message, param=error.param)
         failed = build("failed", events.output, None, {"code": "server_error", "message": error.message})
-        yield events.event("response.failed", response=failed)
+        ending += events.event("response.failed", response=failed)
+    yield ending
 
 
 def _keep(store: ResponseStore, body: ResponsesRequest, context: list[dict], owner: str | None, response: dict):
