@@ -86,6 +86,10 @@ class EngineCore:
         logger.info("engine ready in %.1f s (weights %.1f s, memory profile %.1f s, kernels %.1f s, KV cache %.1f s, "
                     "CUDA graphs %.1f s)", self.startup.engine, self.startup.weights, self.startup.memory_profile,
                     self.startup.kernels, self.startup.kv_cache, self.startup.cuda_graphs)
+        capacity = self.num_blocks * config.block_size
+        logger.info("KV cache: %d tokens (%d blocks of %d), %.1f sequences of max_model_len %d at once",
+                    capacity, self.num_blocks, config.block_size, capacity / config.max_model_len,
+                    config.max_model_len)
 
     def _move_weights(self, model) -> VirtualWeights | None:
         try:
