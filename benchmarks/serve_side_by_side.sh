@@ -103,18 +103,17 @@ if [ "${VLLM:-1}" = 1 ]; then
   OUT=$OUT STEPS=import bash "$PEER/serve_vllm.sh" | grep -E "OK|rror" | tail -2  # unpacks the bundle and its wheels
   export PYTHONPATH=/tmp/site:/tmp/vserve VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
          VLLM_USE_FLASHINFER_SAMPLER=0 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-  pids=(); ports=(); i=0
+  pids=(); ports=(); i=0; ok=1
   for name in "${NAMES[@]}"; do
     port=$((18000 + i))
     setsid python3 -m vllm.entrypoints.openai.api_server --model /tmp/corral-models/$name --load-format dummy \
         --dtype bfloat16 --max-model-len 4096 --gpu-memory-utilization $SHARE --host 127.0.0.1 --port $port \
         --served-model-name $name ${VLLM_EXTRA_ARGS:-} > "$OUT/vllm_$name.log" 2>&1 &
-    pids+=($!); ports+=($port); i=$((i + 1))
-    [ ${#NAMES[@]} -gt 1 ] && sleep 20  # each profiles the free memory at start: not while the other allocates
-  done
-  ok=1; i=0
-  for name in "${NAMES[@]}"; do
-    ready ${pids[$i]} "http://127.0.0.1:${ports[$i]}/v1/models|True" || { ok=0; tail -20 "$OUT/vllm_$name.log"; }
+    pids+=($!); ports+=($port)
+    # each counts what the device's free memory loses while it profiles as its own: the next starts once
+    # this one is ready, its KV cache allocated (a 20 s delay left the second, Llama-2-7B, a 7.4 GiB KV cache
+    # where its share leaves about 21)
+    ready ${pids[$i]} "http://127.0.0.1:$port/v1/models|True" || { ok=0; tail -20 "$OUT/vllm_$name.log"; break; }
     i=$((i + 1))
   done
   echo "== vLLM ready=$ok after $(( $(date +%s) - START )) s"
