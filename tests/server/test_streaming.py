@@ -87,7 +87,7 @@ def sse_types(write: str) -> list[str]:
 
 
 @pytest.mark.parametrize("path, fields, last_types", [
-    ("/v1/messages", {"messages": [{"role": "user", "content": "Hi"}]},
+    ("/v1/messages", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6},
      ["content_block_delta", "content_block_stop", "message_delta", "message_stop"]),
     ("/v1/responses", {"input": "Hi", "max_output_tokens": 6},
      ["response.output_text.delta", "response.output_text.done", "response.content_part.done",
@@ -95,10 +95,8 @@ def sse_types(write: str) -> list[str]:
     ("/api/generate", {"prompt": "Hi", "options": {"num_predict": 6, "temperature": 0}}, None)])
 def test_the_other_apis_send_the_last_tokens_and_the_closing_events_in_one_write(tiny_model_dirs, path, fields,
                                                                                  last_types):
-    body = {"model": "l", "max_tokens": 6, "temperature": 0, "ignore_eos": True, "stream": True, **fields}
-    if path != "/v1/messages":
-        del body["max_tokens"]
-    sent = written(tiny_model_dirs, path, body)
+    sent = written(tiny_model_dirs, path, {"model": "l", "temperature": 0, "ignore_eos": True, "stream": True,
+                                           **fields})
     if last_types is None:  # Ollama's NDJSON: the last piece's line and the done line
         lines = [json.loads(x) for w in sent for x in w.splitlines()]
         last = [json.loads(x) for x in sent[-1].splitlines()]
