@@ -7,7 +7,9 @@
 #   PEER=.peer NAME=qwen3-4b RATES=4,16,inf VARIANTS="steps8:num_scheduler_steps=8 steps1:num_scheduler_steps=1" \
 #       bash benchmarks/serve_side_by_side.sh
 #   PEER=.peer NAME=qwen3-4b,llama-2-7b RATES=4,inf bash benchmarks/serve_side_by_side.sh      # B6
-# A variant is LABEL:KEY=VALUE[,KEY=VALUE]: lines added to each model's section of the serve config.
+# A variant is LABEL:KEY=VALUE[,KEY=VALUE]: lines added to each model's section of the serve config, or with
+# a server. prefix to its [server] section (B6 under elastic KV memory: VARIANTS="elastic:server.max_loaded_models=2,
+# server.kv_sharing='elastic'": the budget is then the models' GPU shares together).
 # CLIENT_ARGS are added to each client's arguments; REQUESTS_JSONL=FILE also writes each request's timings there,
 # and KEEPALIVE=0 sends each request on a connection of its own (benchmarks/peer_load_client.py says why). VLLM=0 skips vLLM;
 # VLLM_EXTRA_ARGS are added to each vLLM server's (an fp8 KV cache on both sides: VARIANTS="fp8:kv_cache_dtype='fp8'"
@@ -77,12 +79,14 @@ fi
 for variant in $VARIANTS; do
   label=${variant%%:*}; settings=${variant#*:}
   config=/tmp/corral-serve-$label.toml
+  lines=$(tr ',' '\n' <<< "$settings")
   { echo "[server]"; echo 'host = "127.0.0.1"'; echo "port = $PORT"
+    grep '^server\.' <<< "$lines" | sed 's/^server\.//'
     for name in "${NAMES[@]}"; do
       echo "[models.\"$name\"]"; echo "model = \"/tmp/corral-models/$name\""; echo 'load_format = "dummy"'
       echo 'reasoning_parser = "none"'; echo "max_model_len = 4096"; echo "gpu_memory_utilization = $SHARE"
       echo "max_queue_len = 1024"
-      [ -n "$settings" ] && tr ',' '\n' <<< "$settings"
+      grep -v -e '^server\.' -e '^$' <<< "$lines"
     done; } > "$config"
   log=$OUT/corral_$label.log
   setsid python3 -m corral.cli serve --config "$config" > "$log" 2>&1 &

@@ -36,6 +36,8 @@ class Run:
     finishes: list[float] = field(default_factory=list)  # when the engine finished each request, the same
     transits: list[float] = field(default_factory=list)  # per step that took some: the longest receipt->engine time
     kv_peak: float | None = None  # the largest fraction of the KV cache in use after a step (logs since 89e9ae9)
+    kv_blocks: list[int] = field(default_factory=list)  # the KV cache's blocks after each step (an elastic grant)
+    kv_used_peak: int = 0  # the most blocks in use after a step
     preemptions: int = 0
 
     def turnaround(self, requests: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
@@ -67,6 +69,9 @@ class Run:
                  f" s; {self.tokens} tokens ({self.tokens / wall if wall else 0:,.0f} tok/s)"
                  + (f"; KV cache in use at most {self.kv_peak:.0%}, {self.preemptions} preemptions"
                     if self.kv_peak is not None else "")]
+        if self.kv_blocks:
+            lines.append(f"  KV blocks {min(self.kv_blocks):,}-{max(self.kv_blocks):,} (median "
+                         f"{sorted(self.kv_blocks)[len(self.kv_blocks) // 2]:,}), at most {self.kv_used_peak:,} in use")
         lines += [f"  wait {seconds * 1e3:8.1f} ms at t={at:.3f}" for at, seconds in self.waits[:top]]
         for name, steps in sorted(self.by_running.items(), key=lambda item: int(item[0].split("-")[0].rstrip("+"))):
             lines.append(f"  running {name:>9s}: {len(steps):5d} steps, {sum(steps):6.2f} s, "
@@ -110,6 +115,9 @@ def runs(lines: list[dict], split: float = 1.0) -> list[Run]:
                 run.transits.append(line["transit_s"])
             if "kv_usage" in line:
                 run.kv_peak = max(run.kv_peak or 0.0, line["kv_usage"])
+                if "kv_blocks" in line:
+                    run.kv_blocks.append(line["kv_blocks"])
+                    run.kv_used_peak = max(run.kv_used_peak, round(line["kv_usage"] * line["kv_blocks"]))
                 # a count below the last is a restarted engine's, counting from 0 again
                 run.preemptions += line["preemptions"] - (preempted if line["preemptions"] >= preempted else 0)
                 preempted = line["preemptions"]

@@ -181,10 +181,10 @@ class EngineCore:
         return outputs
 
     def stats(self) -> SchedulerStats:
-        kv = self.kv_cache_manager
-        return SchedulerStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+        kv, scheduler = self.kv_cache_manager, self.scheduler
+        num_needed = kv.num_needed_blocks(scheduler.running, scheduler.waiting, scheduler.max_num_seqs)
+        return SchedulerStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
                               kv_cache_usage=kv.usage, num_kv_blocks=kv.num_blocks,
                               num_free_kv_blocks=kv.num_free_blocks, prefix_cache_hit_tokens=kv.num_hit_tokens,
                               prefix_cache_query_tokens=kv.num_query_tokens,
-                              num_preemptions=self.scheduler.num_preemptions,
-                              num_needed_kv_blocks=kv.num_needed_blocks(self.scheduler.running, self.scheduler.waiting))
+                              num_preemptions=scheduler.num_preemptions, num_needed_kv_blocks=num_needed)

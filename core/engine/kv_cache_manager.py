@@ -1,5 +1,6 @@
 import hashlib
 from array import array
+from itertools import islice
 
 from corral.engine.block_pool import BlockKey, BlockPool, KVBlock
 from corral.engine.request import Request
@@ -52,13 +53,15 @@ class KVCacheManager:
         self.pool.resize(num_blocks)
         self._release_memory()
 
-    def num_needed_blocks(self, running: list[Request], waiting) -> int:
-        """The demand reported to the server: blocks in use, a block more per running request, and
-        the blocks of each waiting request's tokens so far (0: idle)."""
+    def num_needed_blocks(self, running: list[Request], waiting, max_num_seqs: int) -> int:
+        """The demand reported to the server (0: idle): blocks in use, a block more per running request,
+        and room for the tokens so far and one more of the waiting requests the scheduler would admit
+        next, as many as `max_num_seqs` leaves beside the running ones (blocks past that cap run nothing)."""
         if not running and not waiting:
             return 0
         used = self.num_blocks - self.pool.num_free_blocks
-        return used + len(running) + sum(-(-(r.num_tokens + 1) // self.block_size) for r in waiting)
+        admittable = islice(waiting, max(0, max_num_seqs - len(running)))
+        return used + len(running) + sum(-(-(r.num_tokens + 1) // self.block_size) for r in admittable)
 
     @property
     def num_free_blocks(self) -> int:

@@ -5,8 +5,9 @@ engine reports its demand with every step; `rebalance` answers with new grants:
 
 - a model short of blocks gets free pages;
 - under pressure pages come back from models with free blocks above their minimum: idle models first,
-  then busy models above what they need, then busy models above their share of the demand-weighted split
-  (a busy model never drops below that share);
+  then busy models above what they need, then busy models above their share of the max-min fair split
+  (a busy model keeps what it needs up to an equal split of the budget, and what one model does not
+  need goes to the others; a busy model never drops below that share);
 - a smaller budget (another model's weights are loading) takes pages back the same way, busy models
   down to their shares of it;
 - a model never drops below its minimum (one sequence of max_model_len); a grant below the blocks its
@@ -115,11 +116,16 @@ class KVPages:
         return max(self.min_pages(tenant), min(needed, self.max_pages(tenant)))
 
     def shares(self) -> dict[str, int]:
-        """The demand-weighted split of the budget (an idle model's demand is its minimum)."""
-        wants = {name: self.want(t) for name, t in self.tenants.items()}
-        total = sum(wants.values()) or 1
-        return {name: max(self.min_pages(self.tenants[name]), self.budget_pages * w // total)
-                for name, w in wants.items()}
+        """The max-min fair split of the budget (water-filling): in order of want, each model's share is
+        its want if that fits in an equal split of what the models wanting less leave, else that equal
+        split; never below its minimum. An idle model wants its minimum."""
+        by_want = sorted(self.tenants.values(), key=self.want)
+        shares, remaining = {}, self.budget_pages
+        for i, tenant in enumerate(by_want):
+            share = min(self.want(tenant), remaining // (len(by_want) - i))
+            remaining -= share
+            shares[tenant.name] = max(self.min_pages(tenant), share)
+        return shares
 
     def rebalance(self) -> dict[str, int]:
         """New grants, in blocks, of the models whose grant changed."""

@@ -1,9 +1,9 @@
 """An engine process's record of its loop (the `step_log` setting), for finding where a server's time goes:
 one JSON line per step, with how long the engine waited for work before it (idle), how long the step took, the
 tokens it returned, the requests it finished, the load after it (running and waiting requests, the fraction of
-the KV cache in use, the preemptions since the engine started), and the requests received since the line
-before (`added`) with the longest time one of them took from the API process receiving it (its arrival_time) to
-the engine taking it (`transit_s`).
+the KV cache in use, its blocks (an elastic grant changes them), the preemptions since the engine started),
+and the requests received since the line before (`added`) with the longest time one of them took from the API
+process receiving it (its arrival_time) to the engine taking it (`transit_s`).
 `at` is the wall clock (Unix seconds), to set beside a client's record of the same run. Lines go out whole, so
 engines may share a file. A file that cannot be written (a full disk) is given up with a warning: the engine
 goes on serving."""
@@ -47,6 +47,7 @@ class StepLog:
                                          "running": stats.num_running,
                                          "waiting": stats.num_waiting,
                                          "kv_usage": round(stats.kv_cache_usage, 4),
+                                         "kv_blocks": stats.num_kv_blocks,
                                          "preemptions": stats.num_preemptions, "added": self._added,
                                          "transit_s": round(self._transit_s, 6)}) + "\n")
         except OSError as e:

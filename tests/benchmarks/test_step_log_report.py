@@ -66,3 +66,12 @@ def test_a_run_reports_its_peak_kv_use_and_the_preemptions_inside_it_across_an_e
     assert "KV cache in use at most 97%, 3 preemptions" in first.report()
     (older,) = runs([line(1.1, 0.5, 0.1, 4, 4)], split=1.0)  # a log written before these fields
     assert older.kv_peak is None and "KV cache" not in older.report()
+
+
+def test_a_run_reports_the_range_of_its_kv_blocks_and_the_most_in_use_as_an_elastic_grant_moves():
+    log = [line(1.1, 0.5, 0.1, 4, 4, kv_usage=0.5, kv_blocks=1000, preemptions=0),
+           line(1.2, 0.0, 0.1, 4, 4, kv_usage=0.9, kv_blocks=1500, preemptions=0),  # 1,350 in use
+           line(1.3, 0.0, 0.1, 4, 4, kv_usage=1.0, kv_blocks=1200, preemptions=0)]
+    (run,) = runs(log, split=1.0)
+    assert (min(run.kv_blocks), max(run.kv_blocks), run.kv_used_peak) == (1000, 1500, 1350)
+    assert "KV blocks 1,000-1,500 (median 1,200), at most 1,350 in use" in run.report()

@@ -69,8 +69,17 @@ def test_a_grant_past_the_reservation_is_the_reservation():
 
 def test_demand_counts_blocks_in_use_and_what_waiting_requests_need():
     kv = KVCacheManager(num_blocks=16, block_size=4)
-    assert kv.num_needed_blocks([], []) == 0
+    assert kv.num_needed_blocks([], [], max_num_seqs=4) == 0
     running = req("a", list(range(8)))
     admit(kv, running)
     waiting = req("b", list(range(10)))
-    assert kv.num_needed_blocks([running], [waiting]) == 2 + 1 + 3
+    assert kv.num_needed_blocks([running], [waiting], max_num_seqs=4) == 2 + 1 + 3
+
+
+def test_waiting_requests_past_the_sequence_cap_add_no_demand():
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    running = req("a", list(range(8)))
+    admit(kv, running)
+    first, second = req("b", list(range(10))), req("c", list(range(20)))
+    assert kv.num_needed_blocks([running], [first, second], max_num_seqs=2) == 2 + 1 + 3  # room for b only
+    assert kv.num_needed_blocks([running], [first, second], max_num_seqs=1) == 2 + 1  # the batch is full

@@ -49,6 +49,7 @@ def test_each_step_of_each_model_is_a_line_whose_tokens_add_up_to_the_completion
         assert all(0 < line["transit_s"] < 5 for line in steps if line["added"])
         assert all(0 <= line["kv_usage"] <= 1 and line["preemptions"] == 0 for line in steps)
         assert max(line["kv_usage"] for line in steps) > 0  # a request's prompt holds a block
+        assert len({line["kv_blocks"] for line in steps}) == 1 and steps[0]["kv_blocks"] > 0  # a static cache
 
 
 def test_a_step_log_in_a_folder_that_does_not_exist_is_refused_in_one_line(tiny_model_dirs, tmp_path, capsys):
