@@ -140,6 +140,25 @@ def test_a_busy_model_borrows_the_idle_ones_pages_and_gives_them_back(server, ht
     assert MIN_BLOCKS == busy["min_blocks"] <= busy["granted_blocks"] < busy_peak  # gave pages back
 
 
+def test_two_models_busy_at_once_share_the_pages_and_both_answer_right(server, http, expected, model_dirs):
+    wait_for_grants(http, ["busy", "other"])
+    results = {}
+
+    def run(name):
+        results[name] = burst(server, name, http)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("busy", "other")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in ("busy", "other"):
+        answers, peak = results[name]
+        assert answers == expected[name]
+        assert peak > initial_grant(model_dirs[name])  # each grew past its start grant beside the other
+    assert server.registry.kv_sharing.pages.free_pages >= 0  # the two hold no more than the budget
+
+
 @pytest.fixture(scope="module")
 def tight_server(model_dirs):
     """Spare KV for 24 of `busy`'s blocks beside both minimums: it reaches a burst's 64 only while `other` sleeps."""
