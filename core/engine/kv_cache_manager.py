@@ -53,15 +53,24 @@ class KVCacheManager:
         self.pool.resize(num_blocks)
         self._release_memory()
 
-    def num_needed_blocks(self, running: list[Request], waiting, max_num_seqs: int) -> int:
-        """The demand reported to the server (0: idle): blocks in use, a block more per running request,
-        and room for the tokens so far and one more of the waiting requests the scheduler would admit
-        next, as many as `max_num_seqs` leaves beside the running ones (blocks past that cap run nothing)."""
+    def num_needed_blocks(self, running: list[Request], waiting, max_num_seqs: int, max_model_len: int) -> int:
+        """The demand reported to the server (0: idle): the blocks in use, the blocks the running requests
+        need beside them to finish, and all the blocks of the waiting requests the scheduler would admit
+        next, as many as `max_num_seqs` leaves beside the running ones (blocks past that cap run nothing).
+        A request finishes at its max_tokens, or at max_model_len without one. Demand to the finish keeps
+        a grant from running short midway: the pages another model gives back come only as its requests end."""
         if not running and not waiting:
             return 0
         used = self.num_blocks - self.pool.num_free_blocks
+        to_finish = sum(max(0, self._blocks_at_finish(r, max_model_len) - len(self.req_block_ids.get(r.request_id, ())))
+                        for r in running)
         admittable = islice(waiting, max(0, max_num_seqs - len(running)))
-        return used + len(running) + sum(-(-(r.num_tokens + 1) // self.block_size) for r in admittable)
+        return used + to_finish + sum(self._blocks_at_finish(r, max_model_len) for r in admittable)
+
+    def _blocks_at_finish(self, request: Request, max_model_len: int) -> int:
+        max_tokens = request.sampling_params.max_tokens
+        tokens = max_model_len if max_tokens is None else min(max_model_len, request.num_prompt_tokens + max_tokens)
+        return -(-max(tokens, request.num_tokens + 1) // self.block_size)
 
     @property
     def num_free_blocks(self) -> int:

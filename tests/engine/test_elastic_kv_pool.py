@@ -2,6 +2,8 @@
 blocks, grows at once, and shrinks only through blocks that hold nothing (cached prefixes past the new
 size evicted, blocks in use retired when their request lets go). No torch, no model."""
 from corral.engine.kv_cache_manager import KVCacheManager
+from corral.engine.request import Request
+from corral.sampling_params import SamplingParams
 from tests.engine.kv_requests import admit, req
 
 
@@ -67,19 +69,31 @@ def test_a_grant_past_the_reservation_is_the_reservation():
     assert kv.num_blocks == 8 and kv.num_free_blocks == 8
 
 
-def test_demand_counts_blocks_in_use_and_what_waiting_requests_need():
-    kv = KVCacheManager(num_blocks=16, block_size=4)
-    assert kv.num_needed_blocks([], [], max_num_seqs=4) == 0
-    running = req("a", list(range(8)))
+def to_finish(request_id: str, num_prompt: int, max_tokens: int | None) -> Request:
+    return Request(request_id, list(range(num_prompt)), SamplingParams(max_tokens=max_tokens))
+
+
+def test_demand_counts_blocks_in_use_and_what_requests_need_to_their_finish():
+    kv = KVCacheManager(num_blocks=32, block_size=4)
+    assert kv.num_needed_blocks([], [], max_num_seqs=4, max_model_len=64) == 0
+    running = to_finish("a", 8, max_tokens=8)  # 2 blocks held, 4 at its finish
     admit(kv, running)
-    waiting = req("b", list(range(10)))
-    assert kv.num_needed_blocks([running], [waiting], max_num_seqs=4) == 2 + 1 + 3
+    waiting = to_finish("b", 10, max_tokens=5)  # 15 tokens: 4 blocks
+    assert kv.num_needed_blocks([running], [waiting], max_num_seqs=4, max_model_len=64) == 2 + 2 + 4
+
+
+def test_a_request_without_max_tokens_needs_room_to_max_model_len():
+    kv = KVCacheManager(num_blocks=32, block_size=4)
+    waiting = to_finish("a", 10, max_tokens=None)
+    assert kv.num_needed_blocks([], [waiting], max_num_seqs=4, max_model_len=64) == 16
+    capped = to_finish("b", 10, max_tokens=1000)
+    assert kv.num_needed_blocks([], [capped], max_num_seqs=4, max_model_len=64) == 16
 
 
 def test_waiting_requests_past_the_sequence_cap_add_no_demand():
-    kv = KVCacheManager(num_blocks=16, block_size=4)
-    running = req("a", list(range(8)))
+    kv = KVCacheManager(num_blocks=32, block_size=4)
+    running = to_finish("a", 8, max_tokens=8)
     admit(kv, running)
-    first, second = req("b", list(range(10))), req("c", list(range(20)))
-    assert kv.num_needed_blocks([running], [first, second], max_num_seqs=2) == 2 + 1 + 3  # room for b only
-    assert kv.num_needed_blocks([running], [first, second], max_num_seqs=1) == 2 + 1  # the batch is full
+    first, second = to_finish("b", 10, max_tokens=2), to_finish("c", 20, max_tokens=2)
+    assert kv.num_needed_blocks([running], [first, second], max_num_seqs=2, max_model_len=64) == 2 + 2 + 3
+    assert kv.num_needed_blocks([running], [first, second], max_num_seqs=1, max_model_len=64) == 2 + 2  # full
