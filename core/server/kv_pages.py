@@ -16,7 +16,8 @@ engine reports its demand with every step; `rebalance` answers with new grants:
 - a model that sleeps or unloads leaves, returning all its pages.
 
 Plain arithmetic; corral.server.kv_sharing feeds it the engines' reports and sends them the grants."""
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from corral.server.memory_planner import MiB
 
@@ -28,7 +29,7 @@ class KVTenant:
     """One model's engine. `min_blocks` hold one sequence of max_model_len, `max_blocks` is its reserved
     range; `num_blocks` is what its engine holds now (its grant, or more while blocks past a smaller grant
     are still in use), `num_used_blocks` the blocks its requests hold, `num_needed_blocks` those plus what
-    its waiting requests and the next step of its running ones need (0: idle)."""
+    its requests need to finish (0: idle), `recent_needed` that demand at the last rebalances."""
 
     name: str
     block_bytes: int
@@ -38,6 +39,7 @@ class KVTenant:
     num_blocks: int = 0
     num_used_blocks: int = 0
     num_needed_blocks: int = 0
+    recent_needed: deque = field(default_factory=deque)
 
     @property
     def busy(self) -> bool:
@@ -45,14 +47,17 @@ class KVTenant:
 
 
 class KVPages:
-    """One device's budget of KV pages and the models' grants in it."""
+    """One device's budget of KV pages and the models' grants in it. A busy model wants the most it needed
+    over the last `hold_rounds` rebalances too: the dip between one request's end and the next one's arrival
+    does not hand its pages to a model that would hold them until its own requests end."""
 
-    def __init__(self, budget_bytes: int, page_bytes: int = PAGE_BYTES):
+    def __init__(self, budget_bytes: int, page_bytes: int = PAGE_BYTES, hold_rounds: int = 0):
         if page_bytes <= 0 or budget_bytes < 0:
             raise ValueError(f"a KV page budget needs page_bytes > 0 and budget_bytes >= 0, got {page_bytes} "
                              f"and {budget_bytes}")
         self.page_bytes = page_bytes
         self.budget_pages = budget_bytes // page_bytes
+        self.hold_rounds = hold_rounds
         self.tenants: dict[str, KVTenant] = {}
 
     # page arithmetic
@@ -94,7 +99,8 @@ class KVPages:
         if block_bytes <= 0 or not 0 < min_blocks <= max_blocks:
             raise ValueError(f"model {name}: a KV tenant needs block_bytes > 0 and 0 < min_blocks <= max_blocks, "
                              f"got {block_bytes}, {min_blocks} and {max_blocks}")
-        tenant = KVTenant(name, block_bytes, min_blocks, max_blocks, num_blocks=num_blocks)
+        tenant = KVTenant(name, block_bytes, min_blocks, max_blocks, num_blocks=num_blocks,
+                          recent_needed=deque(maxlen=self.hold_rounds + 1))
         tenant.granted_pages = self.min_pages(tenant)
         self.tenants[name] = tenant
         return self.granted_blocks(name)
@@ -112,7 +118,8 @@ class KVPages:
     # the policy
 
     def want(self, tenant: KVTenant) -> int:
-        needed = self.pages_for(tenant, max(tenant.num_needed_blocks, tenant.min_blocks))
+        held = max(tenant.recent_needed, default=0) if tenant.busy else 0
+        needed = self.pages_for(tenant, max(tenant.num_needed_blocks, held, tenant.min_blocks))
         return max(self.min_pages(tenant), min(needed, self.max_pages(tenant)))
 
     def shares(self) -> dict[str, int]:
@@ -132,6 +139,7 @@ class KVPages:
         before = {name: t.granted_pages for name, t in self.tenants.items()}
         for tenant in self.tenants.values():
             tenant.granted_pages = max(tenant.granted_pages, self.min_pages(tenant))
+            tenant.recent_needed.append(tenant.num_needed_blocks)
         shares = self.shares()
         short = [t for t in self.tenants.values() if self.want(t) > t.granted_pages]
         deficit = sum(self.want(t) - t.granted_pages for t in short) - self.free_pages

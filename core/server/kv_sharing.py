@@ -35,10 +35,11 @@ class KVSharing:
     """The grants of the models under one ModelMemory."""
 
     interval = 0.02  # seconds between rebalances
+    demand_hold = 2.0  # seconds a busy model's highest demand counts (KVPages.hold_rounds)
 
     def __init__(self, memory, clients: dict, page_bytes: int):
         self.memory, self.clients = memory, clients
-        self.pages = KVPages(0, page_bytes)
+        self.pages = KVPages(0, page_bytes, hold_rounds=round(self.demand_hold / self.interval))
         self._engines: dict[str, object] = {}  # the engine each tenant's grants go to
         self._starts: dict[str, tuple[int, int]] = {}  # each model's block bytes and the grant its engine starts with
         self._stats_at_join: dict[str, object] = {}  # reports predating the start grant (EngineReady's) are not read

@@ -114,6 +114,22 @@ def test_a_busy_model_that_needs_less_than_half_keeps_all_it_needs(b_first):
     assert pages.granted_blocks("b") == 400 - 160  # the rest of the budget
 
 
+def test_a_dip_in_a_busy_models_demand_keeps_its_pages_for_the_hold():
+    pages = KVPages(100 * PAGE, page_bytes=PAGE, hold_rounds=5)
+    for name in "ab":
+        pages.join(name, 1, 8, 800)
+    engines_follow(pages)
+    demand(pages, "a", 160)
+    demand(pages, "b", 800)  # short, and would take all it can
+    settle(pages, rounds=8)
+    assert pages.granted_blocks("a") == 160
+    demand(pages, "a", 100)  # requests ended; the next ones are on their way
+    settle(pages, rounds=4)
+    assert pages.granted_blocks("a") == 160
+    settle(pages, rounds=4)  # the hold is over: the dip was a drop
+    assert pages.granted_blocks("a") == 100 and pages.granted_blocks("b") == 300
+
+
 def test_busy_models_that_both_want_more_than_half_get_equal_halves():
     pages = budget_of(100, a=(8, 800), b=(8, 800))
     demand(pages, "a", 600)
