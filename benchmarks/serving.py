@@ -259,6 +259,10 @@ def main():
     ap.add_argument("--emulated-engine", action="store_true",
                     help="engines that sleep each step for what it takes Qwen3-4B on an H100 "
                          "(benchmarks/emulated_engine): the API process and the client measured on any machine")
+    ap.add_argument("--kv-sharing", choices=("static", "elastic"), default="static",
+                    help="B6: elastic serves the models under one memory budget (--memory-budget, default 0.9 of "
+                         "the GPU) whose KV pages a busy model borrows from another that needs fewer")
+    ap.add_argument("--memory-budget", help="with --kv-sharing elastic, e.g. 70GiB (needed on CPU)")
     ap.add_argument("--gc-pauses", metavar="FILE",
                     help="append each full garbage collection of the server's processes to FILE (pid, time, ms)")
     args = ap.parse_args()
@@ -277,14 +281,19 @@ def main():
         env["CORRAL_EMULATED_ENGINE"], args.device = "1", "cpu"
     if args.gc_pauses:
         env["CORRAL_GC_PAUSES"] = str(Path(args.gc_pauses).resolve())
-    with Server(dirs, args, 0.9 / len(models), env=env) as server:
+    server_settings = {}
+    if args.kv_sharing == "elastic":
+        from benchmarks.served_models import memory_budget
+        server_settings = dict(memory_budget_bytes=memory_budget(args.memory_budget, args.device, 0.9),
+                               kv_sharing="elastic")
+    with Server(dirs, args, 0.9 / len(models), server_settings, env=env) as server:
         started = time.perf_counter()
         server.wait_ready(args.startup_timeout)
         print(f"server ready in {time.perf_counter() - started:.0f} s", flush=True)
         for model in models:
             run(warm_up(server.url, model, args))
         base = dict(environment(), benchmark=benchmark, input_len=args.input_len, output_len=args.output_len,
-                    max_concurrency=args.max_concurrency, served_together=models)
+                    max_concurrency=args.max_concurrency, served_together=models, kv_sharing=args.kv_sharing)
         for k, rate in enumerate(rates):
             count = args.num_requests if math.isinf(rate) else \
                 min(args.num_requests, max(32, round(rate * args.seconds_per_rate)))
