@@ -231,3 +231,20 @@ def test_a_smaller_budget_is_met_from_busy_models_down_to_their_shares():
 def test_a_tenant_needs_sizes_that_make_sense(args):
     with pytest.raises(ValueError, match="KV tenant"):
         KVPages(100).join("a", *args)
+
+
+def test_b6_sizes_qwen3_4b_keeps_what_its_requests_need_and_llama_2_7b_gets_the_rest():
+    """B6 all at once on an H100: 128 requests of 1,152 tokens in flight to each model, about 50 GiB of KV
+    pages beside both models' weights (2 MiB each)."""
+    mib = 1 << 20
+    pages = KVPages(50 * 1024 * mib, page_bytes=2 * mib, hold_rounds=100)
+    pages.join("qwen3-4b", 16 * 36 * 8 * 128 * 2 * 2, 256, 22_000)      # 2.25 MiB blocks
+    pages.join("llama-2-7b", 16 * 32 * 32 * 128 * 2 * 2, 256, 6_000)    # 8 MiB blocks
+    engines_follow(pages)
+    for name in pages.tenants:
+        demand(pages, name, 128 * 72)
+    settle(pages, rounds=10)
+    assert pages.granted_blocks("qwen3-4b") == 128 * 72
+    llama = pages.granted_blocks("llama-2-7b")
+    assert llama == (50 * 1024 - 128 * 72 * 9 // 4) // 8  # the rest: 3,808 blocks, 52 of these requests
+    assert llama * 16 // 1152 == 52
