@@ -19,6 +19,8 @@ class KVCacheManager:
     """Which KV blocks each request holds. The scheduler asks for room and gets block ids or
     None; it never sees blocks, ref counts or the prefix cache."""
 
+    demand_lookahead = 512  # tokens past a request's own that its demand counts at most (num_needed_blocks)
+
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, memory=None,
                  grant_blocks: int | None = None):
         """`memory`: the KV caches' device memory when it is backed block by block
@@ -55,21 +57,24 @@ class KVCacheManager:
 
     def num_needed_blocks(self, running: list[Request], waiting, max_num_seqs: int, max_model_len: int) -> int:
         """The demand reported to the server (0: idle): the blocks in use, the blocks the running requests
-        need beside them to finish, and all the blocks of the waiting requests the scheduler would admit
+        need beside them to go on, and all the blocks of the waiting requests the scheduler would admit
         next, as many as `max_num_seqs` leaves beside the running ones (blocks past that cap run nothing).
-        A request finishes at its max_tokens, or at max_model_len without one. Demand to the finish keeps
-        a grant from running short midway: the pages another model gives back come only as its requests end."""
+        A request needs room to its finish (max_tokens, or max_model_len), at most `demand_lookahead`
+        tokens past what it has: room ahead keeps a grant from running short midway, as the pages another
+        model gives back come only as its requests end, and the cap keeps a max_tokens filled in up to the
+        context length from claiming it all."""
         if not running and not waiting:
             return 0
         used = self.num_blocks - self.pool.num_free_blocks
-        to_finish = sum(max(0, self._blocks_at_finish(r, max_model_len) - len(self.req_block_ids.get(r.request_id, ())))
-                        for r in running)
+        ahead = sum(max(0, self._blocks_ahead(r, max_model_len) - len(self.req_block_ids.get(r.request_id, ())))
+                    for r in running)
         admittable = islice(waiting, max(0, max_num_seqs - len(running)))
-        return used + to_finish + sum(self._blocks_at_finish(r, max_model_len) for r in admittable)
+        return used + ahead + sum(self._blocks_ahead(r, max_model_len) for r in admittable)
 
-    def _blocks_at_finish(self, request: Request, max_model_len: int) -> int:
+    def _blocks_ahead(self, request: Request, max_model_len: int) -> int:
         max_tokens = request.sampling_params.max_tokens
-        tokens = max_model_len if max_tokens is None else min(max_model_len, request.num_prompt_tokens + max_tokens)
+        finish = max_model_len if max_tokens is None else min(max_model_len, request.num_prompt_tokens + max_tokens)
+        tokens = min(finish, request.num_tokens + self.demand_lookahead)
         return -(-max(tokens, request.num_tokens + 1) // self.block_size)
 
     @property

@@ -29,7 +29,7 @@ class KVTenant:
     """One model's engine. `min_blocks` hold one sequence of max_model_len, `max_blocks` is its reserved
     range; `num_blocks` is what its engine holds now (its grant, or more while blocks past a smaller grant
     are still in use), `num_used_blocks` the blocks its requests hold, `num_needed_blocks` those plus what
-    its requests need to finish (0: idle), `recent_needed` that demand at the last rebalances."""
+    its requests need to go on (0: idle), `recent_needed` that demand at the last rebalances."""
 
     name: str
     block_bytes: int
@@ -43,13 +43,15 @@ class KVTenant:
 
     @property
     def busy(self) -> bool:
-        return self.num_needed_blocks > 0
+        """It has requests, or had some at one of the last rebalances."""
+        return self.num_needed_blocks > 0 or any(self.recent_needed)
 
 
 class KVPages:
-    """One device's budget of KV pages and the models' grants in it. A busy model wants the most it needed
-    over the last `hold_rounds` rebalances too: the dip between one request's end and the next one's arrival
-    does not hand its pages to a model that would hold them until its own requests end."""
+    """One device's budget of KV pages and the models' grants in it. A model wants the most it needed over
+    the last `hold_rounds` rebalances, and counts as busy while it needed any: the gap between one request's
+    end and the next one's arrival, even with none left for a moment, does not hand its pages to a model that
+    would hold them until its own requests end."""
 
     def __init__(self, budget_bytes: int, page_bytes: int = PAGE_BYTES, hold_rounds: int = 0):
         if page_bytes <= 0 or budget_bytes < 0:
@@ -118,20 +120,29 @@ class KVPages:
     # the policy
 
     def want(self, tenant: KVTenant) -> int:
-        held = max(tenant.recent_needed, default=0) if tenant.busy else 0
+        held = max(tenant.recent_needed, default=0)
         needed = self.pages_for(tenant, max(tenant.num_needed_blocks, held, tenant.min_blocks))
         return max(self.min_pages(tenant), min(needed, self.max_pages(tenant)))
 
     def shares(self) -> dict[str, int]:
-        """The max-min fair split of the budget (water-filling): in order of want, each model's share is
-        its want if that fits in an equal split of what the models wanting less leave, else that equal
-        split; never below its minimum. An idle model wants its minimum."""
-        by_want = sorted(self.tenants.values(), key=self.want)
-        shares, remaining = {}, self.budget_pages
-        for i, tenant in enumerate(by_want):
-            share = min(self.want(tenant), remaining // (len(by_want) - i))
-            remaining -= share
-            shares[tenant.name] = max(self.min_pages(tenant), share)
+        """The max-min fair split of the budget (water-filling): one level for every model, each model's share
+        the level held between its minimum and its want, the level as high as the budget allows; the pages
+        the level leaves over go one each to the models wanting more, those wanting most first. An idle
+        model wants its minimum; where even the minimums overfill the budget, each gets its minimum."""
+        bounds = {name: (self.min_pages(t), self.want(t)) for name, t in self.tenants.items()}
+        filled = lambda level: {name: min(high, max(low, level)) for name, (low, high) in bounds.items()}
+        low, high = 0, max((h for _, h in bounds.values()), default=0)
+        while low < high:  # the highest level whose shares fit
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if sum(filled(mid).values()) <= self.budget_pages else (low, mid - 1)
+        shares = filled(low)
+        left = self.budget_pages - sum(shares.values())
+        for name in sorted(shares, key=lambda n: -bounds[n][1]):
+            if left <= 0:
+                break
+            if shares[name] < bounds[name][1]:
+                shares[name] += 1
+                left -= 1
         return shares
 
     def rebalance(self) -> dict[str, int]:

@@ -35,7 +35,7 @@ class KVSharing:
     """The grants of the models under one ModelMemory."""
 
     interval = 0.02  # seconds between rebalances
-    demand_hold = 2.0  # seconds a busy model's highest demand counts (KVPages.hold_rounds)
+    demand_hold = 2.0  # seconds a model's highest demand counts, and it stays busy (KVPages.hold_rounds)
 
     def __init__(self, memory, clients: dict, page_bytes: int):
         self.memory, self.clients = memory, clients

@@ -90,6 +90,15 @@ def test_a_request_without_max_tokens_needs_room_to_max_model_len():
     assert kv.num_needed_blocks([], [capped], max_num_seqs=4, max_model_len=64) == 16
 
 
+def test_demand_looks_ahead_at_most_so_many_tokens_past_a_requests_own():
+    kv = KVCacheManager(num_blocks=4096, block_size=16)
+    long = to_finish("a", 300, max_tokens=32768 - 300)  # a max_tokens filled in up to the context length
+    admit(kv, long)
+    held = -(-300 // 16)
+    assert kv.num_needed_blocks([long], [], max_num_seqs=4, max_model_len=32768) == -(-(300 + 512) // 16)
+    assert kv.num_needed_blocks([long], [], max_num_seqs=4, max_model_len=32768) - held == 32  # 512 tokens ahead
+
+
 def test_waiting_requests_past_the_sequence_cap_add_no_demand():
     kv = KVCacheManager(num_blocks=32, block_size=4)
     running = to_finish("a", 8, max_tokens=8)
