@@ -114,7 +114,8 @@ def test_a_busy_model_that_needs_less_than_half_keeps_all_it_needs(b_first):
     assert pages.granted_blocks("b") == 400 - 160  # the rest of the budget
 
 
-def test_a_dip_in_a_busy_models_demand_keeps_its_pages_for_the_hold():
+@pytest.mark.parametrize("dip", [100, 0])
+def test_a_dip_in_demand_or_a_moment_idle_keeps_a_models_pages_for_the_hold(dip):
     pages = KVPages(100 * PAGE, page_bytes=PAGE, hold_rounds=5)
     for name in "ab":
         pages.join(name, 1, 8, 800)
@@ -123,10 +124,11 @@ def test_a_dip_in_a_busy_models_demand_keeps_its_pages_for_the_hold():
     demand(pages, "b", 800)  # short, and would take all it can
     settle(pages, rounds=8)
     assert pages.granted_blocks("a") == 160
-    demand(pages, "a", 100)  # requests ended; the next ones are on their way
-    settle(pages, rounds=4)
+    demand(pages, "a", dip)  # requests ended; the next ones are on their way
+    settle(pages, rounds=3)
     assert pages.granted_blocks("a") == 160
-    settle(pages, rounds=4)  # the hold is over: the dip was a drop
+    demand(pages, "a", 100)  # they came, needing less; once the hold is over the rest goes to b
+    settle(pages, rounds=8)
     assert pages.granted_blocks("a") == 100 and pages.granted_blocks("b") == 300
 
 
@@ -137,22 +139,6 @@ def test_shares_fit_the_budget_when_a_minimum_lifts_one_above_the_level():
     assert pages.shares() == {"a": 10, "b": 60, "c": 30}
     pages.set_budget(80 * PAGE)  # a model is loading
     assert pages.shares() == {"a": 10, "b": 60, "c": 10}
-
-
-def test_a_model_idle_for_a_moment_keeps_its_pages_for_the_hold():
-    pages = KVPages(100 * PAGE, page_bytes=PAGE, hold_rounds=5)
-    for name in "ab":
-        pages.join(name, 1, 8, 800)
-    engines_follow(pages)
-    demand(pages, "a", 160)
-    demand(pages, "b", 800)
-    settle(pages, rounds=8)
-    demand(pages, "a", 0)  # its one request ended; the next is on its way
-    settle(pages, rounds=3)
-    assert pages.granted_blocks("a") == 160
-    demand(pages, "a", 100)  # back, needing less: b was never cut below what it held
-    settle(pages, rounds=8)
-    assert pages.granted_blocks("a") == 100 and pages.granted_blocks("b") == 300
 
 
 def test_busy_models_that_both_want_more_than_half_get_equal_halves():
