@@ -40,6 +40,7 @@ import httpx
 import numpy as np
 
 from benchmarks.common import emit, environment, model_dir
+from benchmarks.served_models import memory_budget
 
 
 def prepare_model(name: str) -> str:
@@ -283,7 +284,6 @@ def main():
         env["CORRAL_GC_PAUSES"] = str(Path(args.gc_pauses).resolve())
     server_settings = {}
     if args.kv_sharing == "elastic":
-        from benchmarks.served_models import memory_budget
         server_settings = dict(memory_budget_bytes=memory_budget(args.memory_budget, args.device, 0.9),
                                kv_sharing="elastic")
     with Server(dirs, args, 0.9 / len(models), server_settings, env=env) as server:

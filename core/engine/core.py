@@ -182,8 +182,10 @@ class EngineCore:
 
     def stats(self) -> SchedulerStats:
         kv, scheduler = self.kv_cache_manager, self.scheduler
-        num_needed = kv.num_needed_blocks(scheduler.running, scheduler.waiting, scheduler.max_num_seqs,
-                                          scheduler.max_model_len)
+        num_needed = 0  # only elastic KV sharing reads it; it walks the running requests, each step
+        if self.config.kv_grant_blocks is not None:
+            num_needed = kv.num_needed_blocks(scheduler.running, scheduler.waiting, scheduler.max_num_seqs,
+                                              scheduler.max_model_len)
         return SchedulerStats(num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
                               kv_cache_usage=kv.usage, num_kv_blocks=kv.num_blocks,
                               num_free_kv_blocks=kv.num_free_blocks, prefix_cache_hit_tokens=kv.num_hit_tokens,

@@ -33,7 +33,7 @@ class SchedulerStats:
     prefix_cache_hit_tokens: int = 0
     prefix_cache_query_tokens: int = 0
     num_preemptions: int = 0
-    num_needed_kv_blocks: int = 0  # blocks in use plus what requests need to go on: elastic KV's demand
+    num_needed_kv_blocks: int = 0  # elastic KV's demand (0 otherwise): blocks in use plus what requests need to go on
 
 
 @dataclass(slots=True)
